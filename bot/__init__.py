@@ -1,0 +1,1 @@
+"""Deskmate's running service: channels, orchestrator, ledger and the `deskmate` command."""

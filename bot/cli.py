@@ -1,0 +1,203 @@
+"""The `deskmate` command: a thin face on library calls (see `bot.app`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.app import Retrieval, open_retrieval
+from bot.settings import Settings
+from retrieval.search import QueryError, SearchResult
+from retrieval.users import import_users, load_directory
+
+app = typer.Typer(help="Deskmate: answers from your knowledge base, in Slack and Teams.",
+                  no_args_is_help=True, add_completion=False)
+kb_app = typer.Typer(help="The knowledge base.", no_args_is_help=True)
+users_app = typer.Typer(help="The employee directory (user context).", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(users_app, name="users")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+T = TypeVar("T")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(work: Callable[[Retrieval], Awaitable[T]]) -> T:
+    """Open the retrieval stack from settings, run one coroutine, close everything."""
+
+    async def main() -> T:
+        retrieval = await open_retrieval(Settings())
+        try:
+            return await work(retrieval)
+        finally:
+            await retrieval.close()
+
+    return asyncio.run(main())
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A folder (read recursively) or one file.")],
+    prune: Annotated[bool, typer.Option(help="Remove documents no longer in PATH.")] = False,
+) -> None:
+    """Ingest Markdown, HTML, text and PDF files. Unchanged files are skipped."""
+    if not path.exists():
+        err.print(f"[red]error:[/] no such file or folder: {path}")
+        raise typer.Exit(2)
+
+    async def work(r: Retrieval):  # noqa: ANN202
+        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, description=label)
+
+            return await r.ingestor.ingest_path(path, prune=prune, progress=progress)
+
+    report = _run(work)
+    for source, reason in report.failed:
+        err.print(f"[yellow]skipped[/] {source}: {reason}")
+    for doc_id in report.removed:
+        out.print(f"removed {doc_id}")
+    out.print(f"{report.summary()}; knowledge base version {report.kb_version}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_result(result: SearchResult) -> None:
+    if result.truncated:
+        err.print(f"[yellow]note:[/] the question was cut to {len(result.query)} characters")
+    if not result.hits:
+        out.print("No passage matches (or none you may see).")
+    for rank, hit in enumerate(result.hits, start=1):
+        c = hit.chunk
+        where = " › ".join(p for p in (c.title, c.heading) if p)
+        out.print(f"[bold]{rank}. {where}[/]  [dim]{c.doc_id}  score {hit.score:.3f}[/]", highlight=False)
+        if c.url:
+            out.print(f"   {c.url}", highlight=False)
+        excerpt = " ".join(c.text.split())
+        out.print(f"   {excerpt[:300]}{'…' if len(excerpt) > 300 else ''}", highlight=False)
+    for fact in result.user_facts:
+        out.print(f"[dim]about you: {fact}[/]", highlight=False)
+    verdict = "confident" if result.confident else "not confident: the knowledge base may not cover this"
+    out.print(f"[dim]confidence {result.confidence:.2f} ({verdict}) · knowledge base v{result.kb_version}[/]")
+
+
+@app.command()
+def search(
+    question: Annotated[str | None, typer.Argument(help="Leave out for an interactive prompt.")] = None,
+    user: Annotated[str | None, typer.Option(help="Search as this user (email): their groups and context.")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="How many passages.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Search the knowledge base as a user would see it."""
+
+    async def one(r: Retrieval, text: str, groups: tuple[str, ...], key: str | None) -> None:
+        try:
+            result = await r.searcher.search(text, groups=groups, k=k, user_key=key)
+        except QueryError as exc:
+            if as_json:
+                print(json.dumps({"error": str(exc)}))
+            else:
+                err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        if as_json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            _print_result(result)
+
+    async def work(r: Retrieval) -> None:
+        groups: tuple[str, ...] = ()
+        key = None
+        if user:
+            profile = await r.store.get_user(user.strip().lower())
+            if profile is None:
+                err.print(f"[red]error:[/] unknown user {user!r}: import the directory with `deskmate users import FILE`")
+                raise typer.Exit(2)
+            groups, key = profile.groups, profile.key
+        if question is not None:
+            await one(r, question, groups, key)
+            return
+        out.print("Ask the knowledge base (empty line or Ctrl-D to quit).")
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "? ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not text.strip():
+                break
+            try:
+                await one(r, text, groups, key)
+            except typer.Exit:
+                continue
+
+    _run(work)
+
+
+@kb_app.command("stats")
+def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Documents, chunks and users in the knowledge store."""
+    settings = Settings()
+
+    async def work(r: Retrieval):  # noqa: ANN202
+        return await r.store.stats()
+
+    stats = _run(work)
+    data = {
+        "store": settings.resolved_store_url(), "embedding_model": settings.embedding_model or "all-MiniLM-L6-v2 (bundled)",
+        "documents": stats.documents, "chunks": stats.chunks, "users": stats.users,
+        "kb_version": stats.kb_version, "chunks_by_group": stats.chunks_by_group,
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    table = Table(show_header=False, box=None)
+    for name, value in data.items():
+        shown = ", ".join(f"{g}: {n}" for g, n in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(name.replace("_", " "), shown)
+    out.print(table)
+
+
+@users_app.command("import")
+def users_import(path: Annotated[Path, typer.Argument(help="CSV or JSON directory file.")]) -> None:
+    """Import employees (email, name, department, location, role, groups, devices)."""
+    try:
+        directory = load_directory(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        err.print(f"[red]error:[/] cannot read {path}: {exc}")
+        raise typer.Exit(2) from None
+    for row, reason in directory.errors:
+        err.print(f"[yellow]skipped[/] row {row}: {reason}")
+
+    async def work(r: Retrieval) -> int:
+        return await import_users(directory.profiles, r.store, r.embedder)
+
+    count = _run(work)
+    out.print(f"imported {count} users, {len(directory.errors)} rows skipped")
+    if directory.errors:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""Turning exported rated turns into a LoRA adapter. Never imports `bot`."""

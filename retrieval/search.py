@@ -1,0 +1,160 @@
+"""Hybrid search for one user: lexical and dense results fused, filtered by the user's access
+groups, with the user's own context and a confidence signal the orchestrator can act on."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from retrieval.cache import Cache
+from retrieval.embeddings import Embedder
+from retrieval.ingest import KB_VERSION_KEY
+from retrieval.records import Chunk, Hit, reader_groups
+from retrieval.store import KnowledgeStore
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["hybrid", "dense", "lexical"]
+RESULT_TTL_SECONDS = 600
+KB_VERSION_TTL_SECONDS = 5
+
+
+class QueryError(ValueError):
+    """The query cannot be searched (it is empty); the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked chunks for one query and reader.
+
+    `confidence` is the best passage's cosine similarity to the query (0–1): unlike fused
+    scores it means the same thing for every query, so one threshold works across questions.
+    """
+
+    query: str
+    hits: list[Hit]
+    confidence: float
+    confident: bool
+    truncated: bool = False
+    kb_version: int = 0
+    cached: bool = False
+    user_facts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "query": self.query,
+            "confidence": round(self.confidence, 4),
+            "confident": self.confident,
+            "truncated": self.truncated,
+            "kb_version": self.kb_version,
+            "cached": self.cached,
+            "user_facts": self.user_facts,
+            "hits": [{"score": round(h.score, 4), **h.chunk.to_dict()} for h in self.hits],
+        }
+
+
+class Searcher:
+    """Searches the knowledge base for a reader; results are cached per knowledge-base version."""
+
+    def __init__(
+        self,
+        store: KnowledgeStore,
+        embedder: Embedder,
+        cache: Cache | None = None,
+        *,
+        alpha: float = 0.5,
+        min_confidence: float = 0.35,
+        max_query_chars: int = 2000,
+        candidates: int = 40,
+        user_facts_k: int = 3,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.cache = cache
+        self.alpha = alpha
+        self.min_confidence = min_confidence
+        self.max_query_chars = max_query_chars
+        self.candidates = candidates
+        self.user_facts_k = user_facts_k
+
+    def prepare(self, query: str) -> tuple[str, bool]:
+        """The query as it will be searched, and whether it was cut to `max_query_chars`."""
+        cleaned = " ".join(query.split())
+        if not cleaned:
+            raise QueryError("the question is empty: type what you want to know, e.g. 'how do I reset my VPN password'")
+        if len(cleaned) > self.max_query_chars:
+            return cleaned[: self.max_query_chars], True
+        return cleaned, False
+
+    async def kb_version(self) -> int:
+        """The knowledge-base version, from the cache when fresh, else from the store."""
+        if self.cache is not None:
+            raw = await self.cache.get(KB_VERSION_KEY)
+            if raw is not None:
+                return int(raw)
+        version = await self.store.kb_version()
+        if self.cache is not None:
+            await self.cache.set(KB_VERSION_KEY, str(version).encode(), ttl=KB_VERSION_TTL_SECONDS)
+        return version
+
+    async def search(
+        self,
+        query: str,
+        *,
+        groups: list[str] | tuple[str, ...] = (),
+        k: int = 5,
+        user_key: str | None = None,
+        mode: Mode = "hybrid",
+    ) -> SearchResult:
+        """The `k` best chunks this reader may see, and their facts relevant to the query."""
+        text, truncated = self.prepare(query)
+        if truncated:
+            log.info("search.truncated chars=%d limit=%d", len(query), self.max_query_chars)
+        scope = reader_groups(groups)
+        version = await self.kb_version()
+        key = self._result_key(text, scope, k, mode, version)
+        vector_task = asyncio.ensure_future(self.embedder.embed_query(text))
+        cached = await self.cache.get(key) if self.cache is not None else None
+        vector = await vector_task
+        facts_task = (
+            asyncio.ensure_future(self.store.user_facts(user_key, vector, self.user_facts_k))
+            if user_key else None
+        )
+        if cached is not None:
+            data = json.loads(cached)
+            hits = [Hit(Chunk.from_dict(h["chunk"]), h["score"]) for h in data["hits"]]
+            confidence = data["confidence"]
+        else:
+            hits, confidence = await self._rank(text, vector, scope, k, mode)
+            if self.cache is not None:
+                payload = {"hits": [{"chunk": h.chunk.to_dict(), "score": h.score} for h in hits],
+                           "confidence": confidence}
+                await self.cache.set(key, json.dumps(payload).encode(), ttl=RESULT_TTL_SECONDS)
+        facts = await facts_task if facts_task else []
+        return SearchResult(
+            query=text, hits=hits, confidence=confidence,
+            confident=bool(hits) and confidence >= self.min_confidence,
+            truncated=truncated, kb_version=version, cached=cached is not None, user_facts=facts,
+        )
+
+    async def _rank(self, text, vector, scope, k, mode) -> tuple[list[Hit], float]:  # noqa: ANN001
+        if mode == "dense":
+            hits = await self.store.dense(vector, k, scope)
+            return hits, max(0.0, hits[0].score) if hits else 0.0
+        if mode == "lexical":
+            hits, dense = await asyncio.gather(
+                self.store.lexical(text, k, scope), self.store.dense(vector, 1, scope)
+            )
+            return hits, max(0.0, dense[0].score) if dense else 0.0
+        ranked = await self.store.hybrid(text, vector, self.candidates, scope, self.alpha)
+        return ranked.hits[:k], max(0.0, ranked.top_similarity)
+
+    def _result_key(self, text: str, scope: tuple[str, ...], k: int, mode: str, version: int) -> str:
+        digest = hashlib.sha256(
+            f"{self.embedder.name}|{mode}|{k}|{self.alpha}|{','.join(scope)}|{text.lower()}".encode()
+        ).hexdigest()
+        return f"search:v{version}:{digest}"

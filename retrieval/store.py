@@ -1,0 +1,135 @@
+"""The knowledge store: our small interface, and the URL that picks a backend.
+
+Two backends implement it: `store_lancedb` (embedded, on disk) and `store_weaviate`."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from retrieval.fusion import relative_score_fusion
+from retrieval.records import (
+    Chunk,
+    DocumentRecord,
+    DocumentWrite,
+    Hit,
+    RankedHits,
+    StoreStats,
+    UserProfile,
+)
+
+class StoreUnavailable(RuntimeError):
+    """The store's server cannot be reached or refused the request."""
+
+
+class KnowledgeStore(ABC):
+    """Domain chunks (with access groups) and per-user context, searched by vector and text.
+
+    Guarantees every backend keeps (the contract tests check them):
+    - a search with `groups` never returns a chunk whose groups do not intersect them;
+    - user facts of one user key are never returned for another;
+    - `replace_documents` is idempotent and leaves a document either fully old or fully new.
+    """
+
+    dim: int
+
+    # --- documents -------------------------------------------------------------------------
+    @abstractmethod
+    async def replace_documents(self, writes: Sequence[DocumentWrite]) -> None:
+        """Make each document's chunks exactly the given ones."""
+
+    @abstractmethod
+    async def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Remove documents and all their chunks; returns how many documents existed."""
+
+    @abstractmethod
+    async def documents(self) -> dict[str, DocumentRecord]:
+        """Every ingested document by id."""
+
+    @abstractmethod
+    async def chunks_of(self, doc_id: str) -> list[Chunk]:
+        """A document's chunks in reading order."""
+
+    # --- search ----------------------------------------------------------------------------
+    @abstractmethod
+    async def dense(self, vector: np.ndarray, k: int, groups: Sequence[str]) -> list[Hit]:
+        """Nearest chunks by cosine similarity (score = similarity, in [-1, 1])."""
+
+    @abstractmethod
+    async def lexical(self, text: str, k: int, groups: Sequence[str]) -> list[Hit]:
+        """Best chunks by BM25 (score = the backend's BM25 score)."""
+
+    async def hybrid(
+        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float
+    ) -> RankedHits:
+        """Dense and lexical fused by relative scores; `alpha` weighs the dense side."""
+        dense, lexical = await asyncio.gather(
+            self.dense(vector, k, groups), self.lexical(text, k, groups)
+        )
+        fused = relative_score_fusion(dense, lexical, alpha)
+        top = dense[0].score if dense else 0.0
+        return RankedHits(hits=fused[:k], top_similarity=top)
+
+    # --- users -----------------------------------------------------------------------------
+    @abstractmethod
+    async def put_user(self, profile: UserProfile, facts: Sequence[str], vectors: np.ndarray) -> None:
+        """Replace a user's profile and context facts."""
+
+    @abstractmethod
+    async def get_user(self, key: str) -> UserProfile | None: ...
+
+    @abstractmethod
+    async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:
+        """This user's facts nearest to the question; never another user's."""
+
+    @abstractmethod
+    async def delete_user(self, key: str) -> int:
+        """Remove a user's profile and facts; returns how many records were removed."""
+
+    # --- housekeeping ----------------------------------------------------------------------
+    @abstractmethod
+    async def kb_version(self) -> int:
+        """A number that grows whenever the knowledge base's content changes."""
+
+    @abstractmethod
+    async def bump_kb_version(self) -> int: ...
+
+    @abstractmethod
+    async def stats(self) -> StoreStats: ...
+
+    async def optimize(self) -> None:
+        """Bring indexes up to date after a batch of writes (no-op where the server does it)."""
+
+    async def ping(self) -> bool:
+        """True when the store answers."""
+        await self.kb_version()
+        return True
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+async def open_store(
+    url: str,
+    *,
+    dim: int,
+    api_key: str | None = None,
+    grpc_port: int | None = None,
+    vector_index_min_rows: int = 20_000,
+) -> KnowledgeStore:
+    """Open the backend a URL names: `lancedb:///path` (or a bare path) or `http(s)://` Weaviate."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        from retrieval.store_weaviate import WeaviateStore
+
+        return await WeaviateStore.connect(url, dim=dim, api_key=api_key, grpc_port=grpc_port)
+    if parsed.scheme in ("lancedb", "", "file"):
+        from retrieval.store_lancedb import LanceStore
+
+        path = url.split("://", 1)[1] if "://" in url else url
+        return await LanceStore.open(path, dim=dim, vector_index_min_rows=vector_index_min_rows)
+    raise ValueError(f"unsupported store URL scheme {parsed.scheme!r} in {url!r}")

@@ -1,0 +1,114 @@
+"""Who is asking: the employee directory, imported from CSV or JSON, stored as facts the search
+can retrieve for that user (and only that user)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrieval.embeddings import Embedder
+from retrieval.records import UserProfile
+from retrieval.store import KnowledgeStore
+
+KNOWN_COLUMNS = {"email", "name", "department", "location", "role", "groups", "devices",
+                 "platform", "platform_id", "id"}
+
+
+def user_key(email: str | None = None, platform: str | None = None, platform_id: str | None = None) -> str:
+    """The canonical key of a person: the lower-cased email when known (the same person in Slack
+    and Teams), else `platform:id`."""
+    if email and email.strip():
+        return email.strip().lower()
+    if platform and platform_id:
+        return f"{platform.strip().lower()}:{platform_id.strip()}"
+    raise ValueError("a user needs an email, or a platform and an id on it")
+
+
+def _split(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    text = str(value)
+    separator = ";" if ";" in text else ","
+    return tuple(part.strip() for part in text.split(separator) if part.strip())
+
+
+def profile_from_row(row: dict[str, object]) -> UserProfile:
+    """One directory row (CSV columns or JSON keys, any case) as a profile."""
+    data = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+    email = str(data.get("email") or "").strip()
+    key = user_key(email, str(data.get("platform") or ""), str(data.get("platform_id") or data.get("id") or ""))
+    return UserProfile(
+        key=key,
+        name=str(data.get("name") or "").strip(),
+        email=email.lower(),
+        department=str(data.get("department") or "").strip(),
+        location=str(data.get("location") or "").strip(),
+        role=str(data.get("role") or "").strip(),
+        groups=tuple(g.lower() for g in _split(data.get("groups"))),
+        devices=_split(data.get("devices")),
+        extra={k: str(v) for k, v in data.items() if k not in KNOWN_COLUMNS and v not in (None, "")},
+    )
+
+
+@dataclass
+class DirectoryFile:
+    """Profiles read from a file, and the rows that could not be read (row number, reason)."""
+
+    profiles: list[UserProfile] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+
+def load_directory(path: Path) -> DirectoryFile:
+    """Read users from CSV (one row each) or JSON (a list, or `{"users": [...]}`)."""
+    result = DirectoryFile()
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        rows = data.get("users", []) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            raise ValueError("JSON directory must be a list of users or {\"users\": [...]}")
+        numbered = list(enumerate(rows, start=1))
+    else:
+        numbered = list(enumerate(csv.DictReader(text.splitlines()), start=2))
+    for number, row in numbered:
+        if not isinstance(row, dict):
+            result.errors.append((number, "not an object"))
+            continue
+        try:
+            result.profiles.append(profile_from_row(row))
+        except ValueError as exc:
+            result.errors.append((number, str(exc)))
+    return result
+
+
+def profile_facts(profile: UserProfile) -> list[str]:
+    """Short sentences about a person, each embedded on its own so a question retrieves the
+    ones that matter ("my laptop" finds the devices, "payroll" the department)."""
+    who = profile.name or profile.email or profile.key
+    facts = [f"The person asking is {who}" + (f" ({profile.email})." if profile.email else ".")]
+    if profile.department:
+        facts.append(f"{who} works in the {profile.department} department.")
+    if profile.role:
+        facts.append(f"{who}'s role is {profile.role}.")
+    if profile.location:
+        facts.append(f"{who} works from {profile.location}.")
+    if profile.groups:
+        facts.append(f"{who} belongs to the groups: {', '.join(profile.groups)}.")
+    facts.extend(f"{who} uses this device: {device}." for device in profile.devices)
+    facts.extend(f"{who}'s {name.replace('_', ' ')}: {value}." for name, value in sorted(profile.extra.items()))
+    return facts
+
+
+async def import_users(profiles: Sequence[UserProfile], store: KnowledgeStore, embedder: Embedder) -> int:
+    """Store each profile and its facts (replacing what was there); returns how many."""
+    for profile in profiles:
+        facts = profile_facts(profile)
+        vectors = await asyncio.to_thread(embedder.embed, facts)
+        await store.put_user(profile, facts, vectors)
+    return len(profiles)

@@ -1,0 +1,76 @@
+"""The cache contract, against the in-process cache and the real Redis on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from retrieval.cache import Cache, MemoryCache, RedisCache, open_cache
+from retrieval.embeddings import Embedder
+
+
+async def test_get_set_delete(cache: Cache) -> None:
+    assert await cache.get("missing") is None
+    await cache.set("a", b"1")
+    assert await cache.get("a") == b"1"
+    await cache.delete("a")
+    assert await cache.get("a") is None
+
+
+async def test_ttl_expires(cache: Cache) -> None:
+    await cache.set("short", b"x", ttl=0.2)
+    assert await cache.get("short") == b"x"
+    await asyncio.sleep(0.35)
+    assert await cache.get("short") is None
+
+
+async def test_add_only_once(cache: Cache) -> None:
+    """`add` is what deduplicates Slack retries: only the first caller wins."""
+    results = await asyncio.gather(*(cache.add("event:Ev1", b"1", ttl=10) for _ in range(10)))
+    assert results.count(True) == 1
+
+
+async def test_incr_counts_within_window(cache: Cache) -> None:
+    assert [await cache.incr("rate:u", ttl=0.3) for _ in range(3)] == [1, 2, 3]
+    await asyncio.sleep(0.45)
+    assert await cache.incr("rate:u", ttl=0.3) == 1
+
+
+async def test_query_embeddings_are_cached(cache: Cache, embedder: Embedder) -> None:
+    cached = Embedder(embedder.model_ref, cache=cache)
+    cached._model = embedder._load()  # share the loaded weights; the cache is what is tested
+    first = await cached.embed_query("how do I reset my VPN password")
+    key = cached._query_key("how do I reset my VPN password")
+    assert await cache.get(key) == first.tobytes()
+    again = await cached.embed_query("how do I reset my VPN password")
+    assert (again == first).all()
+
+
+async def test_memory_cache_is_bounded() -> None:
+    cache = MemoryCache(max_entries=10)
+    for i in range(100):
+        await cache.set(f"k{i}", b"v")
+    assert sum([await cache.get(f"k{i}") is not None for i in range(100)]) == 10
+    assert await cache.get("k99") == b"v"
+
+
+async def test_redis_down_means_misses_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    down = RedisCache("redis://127.0.0.1:1/0", prefix="x:", retry_after=60)
+    with caplog.at_level(logging.WARNING, logger="retrieval.cache"):
+        assert await down.get("a") is None
+        await down.set("a", b"1")
+        assert await down.incr("n") == 0
+        assert await down.add("e", b"1") is True  # answering beats dropping without dedup
+        assert await down.ping() is False
+    warnings = [r for r in caplog.records if "redis_unavailable" in r.getMessage()]
+    assert len(warnings) == 1
+    await down.close()
+
+
+def test_open_cache_by_url() -> None:
+    assert isinstance(open_cache("memory://"), MemoryCache)
+    assert isinstance(open_cache("redis://127.0.0.1:6379/0"), RedisCache)
+    with pytest.raises(ValueError, match="unsupported cache URL"):
+        open_cache("memcached://x")
