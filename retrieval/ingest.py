@@ -142,6 +142,7 @@ def _load_pdf(path: Path) -> tuple[dict, list[str]]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # our one line says why a PDF failed
     try:
         reader = PdfReader(str(path))
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
@@ -218,7 +219,8 @@ def discover(path: Path) -> tuple[list[Path], list[Path]]:
     found, ignored = [], []
     for item in sorted(path.rglob("*")):
         rel_parts = item.relative_to(path).parts
-        if any(part.startswith(".") for part in rel_parts) or not item.is_file():
+        # A dangling symlink is reported (as unreadable) rather than silently passed over.
+        if any(part.startswith(".") for part in rel_parts) or not (item.is_file() or item.is_symlink()):
             continue
         if item.name.endswith(SIDECAR):
             continue

@@ -158,3 +158,12 @@ class Searcher:
             f"{self.embedder.name}|{mode}|{k}|{self.alpha}|{','.join(scope)}|{text.lower()}".encode()
         ).hexdigest()
         return f"search:v{version}:{digest}"
+
+
+def conversational_query(question: str, history: list[tuple[str, str]] | None = None, *, turns: int = 1) -> str:
+    """A search query for a follow-up: the user's last `turns` messages before it, then the
+    question itself. Follow-ups ("and on Linux?") lean on what was asked before; earlier
+    assistant answers are left out because they drag in the previous topic's words."""
+    asked = [text.strip() for speaker, text in (history or []) if speaker == "user" and text.strip()]
+    context = asked[-turns:] if turns > 0 else []
+    return " ".join([*context, question.strip()])

@@ -1,0 +1,60 @@
+"""Shared by the bench scripts: reading the bench-data JSONL formats and writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(REPO))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def gold_ids(question: dict[str, Any]) -> list[str]:
+    """Gold document ids under either name the bench formats use."""
+    return list(question.get("gold_doc_ids") or question.get("gold_passage_ids") or [])
+
+
+def history_of(question: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(h.get("speaker", "user"), h.get("text", "")) for h in question.get("history") or []]
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def write_result(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
+    """Write `bench/results/<name>.json` (or `out`) with the machine and the date."""
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+               "machine": machine(), **figures}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))

@@ -1,0 +1,140 @@
+"""Ingesting folders: bad files are skipped with a reason, the rest lands, re-runs are free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pypdf import PdfWriter
+
+from retrieval.chunking import ChunkingConfig
+from retrieval.embeddings import Embedder
+from retrieval.ingest import Ingestor
+from retrieval.records import DocumentWrite
+from retrieval.store import open_store
+
+GOOD = "---\ntitle: {title}\nurl: https://intranet.example/{slug}\ngroups: {groups}\n---\n# {title}\n\n## Steps\n\n{body}\n"
+
+
+def write_good(folder: Path, slug: str, body: str, groups: str = "[]") -> Path:
+    path = folder / f"{slug}.md"
+    path.write_text(GOOD.format(title=slug.replace("-", " ").title(), slug=slug, groups=groups, body=body))
+    return path
+
+
+@pytest.fixture
+async def ingestor(tmp_path: Path, embedder: Embedder) -> Ingestor:
+    store = await open_store(f"lancedb://{tmp_path / 'store'}", dim=embedder.dim)
+    yield Ingestor(store, embedder, chunking=ChunkingConfig(400, 50), max_file_bytes=10_000_000)
+    await store.close()
+
+
+def make_bad_folder(folder: Path) -> dict[str, str]:
+    """Files that must be skipped, with a word their reason must contain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "binary.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (folder / "empty.md").write_bytes(b"")
+    with open(folder / "huge.txt", "wb") as f:
+        f.write(b"word " * (50 * 1024 * 1024 // 5))  # 50 MB
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842)
+    with open(folder / "scan.pdf", "wb") as f:
+        writer.write(f)
+    (folder / "broken-front-matter.md").write_text("---\ntitle: [unclosed\ngroups: hr\n---\n# Body\ntext\n")
+    (folder / "latin1.md").write_bytes("# Café menu\nPrix: 5€ — déjà vu\n".encode("cp1252"))
+    (folder / "gone.md").symlink_to(folder / "does-not-exist.md")
+    (folder / "fake.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    return {
+        "binary.md": "binary", "empty.md": "empty", "huge.txt": "too large", "scan.pdf": "no text layer",
+        "broken-front-matter.md": "front matter", "latin1.md": "not UTF-8", "gone.md": "cannot read",
+        "fake.pdf": "unreadable PDF",
+    }
+
+
+async def test_bad_files_are_skipped_and_the_rest_ingested(ingestor: Ingestor, tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    expected = make_bad_folder(folder)
+    write_good(folder, "vpn-reset", "Open Northwind ID and choose Reset VPN password.")
+    (folder / "notes.txt").write_text("Plain text notes about the coffee machine on floor 2.")
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n")
+    (folder / ".hidden.md").write_text("# hidden")
+    report = await ingestor.ingest_path(folder)
+    failed = dict(report.failed)
+    assert set(failed) == set(expected)
+    for name, word in expected.items():
+        assert word.lower() in failed[name].lower(), (name, failed[name])
+    assert sorted(report.added) == ["notes.txt", "vpn-reset.md"]
+    assert report.ignored == ["logo.png"]
+    assert not report.ok
+    docs = await ingestor.store.documents()
+    assert set(docs) == {"notes.txt", "vpn-reset.md"}
+    assert docs["vpn-reset.md"].url == "https://intranet.example/vpn-reset"
+
+
+async def test_reingest_is_idempotent_and_changes_replace(ingestor: Ingestor, tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    write_good(folder, "wifi", "Join NW-Staff with your Northwind ID.")
+    write_good(folder, "printers", "Add LIS-PRINT-02 from the print portal.")
+    first = await ingestor.ingest_path(folder)
+    assert first.ok and first.chunks_embedded >= 2
+    again = await ingestor.ingest_path(folder)
+    assert again.chunks_embedded == 0 and sorted(again.unchanged) == ["printers.md", "wifi.md"]
+    assert again.kb_version == first.kb_version
+
+    write_good(folder, "wifi", "The staff network was renamed to NW-Secure in May.")
+    changed = await ingestor.ingest_path(folder)
+    assert changed.updated == ["wifi.md"] and changed.kb_version == first.kb_version + 1
+    text = " ".join(c.text for c in await ingestor.store.chunks_of("wifi.md"))
+    assert "NW-Secure" in text and "NW-Staff" not in text
+
+
+async def test_prune_removes_deleted_files_but_keeps_broken_ones(ingestor: Ingestor, tmp_path: Path) -> None:
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    write_good(folder, "keep", "Kept document.")
+    gone = write_good(folder, "gone", "This file will be deleted.")
+    broken = write_good(folder, "broken", "Will be broken later.")
+    await ingestor.ingest_path(folder)
+    gone.unlink()
+    broken.write_bytes(b"\x00\x01binary now")
+    without_prune = await ingestor.ingest_path(folder)
+    assert "gone.md" in await ingestor.store.documents() and not without_prune.removed
+    pruned = await ingestor.ingest_path(folder, prune=True)
+    assert pruned.removed == ["gone.md"]
+    docs = await ingestor.store.documents()
+    assert set(docs) == {"keep.md", "broken.md"}  # a broken file keeps its last good version
+    assert await ingestor.store.chunks_of("gone.md") == []
+
+
+async def test_a_failed_file_in_a_batch_does_not_keep_the_others_out(ingestor: Ingestor, tmp_path: Path) -> None:
+    """When the batch commit fails, files are retried one by one; the bad one stays as it was."""
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    write_good(folder, "a", "Alpha document.")
+    write_good(folder, "b", "Bravo document.")
+    await ingestor.ingest_path(folder)
+    store = ingestor.store
+    old_b = await store.chunks_of("b.md")
+    docs = await store.documents()
+    new_a = [c.__class__(**{**c.__dict__, "text": "Alpha, revised."}) for c in await store.chunks_of("a.md")]
+    good = DocumentWrite(docs["a.md"], new_a, ingestor.embedder.embed([c.search_text for c in new_a]))
+    bad = DocumentWrite(docs["b.md"], old_b, np.ones((len(old_b), 7), dtype=np.float32))
+    from retrieval.ingest import IngestReport, _Pending
+    from retrieval.chunking import Document
+
+    report = IngestReport()
+    pending = [_Pending(Document("a.md", "A", "x"), new_a, False), _Pending(Document("b.md", "B", "x"), old_b, False)]
+    await ingestor._write([good, bad], pending, report)
+    assert report.updated == ["a.md"] and [s for s, _ in report.failed] == ["b.md"]
+    assert (await store.chunks_of("a.md"))[0].text == "Alpha, revised."
+    assert await store.chunks_of("b.md") == old_b
+
+
+async def test_single_file_and_missing_path(ingestor: Ingestor, tmp_path: Path) -> None:
+    path = write_good(tmp_path, "single", "Just one file.")
+    report = await ingestor.ingest_path(path)
+    assert report.added == ["single.md"]
+    with pytest.raises(FileNotFoundError):
+        await ingestor.ingest_path(tmp_path / "nope")
