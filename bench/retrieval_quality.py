@@ -21,7 +21,7 @@ from _common import gold_ids, history_of, print_table, read_jsonl, write_result
 from retrieval.chunking import ChunkingConfig, Document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
-from retrieval.search import Searcher, conversational_query
+from retrieval.search import Searcher, earlier_questions
 from retrieval.store import open_store
 
 
@@ -59,10 +59,10 @@ async def run(args: argparse.Namespace) -> dict:
         totals = {m: [0.0, 0.0, 0.0] for m in modes}
         confidences: dict[str, list[float]] = {"answerable": [], "unanswerable": []}
         for q in answerable + unanswerable:
-            query = conversational_query(q["question"], history_of(q), turns=args.history_turns)
+            earlier = earlier_questions(history_of(q), turns=args.history_turns)
             gold = set(gold_ids(q))
             for mode in modes:
-                result = await searcher.search(query, k=args.chunks, mode=mode)
+                result = await searcher.search(q["question"], k=args.chunks, mode=mode, earlier=earlier)
                 if mode == "hybrid":
                     confidences["answerable" if gold else "unanswerable"].append(result.confidence)
                 if gold:

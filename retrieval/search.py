@@ -109,14 +109,20 @@ class Searcher:
         k: int = 5,
         user_key: str | None = None,
         mode: Mode = "hybrid",
+        earlier: str = "",
     ) -> SearchResult:
-        """The `k` best chunks this reader may see, and their facts relevant to the query."""
+        """The `k` best chunks this reader may see, and their facts relevant to the query.
+
+        `earlier` is what the user asked before in the same conversation. It joins the lexical
+        query only: a follow-up ("and on Linux?") needs the earlier topic's words for BM25,
+        while the dense side matches the follow-up itself best (measured on MTRAG)."""
         text, truncated = self.prepare(query)
         if truncated:
             log.info("search.truncated chars=%d limit=%d", len(query), self.max_query_chars)
+        lexical_text = f"{' '.join(earlier.split())[: self.max_query_chars]} {text}".strip()
         scope = reader_groups(groups)
         version = await self.kb_version()
-        key = self._result_key(text, scope, k, mode, version)
+        key = self._result_key(lexical_text, scope, k, mode, version)
         vector_task = asyncio.ensure_future(self.embedder.embed_query(text))
         cached = await self.cache.get(key) if self.cache is not None else None
         vector = await vector_task
@@ -129,7 +135,13 @@ class Searcher:
             hits = [Hit(Chunk.from_dict(h["chunk"]), h["score"]) for h in data["hits"]]
             confidence = data["confidence"]
         else:
-            hits, confidence = await self._rank(text, vector, scope, k, mode)
+            hits, confidence = await self._rank(lexical_text, vector, scope, k, mode)
+            if earlier.strip() and hits:
+                # A follow-up alone ("and on Linux?") resembles nothing; judge confidence on
+                # what it means in the conversation too.
+                whole = await self.embedder.embed_query(lexical_text)
+                best = await self.store.dense(whole, 1, scope)
+                confidence = max(confidence, best[0].score if best else 0.0)
             if self.cache is not None:
                 payload = {"hits": [{"chunk": h.chunk.to_dict(), "score": h.score} for h in hits],
                            "confidence": confidence}
@@ -150,7 +162,7 @@ class Searcher:
                 self.store.lexical(text, k, scope), self.store.dense(vector, 1, scope)
             )
             return hits, max(0.0, dense[0].score) if dense else 0.0
-        ranked = await self.store.hybrid(text, vector, self.candidates, scope, self.alpha)
+        ranked = await self.store.hybrid(text, vector, k, scope, self.alpha, candidates=self.candidates)
         return ranked.hits[:k], max(0.0, ranked.top_similarity)
 
     def _result_key(self, text: str, scope: tuple[str, ...], k: int, mode: str, version: int) -> str:
@@ -160,10 +172,8 @@ class Searcher:
         return f"search:v{version}:{digest}"
 
 
-def conversational_query(question: str, history: list[tuple[str, str]] | None = None, *, turns: int = 1) -> str:
-    """A search query for a follow-up: the user's last `turns` messages before it, then the
-    question itself. Follow-ups ("and on Linux?") lean on what was asked before; earlier
-    assistant answers are left out because they drag in the previous topic's words."""
+def earlier_questions(history: list[tuple[str, str]] | None = None, *, turns: int = 1) -> str:
+    """The user's last `turns` messages before a follow-up, for `Searcher.search(earlier=…)`.
+    Assistant answers are left out: they drag in the previous topic's words."""
     asked = [text.strip() for speaker, text in (history or []) if speaker == "user" and text.strip()]
-    context = asked[-turns:] if turns > 0 else []
-    return " ".join([*context, question.strip()])
+    return " ".join(asked[-turns:] if turns > 0 else [])

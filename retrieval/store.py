@@ -64,11 +64,14 @@ class KnowledgeStore(ABC):
         """Best chunks by BM25 (score = the backend's BM25 score)."""
 
     async def hybrid(
-        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float
+        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float,
+        candidates: int | None = None,
     ) -> RankedHits:
-        """Dense and lexical fused by relative scores; `alpha` weighs the dense side."""
+        """The `k` best of dense and lexical rankings (`candidates` deep each, default `k`)
+        fused by relative scores; `alpha` weighs the dense side."""
+        depth = max(k, candidates or k)
         dense, lexical = await asyncio.gather(
-            self.dense(vector, k, groups), self.lexical(text, k, groups)
+            self.dense(vector, depth, groups), self.lexical(text, depth, groups)
         )
         fused = relative_score_fusion(dense, lexical, alpha)
         top = dense[0].score if dense else 0.0
@@ -81,6 +84,10 @@ class KnowledgeStore(ABC):
 
     @abstractmethod
     async def get_user(self, key: str) -> UserProfile | None: ...
+
+    @abstractmethod
+    async def users(self) -> list[UserProfile]:
+        """Every imported user, sorted by key (the web page's user picker lists them)."""
 
     @abstractmethod
     async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:

@@ -220,6 +220,10 @@ class LanceStore(KnowledgeStore):
         rows = await self._t["users"].query().where(f"key = {sql_literal(key)}").limit(1).to_list()
         return UserProfile.from_json(rows[0]["profile"]) if rows else None
 
+    async def users(self) -> list[UserProfile]:
+        rows = await self._t["users"].query().select(["profile"]).to_list()
+        return sorted((UserProfile.from_json(r["profile"]) for r in rows), key=lambda p: p.key)
+
     async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:
         rows = await (
             self._t["user_facts"].query()

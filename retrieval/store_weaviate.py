@@ -532,11 +532,13 @@ class WeaviateStore(KnowledgeStore):
         return self._visible(hits, groups)
 
     async def hybrid(
-        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float
+        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float,
+        candidates: int | None = None,
     ) -> RankedHits:
         """Fused server-side in one round trip (relative-score fusion, as the embedded store
         does locally); a one-result vector query alongside gives the raw similarity that the
-        fused scores no longer carry."""
+        fused scores no longer carry. Weaviate sizes its own candidate pools, so `candidates`
+        is not needed here."""
         if not groups or k <= 0:
             return RankedHits(hits=[], top_similarity=0.0)
         if not text.strip():
@@ -618,6 +620,17 @@ class WeaviateStore(KnowledgeStore):
         if obj is None or obj.properties.get("user_key") != key:
             return None
         return UserProfile.from_json(obj.properties["profile_json"])
+
+    async def users(self) -> list[UserProfile]:
+        """One profile object per tenant; tenants are read a page at a time."""
+        profiles = []
+        for name in await self._users.tenants.get():
+            found = await self._users.with_tenant(name).query.fetch_objects(
+                filters=Filter.by_property("kind").equal("profile"), limit=1,
+                return_properties=["profile_json"],
+            )
+            profiles += [UserProfile.from_json(o.properties["profile_json"]) for o in found.objects]
+        return sorted(profiles, key=lambda p: p.key)
 
     async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:
         """Searched inside the user's own tenant; the key is still filtered and re-checked so

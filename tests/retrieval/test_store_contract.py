@@ -91,6 +91,7 @@ async def test_user_context_never_crosses_users(store: KnowledgeStore, embedder:
     assert any("Dell Latitude 7440" in f for f in ana_facts)
     assert await store.user_facts("nobody@northwind.example", question, k=5) == []
     assert (await store.get_user(ben.key)).location == "Berlin"
+    assert [p.key for p in await store.users()] == [ana.key, ben.key]
     removed = await store.delete_user(ana.key)
     assert removed >= 2
     assert await store.get_user(ana.key) is None
