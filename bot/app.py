@@ -1,10 +1,18 @@
-"""Wiring: settings in, connected parts out. The CLI and the server both start here, so a
-backend is chosen in exactly one place."""
+"""Wiring: settings in, connected parts out. The CLI, the server and the benchmarks all start
+here, so a backend is chosen in exactly one place."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+from aiohttp import web
+
+from bot.generation import AdapterNotServed, Generator, open_generator
+from bot.ledger import Ledger
+from bot.orchestrator import Orchestrator, TurnPolicy
 from bot.settings import Settings
 from retrieval.cache import Cache, open_cache
 from retrieval.chunking import ChunkingConfig
@@ -12,6 +20,8 @@ from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
 from retrieval.store import KnowledgeStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,3 +61,112 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
         max_file_bytes=int(settings.max_file_mb * 1_000_000),
     )
     return Retrieval(settings, store, cache, embedder, searcher, ingestor)
+
+
+def turn_policy(settings: Settings) -> TurnPolicy:
+    return TurnPolicy(
+        prompt_version=settings.prompt_version, context_passages=settings.context_passages,
+        max_answer_tokens=settings.max_answer_tokens, generator_timeout=settings.generator_timeout,
+        fallback_contact=settings.fallback_contact, rate_limit_per_minute=settings.rate_limit_per_minute,
+        answer_cache_ttl=settings.answer_cache_ttl, history_turns=settings.history_turns,
+    )
+
+
+def make_generator(settings: Settings) -> Generator:
+    key = settings.generator_api_key.get_secret_value() if settings.generator_api_key else None
+    return open_generator(settings.generator_url, api_key=key, timeout=settings.generator_timeout,
+                          n_threads=settings.generator_threads, max_waiting=settings.generator_max_waiting)
+
+
+@dataclass
+class Deskmate:
+    """Everything a running Deskmate holds: retrieval, the ledger, the model, the orchestrator."""
+
+    settings: Settings
+    retrieval: Retrieval
+    ledger: Ledger
+    generator: Generator
+    orchestrator: Orchestrator
+
+    async def close(self) -> None:
+        await self.generator.close()
+        await self.ledger.close()
+        await self.retrieval.close()
+
+
+async def open_deskmate(settings: Settings, *, generator: Generator | None = None,
+                        embedder: Embedder | None = None) -> Deskmate:
+    """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
+    starts anyway, spools turns, and `/readyz` says so."""
+    retrieval = await open_retrieval(settings, embedder=embedder)
+    ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
+    try:
+        await ledger.migrate()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("ledger.migrate_failed error=%s; turns will be spooled until it is back", exc)
+        ledger.available = False
+    generator = generator or make_generator(settings)
+    if settings.adapter:
+        try:
+            await generator.use_adapter(settings.adapter, settings.adapter_path)
+        except AdapterNotServed as exc:
+            log.error("adapter.refused name=%s reason=%s; serving the base model", settings.adapter, exc)
+    orchestrator = Orchestrator(retrieval.searcher, generator, ledger, retrieval.cache,
+                                turn_policy(settings))
+    return Deskmate(settings, retrieval, ledger, generator, orchestrator)
+
+
+# --- the web server --------------------------------------------------------------------------
+
+DESKMATE_KEY = web.AppKey("deskmate", Deskmate)
+
+
+async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
+    """Each part's state, checked now (with a short timeout each)."""
+
+    async def check(name: str, probe) -> tuple[str, dict[str, object]]:  # noqa: ANN001
+        try:
+            ok = bool(await asyncio.wait_for(probe(), timeout=3))
+            return name, {"ok": ok}
+        except Exception as exc:  # noqa: BLE001
+            return name, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+
+    results = dict(await asyncio.gather(
+        check("store", deskmate.retrieval.store.ping),
+        check("cache", deskmate.retrieval.cache.ping),
+        check("ledger", deskmate.ledger.ping),
+        check("generator", deskmate.generator.ping),
+    ))
+    spooled = deskmate.ledger.spooled()
+    if spooled:
+        results["ledger"]["spooled_writes"] = spooled
+    return results
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    parts = await readiness(request.app[DESKMATE_KEY])
+    ready = all(p["ok"] for p in parts.values())
+    return web.json_response({"ready": ready, "parts": parts}, status=200 if ready else 503)
+
+
+async def metrics_view(_request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_web_app(deskmate: Deskmate) -> web.Application:
+    """The aiohttp application: health, metrics and every channel's routes."""
+    from bot.channels import web as web_channel
+
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app[DESKMATE_KEY] = deskmate
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    web_channel.add_routes(app, deskmate)
+    return app

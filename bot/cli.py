@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.app import Retrieval, open_retrieval
+from bot.app import Deskmate, Retrieval, build_web_app, open_deskmate, open_retrieval
+from bot.messages import Delta, Done, IncomingMessage, Status
 from bot.settings import Settings
 from retrieval.search import QueryError, SearchResult
 from retrieval.users import import_users, load_directory
@@ -201,3 +202,143 @@ def users_import(path: Annotated[Path, typer.Argument(help="CSV or JSON director
     out.print(f"imported {count} users, {len(directory.errors)} rows skipped")
     if directory.errors:
         raise typer.Exit(1)
+
+
+# --- answering -------------------------------------------------------------------------------
+
+def _run_deskmate(work: Callable[[Deskmate], Awaitable[T]]) -> T:
+    """Open every part from settings, run one coroutine, close everything."""
+
+    async def main() -> T:
+        deskmate = await open_deskmate(Settings())
+        try:
+            return await work(deskmate)
+        finally:
+            await deskmate.close()
+
+    return asyncio.run(main())
+
+
+async def _cli_message(d: Deskmate, user: str | None, text: str, thread: str) -> IncomingMessage:
+    if not user:
+        return IncomingMessage(platform="cli", user_key="cli:local", text=text, channel="cli", thread_id=thread)
+    profile = await d.retrieval.store.get_user(user.strip().lower())
+    if profile is None:
+        err.print(f"[red]error:[/] unknown user {user!r}: import the directory with `deskmate users import FILE`")
+        raise typer.Exit(2)
+    return IncomingMessage(platform="cli", user_key=profile.key, user_name=profile.name, text=text,
+                           channel="cli", thread_id=thread, groups=profile.groups, private=True)
+
+
+async def _stream_answer(d: Deskmate, message: IncomingMessage, as_json: bool) -> str:
+    """Print one turn as it streams; returns its outcome."""
+    streamed = ""
+    async for event in d.orchestrator.handle(message):
+        if isinstance(event, Status) and not as_json:
+            err.print(f"[dim]{event.text}[/]")
+        elif isinstance(event, Delta):
+            streamed += event.text
+            if not as_json:
+                out.print(event.text, end="", highlight=False)
+        elif isinstance(event, Done):
+            answer = event.answer
+            if as_json:
+                print(json.dumps(answer.to_dict(), ensure_ascii=False))
+                return answer.outcome
+            # The final text may add to what streamed (who to ask) or replace it (an apology).
+            rest = answer.text[len(streamed):] if answer.text.startswith(streamed) else "\n" + answer.text
+            out.print(rest, highlight=False)
+            for source in answer.sources:
+                where = " › ".join(p for p in (source.title, source.heading) if p)
+                out.print(f"[dim]source:[/] {where}  {source.url}", highlight=False)
+            if answer.notice:
+                err.print(f"[yellow]note:[/] {answer.notice}")
+            adapter = f" + {answer.adapter_version}" if answer.adapter_version else ""
+            out.print(f"[dim]ref {answer.reference} · {answer.outcome}{' (cached)' if answer.cache_hit else ''}"
+                      f" · {answer.model}{adapter}[/]", highlight=False)
+            return answer.outcome
+    return "failed"
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    user: Annotated[str | None, typer.Option(help="Ask as this user (email): their groups and context.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Ask one question and stream the answer with its sources."""
+
+    async def work(d: Deskmate) -> str:
+        return await _stream_answer(d, await _cli_message(d, user, question, "ask"), as_json)
+
+    outcome = _run_deskmate(work)
+    if outcome == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def chat(
+    user: Annotated[str | None, typer.Option(help="Chat as this user (email).")] = None,
+) -> None:
+    """A conversation in the terminal: follow-up questions keep their context."""
+    import uuid
+
+    async def work(d: Deskmate) -> None:
+        thread = str(uuid.uuid4())
+        out.print("Chat with Deskmate (empty line or Ctrl-D to quit).")
+        while True:
+            try:
+                text = await asyncio.to_thread(input, "you> ")
+            except (EOFError, KeyboardInterrupt):
+                break
+            if not text.strip():
+                break
+            out.print("[bold]deskmate>[/] ", end="")
+            await _stream_answer(d, await _cli_message(d, user, text, thread), False)
+
+    _run_deskmate(work)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Run the server: the web chat at /, /healthz, /readyz, /metrics (and the platform endpoints)."""
+    import signal
+
+    from aiohttp import web
+
+    from bot.generation import LlamaCppGenerator
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+
+    async def main() -> None:
+        deskmate = await open_deskmate(settings)
+        if isinstance(deskmate.generator, LlamaCppGenerator):
+            await deskmate.generator.load()  # the first question should not wait for it
+        runner = web.AppRunner(build_web_app(deskmate), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        out.print(f"Deskmate is running: http://{shown}:{port}/  (Ctrl-C to stop)", highlight=False)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            while not stop.is_set():
+                # Replays spooled ledger writes once the database is back.
+                if deskmate.ledger.spooled():
+                    await deskmate.ledger.ping()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=10)
+                except TimeoutError:
+                    pass
+        finally:
+            await runner.cleanup()
+            await deskmate.close()
+
+    asyncio.run(main())

@@ -55,6 +55,40 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(2000, ge=10, description="Longer queries are truncated.")
     search_k: int = Field(5, ge=1, le=50)
 
+    # --- answering -------------------------------------------------------------------------
+    ledger_url: str = Field(
+        "", description="Ledger database: empty for SQLite in data_dir, or "
+        "`postgresql://user:pass@host:5432/deskmate`.",
+    )
+    generator_url: str = Field(
+        "local", description="`local` (the bundled SmolLM2 GGUF via llama.cpp), "
+        "`llama:///path/model.gguf`, `http(s)://tgi-or-vllm:8080`, or `echo://` (no model).",
+    )
+    generator_api_key: SecretStr | None = Field(None, description="Bearer token for the model server.")
+    generator_timeout: float = Field(60.0, gt=0, description="Seconds one answer may take.")
+    generator_threads: int | None = Field(None, ge=1, description="CPU threads for the local model.")
+    generator_max_waiting: int = Field(16, ge=1, description="Answers that may wait for the local model.")
+    adapter: str = Field("", description="Adapter version to serve until the registry names one.")
+    adapter_path: Path | None = Field(None, description="GGUF LoRA file of `adapter` (local model).")
+    max_answer_tokens: int = Field(200, ge=16, le=2048)
+    prompt_version: str = Field("v1", description="Prompt template version (bot/prompts.py).")
+    context_passages: int = Field(3, ge=1, le=10, description="Passages put in front of the model.")
+    fallback_contact: str = Field(
+        "the IT service desk (#it-help in Slack, or servicedesk@northwind.example)",
+        description="Who to ask when the knowledge base does not cover a question.",
+    )
+    rate_limit_per_minute: int = Field(12, ge=0, description="Questions per user per minute; 0 = off.")
+    answer_cache_ttl: float = Field(24 * 3600, ge=0, description="Seconds a cached answer lives; 0 = off.")
+    history_turns: int = Field(3, ge=0, le=20, description="Earlier exchanges kept per thread.")
+    web_chat: bool = Field(True, description="Serve the local web chat page at `/` (it trusts the "
+                           "user picked on the page: keep it on a laptop or a trusted network).")
+    host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535)
+
+    def resolved_ledger_url(self) -> str:
+        """The ledger URL with the embedded default filled in."""
+        return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+
     def resolved_store_url(self) -> str:
         """The store URL with the embedded default filled in."""
         if self.store_url:

@@ -6,9 +6,11 @@ removes them at the end, so runs never see each other's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,133 @@ def kb_copy(tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "kb-copy"
     shutil.copytree(EXAMPLE_KB, target)
     yield target
+
+
+# --- the ledger: SQLite, and databases of this run's own on the real PostgreSQL -------------
+
+PG_ADMIN_DSN = os.environ.get("DESKMATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is not reachable ({exc}): `make test` should have started it")
+    try:
+        await admin.execute(sql)
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_pg_database() -> AsyncIterator[str]:
+    """A new PostgreSQL database named after this run, dropped afterwards."""
+    name = f"deskmate_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"
+    await _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every ledger backend this machine runs: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    async with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def ledger(ledger_url: str, tmp_path: Path):  # noqa: ANN201
+    """A migrated ledger on every backend."""
+    from bot.ledger import Ledger
+
+    backend = Ledger(ledger_url, tmp_path / "spool.jsonl")
+    await backend.migrate()
+    yield backend
+    await backend.close()
+
+
+# --- the example handbook, ingested once per run ---------------------------------------------
+
+@pytest.fixture(scope="session")
+async def example_store_url(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> str:
+    """The example knowledge base and directory ingested once into a LanceDB folder."""
+    from retrieval.ingest import Ingestor
+    from retrieval.users import import_users, load_directory
+
+    url = f"lancedb://{tmp_path_factory.mktemp('example') / 'kb'}"
+    store = await open_store(url, dim=embedder.dim)
+    report = await Ingestor(store, embedder).ingest_path(EXAMPLE_KB)
+    assert report.ok, report.failed
+    await import_users(load_directory(EXAMPLE_USERS).profiles, store, embedder)
+    await store.close()
+    return url
+
+
+@pytest.fixture(scope="session")
+async def example_store(example_store_url: str, embedder: Embedder) -> AsyncIterator[KnowledgeStore]:
+    """The example store, shared read-only by tests."""
+    store = await open_store(example_store_url, dim=embedder.dim)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    from finetune.model import base_gguf_path
+
+    return base_gguf_path()
+
+
+@pytest.fixture(scope="session")
+async def local_generator(gguf_path: Path):  # noqa: ANN201
+    """One llama.cpp model for the whole run, as `deskmate serve` holds one."""
+    from bot.generation import LlamaCppGenerator
+
+    generator = LlamaCppGenerator(gguf_path, n_threads=2)
+    await generator.load()
+    yield generator
+    await generator.close()
+
+
+# --- a running `deskmate serve` ----------------------------------------------------------------
+
+@dataclass
+class RunningServer:
+    url: str
+    deskmate: object
+    settings: object
+
+
+@contextlib.asynccontextmanager
+async def running_server(embedder: Embedder, **overrides: object) -> AsyncIterator[RunningServer]:
+    """`deskmate serve` in this process on a free port: the real app over real HTTP."""
+    from aiohttp import web
+
+    from bot.app import build_web_app, open_deskmate
+    from bot.settings import Settings
+
+    settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+    deskmate = await open_deskmate(settings, embedder=embedder)
+    runner = web.AppRunner(build_web_app(deskmate), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", deskmate, settings)
+    finally:
+        await runner.cleanup()
+        await deskmate.close()

@@ -1,0 +1,144 @@
+"""How good are Deskmate's answers against gold answers?
+
+Ingests the corpus into a fresh embedded store, answers every question through the real
+orchestrator (retrieval, prompt, the local model, citations) and scores each answer against the
+gold answer(s): token F1, ROUGE-L, the share of answers citing a gold document, and, for
+questions marked unanswerable, how often Deskmate says it does not know.
+
+    python bench/answer_quality.py --corpus ../shared/bench-data/emanual_smart_tv/corpus.jsonl \
+        --questions ../shared/bench-data/emanual_smart_tv/qa.dev.jsonl --limit 100
+
+`--no-retrieval` answers from the model alone; `--adapter FILE` puts a GGUF LoRA on the model.
+The retraining issue runs it for RAG-only, fine-tuned-only and fine-tuned + RAG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import gold_ids, history_of, print_table, read_jsonl, write_result
+
+from bot.generation import Generator, LlamaCppGenerator
+from bot.ledger import Ledger
+from bot.messages import IncomingMessage
+from bot.orchestrator import Orchestrator, TurnPolicy
+from finetune.evaluate import best_of, rouge_l, token_f1
+from finetune.model import base_gguf_path
+from retrieval.cache import MemoryCache
+from retrieval.chunking import ChunkingConfig, Document
+from retrieval.embeddings import Embedder
+from retrieval.ingest import Ingestor
+from retrieval.search import Searcher
+from retrieval.store import open_store
+
+
+def references(question: dict[str, Any]) -> list[str]:
+    """Gold answers under either name the bench formats use."""
+    refs = question.get("reference_answers") or question.get("answer") or []
+    refs = [refs] if isinstance(refs, str) else refs
+    return [r if isinstance(r, str) else str(r.get("text", "")) for r in refs if r]
+
+
+def unanswerable(question: dict[str, Any]) -> bool:
+    return str(question.get("answerability", "")).upper().startswith("UNANSWERABLE")
+
+
+async def answer_all(args: argparse.Namespace, questions: list[dict], generator: Generator) -> dict:
+    corpus = read_jsonl(args.corpus)
+    embedder = Embedder(args.model or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
+        docs = [Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in corpus]
+        await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(docs, finish=True)
+        ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
+        await ledger.migrate()
+        cache = MemoryCache()
+        policy = TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0,
+                            use_retrieval=not args.no_retrieval, max_answer_tokens=args.max_tokens,
+                            context_passages=args.passages)
+        bot = Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy)
+        rows = []
+        started = time.perf_counter()
+        for i, q in enumerate(questions, start=1):
+            earlier = " ".join(t for s, t in history_of(q)[-2:] if s == "user")
+            text = f"{earlier} {q['question']}".strip() if earlier else q["question"]
+            answer = await bot.ask(IncomingMessage(platform="bench", user_key="bench:user", text=text,
+                                                   thread_id=str(i)))
+            refs = references(q)
+            gold = set(gold_ids(q))
+            rows.append({
+                "answer": answer.text, "outcome": answer.outcome,
+                "f1": best_of(token_f1, answer.text, refs) if refs else None,
+                "rouge_l": best_of(rouge_l, answer.text, refs) if refs else None,
+                "cites_gold": bool(gold & {s.doc_id for s in answer.sources}) if gold else None,
+                "unanswerable": unanswerable(q),
+            })
+            if i % 10 == 0:
+                print(f"  {i}/{len(questions)} answered ({time.perf_counter() - started:.0f} s)", flush=True)
+        await ledger.close()
+        await store.close()
+    scored = [r for r in rows if r["f1"] is not None and not r["unanswerable"]]
+    with_gold = [r for r in rows if r["cites_gold"] is not None]
+    unans = [r for r in rows if r["unanswerable"]]
+    mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None  # noqa: E731
+    return {
+        "questions": len(rows),
+        "token_f1": mean([r["f1"] for r in scored]),
+        "rouge_l": mean([r["rouge_l"] for r in scored]),
+        "gold_citation_rate": mean([float(r["cites_gold"]) for r in with_gold]),
+        "unknown_rate_answerable": mean([float(r["outcome"] == "unknown") for r in scored]),
+        "unknown_rate_unanswerable": mean([float(r["outcome"] == "unknown") for r in unans]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "answers": rows[: args.keep_answers],
+    }
+
+
+async def run(args: argparse.Namespace) -> dict:
+    questions = read_jsonl(args.questions)[: args.limit or None]
+    generator = LlamaCppGenerator(Path(args.gguf) if args.gguf else base_gguf_path(), n_threads=args.threads)
+    if args.adapter:
+        await generator.use_adapter(Path(args.adapter).stem, Path(args.adapter))
+    result = await answer_all(args, questions, generator)
+    await generator.close()
+    label = ("fine-tuned" if args.adapter else "base") + (" only" if args.no_retrieval else " + RAG")
+    return {"corpus": str(args.corpus), "questions_file": str(args.questions), "setup": label,
+            "adapter": args.adapter or "", "retrieval": not args.no_retrieval, **result}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--questions", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--adapter", help="GGUF LoRA file to put on the base model")
+    parser.add_argument("--gguf", help="another base GGUF (default: the bundled SmolLM2)")
+    parser.add_argument("--no-retrieval", action="store_true", help="answer from the model alone")
+    parser.add_argument("--limit", type=int, default=0, help="first N questions only (0 = all)")
+    parser.add_argument("--passages", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="", help="embedding model")
+    parser.add_argument("--chunk-size", type=int, default=800)
+    parser.add_argument("--chunk-overlap", type=int, default=100)
+    parser.add_argument("--keep-answers", type=int, default=20, help="answers kept in the JSON")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    result = asyncio.run(run(args))
+    print_table(["setup", "questions", "token F1", "ROUGE-L", "gold cited", "IDK (unanswerable)"],
+                [[result["setup"], result["questions"], result["token_f1"], result["rouge_l"],
+                  result["gold_citation_rate"], result["unknown_rate_unanswerable"]]])
+    name = f"answer_quality_{Path(args.corpus).parent.name or 'corpus'}"
+    print(f"wrote {write_result(name, result, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

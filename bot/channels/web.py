@@ -1,0 +1,74 @@
+"""The local web chat: a page at `/` for trying Deskmate without Slack or Teams.
+
+Pick a person from the imported directory, ask, watch the answer stream in (newline-delimited
+JSON over one chunked response), see its sources. The page trusts the person you pick, so it is
+meant for a laptop or a trusted network: `DESKMATE_WEB_CHAT=false` turns it off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.messages import Delta, Done, IncomingMessage, Status
+
+if TYPE_CHECKING:
+    from bot.app import Deskmate
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def add_routes(app: web.Application, deskmate: Deskmate) -> None:
+    """Register the page and its two JSON endpoints."""
+    if not deskmate.settings.web_chat:
+        return
+
+    async def page(_request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "chat.html", headers={"Cache-Control": "no-cache"})
+
+    async def users(_request: web.Request) -> web.Response:
+        people = await deskmate.retrieval.store.users()
+        return web.json_response([
+            {"key": p.key, "name": p.name or p.key, "department": p.department, "groups": list(p.groups)}
+            for p in people
+        ])
+
+    async def ask(request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.json_response({"error": "the body must be JSON: {\"user\": …, \"question\": …}"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("question"), str):
+            return web.json_response({"error": "`question` (text) is required"}, status=400)
+        user_key = str(body.get("user") or "").strip().lower()
+        profile = await deskmate.retrieval.store.get_user(user_key) if user_key else None
+        if profile is None:
+            return web.json_response({"error": f"unknown user {user_key!r}: pick one from the list"}, status=400)
+        message = IncomingMessage(
+            platform="web", user_key=profile.key, user_name=profile.name, text=body["question"],
+            channel="web", thread_id=str(body.get("thread") or uuid.uuid4()), groups=profile.groups,
+            private=True,
+        )
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        async for event in deskmate.orchestrator.handle(message):
+            if isinstance(event, Status):
+                line = {"type": "status", "text": event.text}
+            elif isinstance(event, Delta):
+                line = {"type": "delta", "text": event.text}
+            elif isinstance(event, Done):
+                line = {"type": "done", "answer": event.answer.to_dict()}
+            await response.write((json.dumps(line) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    app.router.add_get("/", page)
+    app.router.add_get("/api/users", users)
+    app.router.add_post("/api/ask", ask)

@@ -1,0 +1,14 @@
+"""Prometheus metrics: what an on-call engineer looks at first. Served at `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TURNS = Counter("deskmate_turns_total", "Turns handled, by platform and outcome.", ["platform", "outcome"])
+STAGE_SECONDS = Histogram(
+    "deskmate_stage_seconds", "Time spent per stage of a turn.", ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ANSWER_CACHE_HITS = Counter("deskmate_answer_cache_hits_total", "Answers served from the answer cache.")
+ERRORS = Counter("deskmate_errors_total", "Failures by kind (generator, ledger, internal).", ["kind"])
+LEDGER_SPOOLED = Gauge("deskmate_ledger_spooled_writes", "Ledger writes waiting in the local spool.")

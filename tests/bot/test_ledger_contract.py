@@ -1,0 +1,84 @@
+"""The ledger contract, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.ledger import Ledger, TurnEnd, TurnStart, new_turn_ids
+
+
+def start(question: str = "how do I reset my VPN password?") -> TurnStart:
+    turn_id, ref = new_turn_ids()
+    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="web",
+                     user_key="ana.ribeiro@northwind.example", question=question,
+                     channel="web", thread_id="t1", groups=["hr"])
+
+
+async def test_turn_is_recorded_before_and_after_generation(ledger: Ledger) -> None:
+    s = start()
+    await ledger.begin_turn(s)
+    pending = await ledger.get_turn(s.id)
+    assert pending is not None and pending.status == "pending" and pending.answer is None
+    assert pending.question == s.question and pending.reference == s.reference
+    retrieved = [{"chunk_id": "it/vpn.md#0", "doc_id": "it/vpn.md", "text": "Open Northwind ID…", "score": 0.9}]
+    await ledger.finish_turn(s.id, TurnEnd(
+        status="answered", answer="Use id.northwind.example/reset [1]", retrieved=retrieved,
+        cited=["it/vpn.md#0"], prompt=[{"role": "user", "content": "Context: …"}], prompt_version="v1",
+        model="SmolLM2-135M-Instruct", adapter_version="", kb_version=3, confidence=0.71,
+        latency_ms={"retrieval": 12.5, "generation": 900.0}))
+    done = await ledger.get_turn(s.id)
+    assert done.status == "answered" and done.retrieved == retrieved and done.cited == ["it/vpn.md#0"]
+    assert done.prompt_version == "v1" and done.kb_version == 3 and done.latency_ms["retrieval"] == 12.5
+    assert done.completed_at is not None
+
+
+async def test_a_crash_leaves_the_question_with_its_error(ledger: Ledger) -> None:
+    s = start("what is the guest wifi code?")
+    await ledger.begin_turn(s)
+    await ledger.finish_turn(s.id, TurnEnd(status="failed", error="GeneratorTimeout: no token for 30 s"))
+    row = await ledger.get_turn(s.id)
+    assert row.question == "what is the guest wifi code?" and row.status == "failed"
+    assert "GeneratorTimeout" in row.error
+
+
+async def test_begin_is_idempotent_and_feedback_needs_a_turn(ledger: Ledger) -> None:
+    s = start()
+    await ledger.begin_turn(s)
+    await ledger.begin_turn(s)  # a replayed spool entry must not duplicate the turn
+    assert [t.id for t in await ledger.recent_turns()] == [s.id]
+    feedback_id = await ledger.add_feedback(s.id, "ana.ribeiro@northwind.example", platform="slack", thumb=-1)
+    assert feedback_id > 0
+    with pytest.raises(KeyError):
+        await ledger.add_feedback("no-such-turn", "ana.ribeiro@northwind.example", platform="slack", thumb=1)
+
+
+async def test_migrate_twice_is_harmless(ledger: Ledger) -> None:
+    await ledger.migrate()
+    assert await ledger.ping()
+
+
+async def test_ledger_down_spools_and_replays_in_order(tmp_path: Path) -> None:
+    """PostgreSQL without the database yet is a real outage; creating it brings the ledger back."""
+    from tests.conftest import PG_ADMIN_DSN, RUN_ID, _pg_admin
+
+    name = f"deskmate_test_{RUN_ID}_spool"
+    url = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    ledger = Ledger(url, tmp_path / "spool.jsonl")
+    try:
+        assert not await ledger.ping()
+        s = start("question asked while the ledger was down")
+        await ledger.begin_turn(s)
+        await ledger.finish_turn(s.id, TurnEnd(status="answered", answer="still answered"))
+        assert ledger.spooled() == 2 and not ledger.available
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        await ledger.migrate()
+        assert await ledger.ping()  # ping flushes the spool
+        assert ledger.spooled() == 0 and ledger.available
+        row = await ledger.get_turn(s.id)
+        assert row.status == "answered" and row.answer == "still answered"
+    finally:
+        await ledger.close()
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
