@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    event,
     select,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -200,6 +201,15 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets `deskmate serve` and a CLI read and write the same file at once, and with
+    `synchronous=NORMAL` a commit no longer waits for two fsyncs (a turn commits twice)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 LEDGER_ERRORS = (OperationalError, DBAPIError, OSError, ConnectionError, asyncio.TimeoutError)
 
 
@@ -217,6 +227,8 @@ class Ledger:
         self.engine: AsyncEngine = create_async_engine(
             self.url, connect_args=connect_args, pool_pre_ping=True,
         )
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._spool_lock = asyncio.Lock()
         self.available = True

@@ -1,0 +1,70 @@
+"""The `deskmate` command as a user runs it: a real process on the example handbook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DESKMATE = str(Path(sys.executable).parent / "deskmate")
+
+
+def run(args: list[str], tmp_path: Path, store_url: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": store_url,
+                   "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([DESKMATE, *args], env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_search_prints_the_right_passage_first_with_its_source(tmp_path: Path, example_store_url: str) -> None:
+    done = run(["search", "how do I reset my VPN password"], tmp_path, example_store_url)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("1. Resetting your VPN password") and "it/vpn-password-reset.md" in first
+    assert "https://intranet.northwind.example/help/vpn-password-reset" in done.stdout.splitlines()[1]
+
+
+def test_search_as_a_user_outside_hr_never_shows_hr_documents(tmp_path: Path, example_store_url: str) -> None:
+    done = run(["search", "salary bands compensation review", "--user", "lukas.becker@northwind.example",
+                "--k", "20", "--json"], tmp_path, example_store_url)
+    hits = json.loads(done.stdout)["hits"]
+    assert hits and all("hr" not in h["groups"] for h in hits)
+    hr = run(["search", "salary bands compensation review", "--user", "ana.ribeiro@northwind.example",
+              "--k", "3", "--json"], tmp_path, example_store_url)
+    assert json.loads(hr.stdout)["hits"][0]["doc_id"] == "hr/salary-bands-compensation-review.md"
+
+
+def test_empty_search_and_unknown_user_exit_with_a_message(tmp_path: Path, example_store_url: str) -> None:
+    empty = run(["search", "  "], tmp_path, example_store_url)
+    assert empty.returncode == 2 and "the question is empty" in empty.stderr
+    stranger = run(["ask", "hello?", "--user", "nobody@northwind.example"], tmp_path, example_store_url,
+                   DESKMATE_GENERATOR_URL="echo://")
+    assert stranger.returncode == 2 and "unknown user" in stranger.stderr
+
+
+def test_ask_streams_an_answer_with_its_source_and_records_it(tmp_path: Path, example_store_url: str) -> None:
+    done = run(["ask", "How do I report a phishing email?", "--user", "emily.carter@northwind.example"],
+               tmp_path, example_store_url, DESKMATE_GENERATOR_URL="echo://")
+    assert done.returncode == 0, done.stderr
+    assert "source: Reporting a phishing email" in done.stdout
+    assert "· answered ·" in done.stdout
+    assert (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("bad", ["--k=0", "--k=51"])
+def test_search_rejects_an_out_of_range_k(tmp_path: Path, example_store_url: str, bad: str) -> None:
+    done = run(["search", "wifi", bad], tmp_path, example_store_url)
+    assert done.returncode == 2
+
+
+def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> None:
+    environment = {**os.environ, "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": example_store_url,
+                   "HF_HUB_OFFLINE": "1", "DESKMATE_GENERATOR_URL": "echo://"}
+    done = subprocess.run([DESKMATE, "chat", "--user", "lukas.becker@northwind.example"], env=environment,
+                          input="How do I install the NorthGate VPN client?\nAnd on Linux?\n\n",
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("deskmate>") == 2 and done.stdout.count("· answered ·") == 2
