@@ -27,11 +27,12 @@ UNKNOWN_PATTERNS = re.compile(
 )
 
 #: Lines in a knowledge-base passage that try to steer the model. They are dropped from the
-#: context: a 135M model follows instructions wherever they appear.
+#: context: a 135M model follows instructions wherever they appear. Narrow on purpose: a
+#: manual's "You are now connected" or "act as a hotspot" must stay.
 INJECTION_PATTERNS = re.compile(
     r"(ignore (?:all |any )?(?:the )?(?:previous|prior|above|earlier) (?:instructions|prompts?|rules)|"
-    r"disregard (?:all |any )?(?:the )?(?:previous|prior|above) |you are now |new instructions:|"
-    r"system prompt|act as (?:an?|the) )",
+    r"disregard (?:all |any )?(?:the )?(?:previous|prior|above) (?:instructions|prompts?|rules)|"
+    r"new instructions:|(?:reveal|print|repeat) (?:your|the) system prompt)",
     re.IGNORECASE,
 )
 
