@@ -25,7 +25,7 @@ from bot import metrics
 from bot.generation import GenerationError, Generator
 from bot.ledger import Ledger, TurnEnd, TurnStart, new_turn_ids
 from bot.messages import Answer, AnswerEvent, Delta, Done, IncomingMessage, Source, Status
-from bot.prompts import build_messages, cited_numbers, says_unknown
+from bot.prompts import build_messages, cited_numbers, cut_repetition, says_unknown
 from retrieval.cache import Cache
 from retrieval.records import Hit, reader_groups
 from retrieval.search import Searcher, SearchResult, earlier_questions
@@ -197,12 +197,16 @@ class Orchestrator:
         try:
             async with asyncio.timeout(policy.generator_timeout):
                 first = True
-                async for piece in self.generator.stream(prompt, max_tokens=policy.max_answer_tokens):
+                stream = self.generator.stream(prompt, max_tokens=policy.max_answer_tokens)
+                async for piece in stream:
                     if first:
                         turn.latency["first_token"] = round((time.perf_counter() - since) * 1000, 2)
                         first = False
                     pieces.append(piece)
                     yield Delta(piece)
+                    if any(c in piece for c in ".!?\n") and cut_repetition("".join(pieces))[1]:
+                        await stream.aclose()  # stops the model: the rest would be the loop
+                        break
         except (GenerationError, TimeoutError) as exc:
             kind = getattr(exc, "kind", "timeout")
             log.warning("turn.generation_failed turn=%s kind=%s error=%s", turn.turn_id, kind, exc)
@@ -216,7 +220,9 @@ class Orchestrator:
             return
         turn.lap("generation", since)
 
-        text = "".join(pieces).strip()
+        text, looped = cut_repetition("".join(pieces).strip())
+        if looped:
+            log.info("turn.repetition_cut turn=%s", turn.turn_id)
         answer = self._finalise(turn, text, result, notice)
         await self._finish(turn, answer, TurnEnd(
             status=answer.outcome, answer=answer.text, prompt=prompt,

@@ -116,3 +116,24 @@ def cited_numbers(text: str, available: int) -> list[int]:
 def says_unknown(text: str) -> bool:
     """True when the model says the context does not hold the answer."""
     return bool(UNKNOWN_PATTERNS.search(text)) or not text.strip()
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def cut_repetition(text: str, *, min_chars: int = 12) -> tuple[str, bool]:
+    """The text up to the first sentence that repeats an earlier one, and whether it was cut.
+
+    Small models fall into loops ("She is a Marketing Manager. She is a Marketing Manager…");
+    a repeated sentence never adds information, so the answer ends before it."""
+    seen: set[str] = set()
+    position = 0
+    for part in SENTENCE_END.split(text):
+        key = " ".join(part.lower().split())
+        start = text.find(part, position)
+        if len(key) >= min_chars:
+            if key in seen:
+                return text[:start].rstrip(), True
+            seen.add(key)
+        position = start + len(part)
+    return text, False
