@@ -231,6 +231,7 @@ class Ledger:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._spool_lock = asyncio.Lock()
+        self._migrated = False
         self.available = True
 
     # --- schema ----------------------------------------------------------------------------
@@ -244,6 +245,7 @@ class Ledger:
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
+        self._migrated = True
 
     # --- turns -----------------------------------------------------------------------------
     async def begin_turn(self, start: TurnStart) -> None:
@@ -275,10 +277,13 @@ class Ledger:
         return row.id
 
     async def ping(self) -> bool:
-        """True when the database answers; also flushes the spool when it has come back."""
+        """True when the database answers; when it has come back, also migrates it (if start-up
+        could not) and flushes the spool."""
         try:
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")
+            if not self._migrated:
+                await self.migrate()
         except LEDGER_ERRORS:
             self.available = False
             return False

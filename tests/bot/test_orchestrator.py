@@ -56,7 +56,8 @@ async def test_answer_streams_cites_and_is_on_record(example_store, embedder, sq
     row = await sqlite_ledger.get_turn(answer.turn_id)
     assert row.status == "answered" and row.answer == answer.text and row.reference == answer.reference
     assert row.retrieved and row.retrieved[0]["doc_id"] == "it/vpn-password-reset.md"
-    assert row.retrieved[0]["text"] in row.prompt[1]["content"][:5000] or row.retrieved[0]["text"][:80] in row.prompt[1]["content"]
+    served = " ".join(row.retrieved[0]["text"].split())[:80]
+    assert served in row.prompt[1]["content"]  # the ledger holds the passage exactly as the model read it
     assert row.prompt_version == "v1" and row.model == "echo" and row.kb_version >= 1
     assert row.cited == [answer.sources[0].chunk_id]
     assert {"retrieval", "generation", "total", "ledger_begin"} <= set(row.latency_ms)
@@ -195,8 +196,7 @@ async def test_ledger_down_answers_and_spools_until_it_is_back(example_store, em
         answer = await bot.ask(msg("How do I claim expenses?"))
         assert answer.outcome == "answered" and ledger.spooled() == 2
         await _pg_admin(f'CREATE DATABASE "{name}"')
-        await ledger.migrate()
-        assert await ledger.ping() and ledger.spooled() == 0
+        assert await ledger.ping() and ledger.spooled() == 0  # ping migrates the new database too
         row = await ledger.get_turn(answer.turn_id)
         assert row.status == "answered" and row.question == "How do I claim expenses?"
     finally:
