@@ -31,6 +31,7 @@ app.add_typer(users_app, name="users")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -41,17 +42,22 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _run(work: Callable[[Retrieval], Awaitable[T]]) -> T:
-    """Open the retrieval stack from settings, run one coroutine, close everything."""
+def _run_with(connect: Callable[[Settings], Awaitable[R]], work: Callable[[R], Awaitable[T]]) -> T:
+    """Connect what `connect` opens from settings, run one coroutine on it, close it."""
 
     async def main() -> T:
-        retrieval = await open_retrieval(Settings())
+        parts = await connect(Settings())
         try:
-            return await work(retrieval)
+            return await work(parts)
         finally:
-            await retrieval.close()
+            await parts.close()  # type: ignore[attr-defined]
 
     return asyncio.run(main())
+
+
+def _run(work: Callable[[Retrieval], Awaitable[T]]) -> T:
+    """The retrieval stack only: searching and ingesting need no model or ledger."""
+    return _run_with(open_retrieval, work)
 
 
 @app.callback()
@@ -207,16 +213,8 @@ def users_import(path: Annotated[Path, typer.Argument(help="CSV or JSON director
 # --- answering -------------------------------------------------------------------------------
 
 def _run_deskmate(work: Callable[[Deskmate], Awaitable[T]]) -> T:
-    """Open every part from settings, run one coroutine, close everything."""
-
-    async def main() -> T:
-        deskmate = await open_deskmate(Settings())
-        try:
-            return await work(deskmate)
-        finally:
-            await deskmate.close()
-
-    return asyncio.run(main())
+    """Every part: retrieval, ledger, generator, orchestrator."""
+    return _run_with(open_deskmate, work)
 
 
 async def _cli_message(d: Deskmate, user: str | None, text: str, thread: str) -> IncomingMessage:
