@@ -256,6 +256,13 @@ class Ledger:
         """Record the outcome (spooled when the database is down)."""
         await self._write("finish", {"id": turn_id, **asdict(end), "completed_at": end.completed_at.isoformat()})
 
+    async def record_turn(self, start: TurnStart, end: TurnEnd) -> None:
+        """Record a turn that is already over (a cache hit, a refusal) in one write."""
+        await self._write("record", {
+            **asdict(start), "created_at": start.created_at.isoformat(),
+            **asdict(end), "completed_at": end.completed_at.isoformat(),
+        })
+
     async def get_turn(self, turn_id: str) -> TurnRow | None:
         async with self.sessions() as session:
             return await session.get(TurnRow, turn_id)
@@ -294,10 +301,14 @@ class Ledger:
     # --- writing, with the spool -----------------------------------------------------------
     async def _apply(self, kind: str, data: dict[str, Any]) -> None:
         async with self.sessions() as session, session.begin():
-            if kind == "begin":
+            if kind in ("begin", "record"):
                 values = {**data, "created_at": datetime.fromisoformat(data["created_at"])}
+                if kind == "record":
+                    values["completed_at"] = datetime.fromisoformat(data["completed_at"])
+                else:
+                    values["status"] = "pending"
                 if await session.get(TurnRow, values["id"]) is None:
-                    session.add(TurnRow(**values, status="pending"))
+                    session.add(TurnRow(**values))
             else:
                 values = {**data, "completed_at": datetime.fromisoformat(data["completed_at"])}
                 row = await session.get(TurnRow, values["id"])

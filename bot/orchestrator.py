@@ -1,12 +1,13 @@
 """One turn, from a platform-neutral message to a streamed, cited answer on record.
 
 Order of work (each stage timed into the turn record):
-ledger begin → validate → rate limit → history → answer cache → retrieval → prompt → generate
+validate → rate limit → history → answer cache → ledger begin → retrieval → prompt → generate
 (streaming) → citations → ledger finish → history and cache updates.
 
-The turn is on record before anything can fail, and every way out of `handle` (an answer, an
-apology, a refusal, a client that went away) finishes it, so a support lead can always see
-what was asked and what came of it. This module never imports Slack or Teams code.
+The turn is on record before retrieval and generation, the parts that are slow and can fail;
+a turn that ends earlier (a cache hit, a refusal) is written whole in one commit. Every way
+out of `handle` (an answer, an apology, a refusal, a client that went away) records the turn,
+so a support lead can always see what was asked and what came of it. This module never imports Slack or Teams code.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ class _Turn:
     message: IncomingMessage
     turn_id: str
     reference: str
+    start: TurnStart
     started: float = field(default_factory=time.perf_counter)
     latency: dict[str, float] = field(default_factory=dict)
+    begun: bool = False
     finished: bool = False
 
     def lap(self, stage: str, since: float) -> float:
@@ -89,14 +92,12 @@ class Orchestrator:
     async def handle(self, message: IncomingMessage) -> AsyncIterator[AnswerEvent]:
         """Stream the events of one turn; the last one is always `Done`."""
         turn_id, reference = new_turn_ids()
-        turn = _Turn(message, turn_id, reference)
-        await self._safely("begin", self.ledger.begin_turn(TurnStart(
+        turn = _Turn(message, turn_id, reference, TurnStart(
             id=turn_id, reference=reference, created_at=datetime.now(UTC),
             platform=message.platform, user_key=message.user_key, question=message.text,
             workspace=message.workspace, channel=message.channel, thread_id=message.thread_id,
             user_name=message.user_name, private=message.private, groups=list(message.groups),
-        )))
-        turn.lap("ledger_begin", turn.started)
+        ))
         try:
             async for event in self._answer(turn):
                 yield event
@@ -110,9 +111,9 @@ class Orchestrator:
         finally:
             if not turn.finished:
                 # The consumer went away mid-answer (a closed page, a killed request).
-                await asyncio.shield(self._safely("finish", self.ledger.finish_turn(
-                    turn_id, TurnEnd(status="failed", error="the answer was abandoned before it finished",
-                                     latency_ms=turn.latency))))
+                await asyncio.shield(self._record(turn, TurnEnd(
+                    status="failed", error="the answer was abandoned before it finished",
+                    latency_ms=turn.latency)))
                 metrics.TURNS.labels(message.platform, "failed").inc()
 
     async def ask(self, message: IncomingMessage) -> Answer:
@@ -159,6 +160,12 @@ class Orchestrator:
                 async for event in self._serve_cached(turn, json.loads(cached), notice):
                     yield event
                 return
+
+        # On record before the slow, fallible part: a crash from here on leaves the question.
+        begin = time.perf_counter()
+        await self._safely("begin", self.ledger.begin_turn(turn.start))
+        turn.begun = True
+        since = turn.lap("ledger_begin", begin)
 
         yield Status("Searching the knowledge base…")
         earlier = earlier_questions(history, turns=1)
@@ -314,11 +321,19 @@ class Orchestrator:
         turn.latency["total"] = round((time.perf_counter() - turn.started) * 1000, 2)
         end.latency_ms = dict(turn.latency)
         turn.finished = True
-        await self._safely("finish", self.ledger.finish_turn(turn.turn_id, end))
+        await self._record(turn, end)
         metrics.TURNS.labels(turn.message.platform, answer.outcome if not answer.cache_hit else "cached").inc()
         log.info("turn.done turn=%s ref=%s platform=%s outcome=%s cache_hit=%s total_ms=%.0f",
                  turn.turn_id, turn.reference, turn.message.platform, answer.outcome,
                  answer.cache_hit, turn.latency["total"])
+
+    async def _record(self, turn: _Turn, end: TurnEnd) -> None:
+        """Close the turn's record; a turn that ended before retrieval (a cache hit, a refusal)
+        was never opened and is written whole, in one commit."""
+        if turn.begun:
+            await self._safely("finish", self.ledger.finish_turn(turn.turn_id, end))
+        else:
+            await self._safely("record", self.ledger.record_turn(turn.start, end))
 
     async def _safely(self, what: str, write: object) -> None:
         """A ledger write that must not stop the answer (the ledger spools outages itself; this

@@ -82,3 +82,13 @@ async def test_ledger_down_spools_and_replays_in_order(tmp_path: Path) -> None:
     finally:
         await ledger.close()
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_a_finished_turn_is_recorded_in_one_write(ledger: Ledger) -> None:
+    s = start("how do I connect to the guest wifi?")
+    end = TurnEnd(status="answered", answer="Use NW-Guest [1]", cache_hit=True, cited=["it/wifi.md#0"])
+    await ledger.record_turn(s, end)
+    await ledger.record_turn(s, end)  # a replayed spool entry must not duplicate it
+    rows = await ledger.recent_turns()
+    assert [r.id for r in rows] == [s.id]
+    assert rows[0].status == "answered" and rows[0].cache_hit and rows[0].completed_at is not None
