@@ -172,7 +172,7 @@ class Orchestrator:
         if policy.use_retrieval:
             result = await self.searcher.search(
                 search_text, groups=message.groups, k=policy.context_passages,
-                user_key=message.user_key, earlier=earlier,
+                user_key=message.user_key, earlier=earlier, kb_version=version,
             )
         else:
             result = SearchResult(query=search_text, hits=[], confidence=1.0, confident=True,

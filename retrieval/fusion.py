@@ -7,31 +7,27 @@ benchmark it beat reciprocal-rank fusion (see README, Performance).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from retrieval.records import Hit
 
 
-def _normalised(scores: Mapping[str, float]) -> dict[str, float]:
-    if not scores:
+def _normalised(hits: Sequence[Hit]) -> dict[str, float]:
+    if not hits:
         return {}
-    low, high = min(scores.values()), max(scores.values())
+    scores = [h.score for h in hits]
+    low, high = min(scores), max(scores)
     span = high - low
-    return {cid: ((score - low) / span if span > 0 else 1.0) for cid, score in scores.items()}
-
-
-def fuse_scores(dense: Mapping[str, float], lexical: Mapping[str, float], alpha: float) -> list[tuple[str, float]]:
-    """Ids from both rankings, scored `alpha * dense + (1 - alpha) * lexical` after min-max
-    normalising each, best first (ties by id, so the order is stable)."""
-    dense_n, lexical_n = _normalised(dense), _normalised(lexical)
-    fused = [(cid, alpha * dense_n.get(cid, 0.0) + (1 - alpha) * lexical_n.get(cid, 0.0))
-             for cid in {**lexical_n, **dense_n}]
-    fused.sort(key=lambda pair: (-pair[1], pair[0]))
-    return fused
+    return {h.chunk.id: ((h.score - low) / span if span > 0 else 1.0) for h in hits}
 
 
 def relative_score_fusion(dense: Sequence[Hit], lexical: Sequence[Hit], alpha: float) -> list[Hit]:
-    """Hits from both lists, fused by `fuse_scores`."""
+    """Hits from both lists, scored `alpha * dense + (1 - alpha) * lexical`, best first."""
     chunks = {h.chunk.id: h.chunk for h in (*lexical, *dense)}
-    fused = fuse_scores({h.chunk.id: h.score for h in dense}, {h.chunk.id: h.score for h in lexical}, alpha)
-    return [Hit(chunk=chunks[cid], score=score) for cid, score in fused]
+    dense_n, lexical_n = _normalised(dense), _normalised(lexical)
+    scored = [
+        Hit(chunk=chunks[cid], score=alpha * dense_n.get(cid, 0.0) + (1 - alpha) * lexical_n.get(cid, 0.0))
+        for cid in chunks
+    ]
+    scored.sort(key=lambda h: (-h.score, h.chunk.id))
+    return scored

@@ -110,18 +110,20 @@ class Searcher:
         user_key: str | None = None,
         mode: Mode = "hybrid",
         earlier: str = "",
+        kb_version: int | None = None,
     ) -> SearchResult:
         """The `k` best chunks this reader may see, and their facts relevant to the query.
 
         `earlier` is what the user asked before in the same conversation. It joins the lexical
         query only: a follow-up ("and on Linux?") needs the earlier topic's words for BM25,
-        while the dense side matches the follow-up itself best (measured on MTRAG)."""
+        while the dense side matches the follow-up itself best (measured on MTRAG).
+        `kb_version` saves a lookup when the caller has just read it."""
         text, truncated = self.prepare(query)
         if truncated:
             log.info("search.truncated chars=%d limit=%d", len(query), self.max_query_chars)
         lexical_text = f"{' '.join(earlier.split())[: self.max_query_chars]} {text}".strip()
         scope = reader_groups(groups)
-        version = await self.kb_version()
+        version = kb_version if kb_version is not None else await self.kb_version()
         key = self._result_key(lexical_text, scope, k, mode, version)
         vector_task = asyncio.ensure_future(self.embedder.embed_query(text))
         cached = await self.cache.get(key) if self.cache is not None else None

@@ -3,7 +3,6 @@ ledger, a real cache, and generators that are real backends (echo, llama.cpp, a 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
