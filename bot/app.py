@@ -119,12 +119,13 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
 # --- the web server --------------------------------------------------------------------------
 
 DESKMATE_KEY = web.AppKey("deskmate", Deskmate)
+BACKGROUND_KEY = web.AppKey("background", object)  # bot.channels.common.Background
 
 
 async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
     """Each part's state, checked now (with a short timeout each)."""
 
-    async def check(name: str, probe) -> tuple[str, dict[str, object]]:  # noqa: ANN001
+    async def check(name: str, probe) -> tuple[str, dict[str, object]]:
         try:
             ok = bool(await asyncio.wait_for(probe(), timeout=3))
             return name, {"ok": ok}
@@ -161,12 +162,23 @@ async def metrics_view(_request: web.Request) -> web.Response:
 
 def build_web_app(deskmate: Deskmate) -> web.Application:
     """The aiohttp application: health, metrics and every channel's routes."""
+    from bot.channels import slack, teams
     from bot.channels import web as web_channel
+    from bot.channels.common import Background
 
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[DESKMATE_KEY] = deskmate
+    background = Background()
+    app[BACKGROUND_KEY] = background
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     web_channel.add_routes(app, deskmate)
+    slack.add_routes(app, deskmate, background)
+    teams.add_routes(app, deskmate, background)
+
+    async def finish_answers(_app: web.Application) -> None:
+        await background.drain()
+
+    app.on_shutdown.append(finish_answers)
     return app

@@ -297,6 +297,26 @@ def chat(
     _run_deskmate(work)
 
 
+def platform_lines(settings: Settings, host: str, port: int) -> list[str]:
+    """One line per platform: how it is connected, or what to set to connect it."""
+    if settings.slack_bot_token is None:
+        slack = "Slack: off (put SLACK_BOT_TOKEN and SLACK_APP_TOKEN in .env; see README, Install in Slack)"
+    elif settings.slack_app_token is not None:
+        slack = "Slack: Socket Mode (connecting; the log says when it is connected)"
+        if settings.slack_signing_secret is not None:
+            slack += f", and HTTP events at http://{host}:{port}/slack/events"
+    elif settings.slack_signing_secret is not None:
+        slack = f"Slack: HTTP events at http://{host}:{port}/slack/events"
+    else:
+        slack = "Slack: SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: not connected"
+    if settings.teams_app_id:
+        teams = f"Teams: http://{host}:{port}/api/messages (Bot Framework JWT checked for app {settings.teams_app_id})"
+    else:
+        teams = (f"Teams: http://{host}:{port}/api/messages is OPEN without authentication (no "
+                 "DESKMATE_TEAMS_APP_ID): local development only")
+    return [slack, teams]
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings).")] = None,
@@ -322,6 +342,8 @@ def serve(
         await web.TCPSite(runner, host, port).start()
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         out.print(f"Deskmate is running: http://{shown}:{port}/  (Ctrl-C to stop)", highlight=False)
+        for line in platform_lines(settings, shown, port):
+            out.print(line, highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -283,6 +283,13 @@ class Ledger:
             session.add(row)
         return row.id
 
+    async def record_feedback(self, turn_id: str, rater_key: str, *, platform: str,
+                              thumb: int | None = None, note: str | None = None) -> None:
+        """A feedback click from a chat platform: spooled like turns when the database is down,
+        because the click cannot be asked for again."""
+        await self._write("feedback", {"turn_id": turn_id, "rater_key": rater_key, "platform": platform,
+                                       "thumb": thumb, "note": note, "created_at": utcnow().isoformat()})
+
     async def ping(self) -> bool:
         """True when the database answers; when it has come back, also migrates it (if start-up
         could not) and flushes the spool."""
@@ -301,7 +308,11 @@ class Ledger:
     # --- writing, with the spool -----------------------------------------------------------
     async def _apply(self, kind: str, data: dict[str, Any]) -> None:
         async with self.sessions() as session, session.begin():
-            if kind in ("begin", "record"):
+            if kind == "feedback":
+                if await session.get(TurnRow, data["turn_id"]) is None:
+                    raise LookupError(f"feedback for turn {data['turn_id']}, which is not on record")
+                session.add(FeedbackRow(**{**data, "created_at": datetime.fromisoformat(data["created_at"])}))
+            elif kind in ("begin", "record"):
                 values = {**data, "created_at": datetime.fromisoformat(data["created_at"])}
                 if kind == "record":
                     values["completed_at"] = datetime.fromisoformat(data["completed_at"])

@@ -5,8 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ChannelRule(BaseModel):
+    """How Deskmate behaves in one Slack or Teams channel."""
+
+    mention_only: bool = Field(True, description="Answer only when @mentioned (and in its own "
+                               "threads); false answers every message posted in the channel.")
+    groups: list[str] = Field(default_factory=list, description="Access groups whose documents "
+                              "answers in this channel may draw on (besides public ones).")
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    """The DESKMATE_ name plus the platform's own conventional variable names."""
+    return AliasChoices(f"DESKMATE_{name}", name.lower(), *aliases)
 
 
 class Settings(BaseSettings):
@@ -82,6 +96,35 @@ class Settings(BaseSettings):
     history_turns: int = Field(3, ge=0, le=20, description="Earlier exchanges kept per thread.")
     web_chat: bool = Field(True, description="Serve the local web chat page at `/` (it trusts the "
                            "user picked on the page: keep it on a laptop or a trusted network).")
+
+    # --- the platforms ---------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN"),
+        description="Bot token (xoxb-…). Without it Slack is off.")
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET"),
+        description="Verifies requests to /slack/events (HTTP mode).")
+    slack_app_token: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_APP_TOKEN", "SLACK_APP_TOKEN"),
+        description="App-level token (xapp-…): connect over Socket Mode, no public URL needed.")
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL.")
+    slack_streaming: bool = Field(True, description="Stream with chat.startStream where the "
+                                  "workspace supports it; off uses throttled chat.update.")
+    stream_interval: float = Field(1.0, ge=0.2, description="Seconds between streamed updates "
+                                   "of one message (Slack and Teams both limit the rate).")
+    channels: dict[str, ChannelRule] = Field(
+        default_factory=dict, description="Per-channel rules as JSON, keyed `slack:<channel id>` "
+        "or `teams:<conversation id>`; unlisted channels are mention-only and public-only.")
+    teams_app_id: str = Field("", validation_alias=_env("TEAMS_APP_ID", "MICROSOFT_APP_ID"),
+                              description="Azure Bot app id. Empty leaves /api/messages OPEN "
+                              "(local development only).")
+    teams_app_password: SecretStr | None = Field(
+        None, validation_alias=_env("TEAMS_APP_PASSWORD", "MICROSOFT_APP_PASSWORD"),
+        description="Azure Bot client secret.")
+    teams_app_type: str = Field("SingleTenant", validation_alias=_env("TEAMS_APP_TYPE", "MICROSOFT_APP_TYPE"),
+                                description="`SingleTenant`, `MultiTenant` or `UserAssignedMSI`.")
+    teams_tenant_id: str = Field("", validation_alias=_env("TEAMS_TENANT_ID", "MICROSOFT_APP_TENANT_ID"),
+                                 description="The tenant of a single-tenant bot.")
     host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
 

@@ -68,3 +68,31 @@ def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> 
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("deskmate>") == 2 and done.stdout.count("· answered ·") == 2
+
+
+def test_serve_without_platform_credentials_starts_and_says_so(tmp_path: Path, example_store_url: str) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if "SLACK" not in k and "TEAMS" not in k
+                   and "MICROSOFT" not in k}
+    environment.update({"DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": example_store_url,
+                        "DESKMATE_GENERATOR_URL": "echo://", "DESKMATE_PORT": str(port), "HF_HUB_OFFLINE": "1"})
+    process = subprocess.Popen([DESKMATE, "serve"], env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any(line.startswith("Teams:") for line in lines):
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"serve stopped early: {process.stderr.read()}"  # type: ignore[union-attr]
+            lines.append(line.strip())
+        assert any(line.startswith("Slack: off") and "SLACK_BOT_TOKEN" in line for line in lines)
+        assert any("/api/messages is OPEN" in line for line in lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0

@@ -1,0 +1,247 @@
+"""Do Slack and Teams get their HTTP answers fast while Deskmate is busy answering?
+
+A real `deskmate serve` process (Slack HTTP mode and Teams, a generator that takes 2 s per answer)
+gets N Slack events and N Teams messages at once (N = 1, 10, 50), then one more of each every
+100 ms while those answers are being written. Every Web API / connector call goes to a local
+stand-in (the recorder the tests use), which tells how many answers arrived and whether any came
+twice. A tenth of the Slack events are also re-sent as Slack retries (same event id).
+
+Figures: Slack ack and Teams response latency p50/p99 per N (over real HTTP, timed by the
+client), answers lost and answered twice.
+
+    python bench/chat_load.py            # N = 1, 10, 50
+    python bench/chat_load.py --n 1 10   # a quicker run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+from _common import REPO, print_table, write_result
+from retrieval_speed import percentile
+from slack_sdk.signature import SignatureVerifier
+
+from tests.channels.recorder import Recorder
+
+SECRET = "bench-signing-secret"
+QUESTIONS = ["How do I reset my VPN password?", "How do I report a phishing email?",
+             "How do I book a meeting room?", "How do I claim travel expenses?"]
+DESKMATE = str(Path(sys.executable).parent / "deskmate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_recorder() -> Recorder:
+    """The Slack/Teams stand-in on its own thread and event loop, so serving Deskmate's calls
+    never delays the client's clock."""
+    recorder = Recorder()
+    ready = threading.Event()
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(recorder.start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=run, daemon=True).start()
+    ready.wait(10)
+    return recorder
+
+
+def redis_or_memory(url: str) -> str:
+    if url.startswith("redis://"):
+        try:
+            import redis
+
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+            return url
+        except Exception:  # noqa: BLE001
+            print(f"Redis at {url} is not reachable: using the in-process cache")
+    return "memory://"
+
+
+def slack_request(event_id: str, channel: str, user: str, text: str) -> tuple[bytes, dict[str, str]]:
+    ts = f"{time.time():.6f}"
+    body = json.dumps({
+        "token": "t", "team_id": "T1", "api_app_id": "A1", "type": "event_callback", "event_id": event_id,
+        "event_time": int(time.time()),
+        "event": {"type": "message", "channel": channel, "channel_type": "im", "user": user, "text": text,
+                  "ts": ts, "event_ts": ts, "team": "T1"},
+    }).encode()
+    stamp = str(int(time.time()))
+    return body, {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
+                  "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)}
+
+
+def teams_activity(conversation: str, service_url: str, text: str) -> dict:
+    return {"type": "message", "id": uuid.uuid4().hex, "serviceUrl": service_url + "/", "channelId": "msteams",
+            "from": {"id": "29:bench", "name": "Bench User", "aadObjectId": "aad-bench"},
+            "conversation": {"id": conversation, "conversationType": "personal", "tenantId": "t1"},
+            "recipient": {"id": "28:bot", "name": "Deskmate"}, "text": text, "textFormat": "plain",
+            "channelData": {"tenant": {"id": "t1"}}}
+
+
+async def timed_post(http: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[int, float]:
+    started = time.perf_counter()
+    async with http.post(url, **kwargs) as response:  # type: ignore[arg-type]
+        await response.read()
+        return response.status, (time.perf_counter() - started) * 1000
+
+
+def answered(recorder: Recorder, slack_channels: set[str], teams_conversations: set[str]) -> tuple[dict, dict]:
+    """Final answers per Slack channel / Teams conversation, as the recorder saw them."""
+    slack: dict[str, int] = {}
+    teams: dict[str, int] = {}
+    for call in list(recorder.calls):
+        if call.api in ("chat.update", "chat.postMessage") and call.body.get("blocks"):
+            channel = call.body.get("channel", "")
+            if channel in slack_channels:
+                slack[channel] = slack.get(channel, 0) + 1
+        elif call.path.startswith("/v3/conversations/") and call.body.get("type") == "message":
+            conversation = call.path.split("/")[3]
+            if conversation in teams_conversations:
+                teams[conversation] = teams.get(conversation, 0) + 1
+    return slack, teams
+
+
+async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    slack_ms: list[float] = []
+    teams_ms: list[float] = []
+    statuses: list[int] = []
+    slack_channels: set[str] = set()
+    teams_conversations: set[str] = set()
+    retries = 0
+
+    async def one_slack(http: aiohttp.ClientSession, i: int, retry: bool) -> None:
+        nonlocal retries
+        channel = f"D{tag}{i}"
+        slack_channels.add(channel)
+        body, headers = slack_request(f"Ev{tag}{i}", channel, f"U{i % 7}", QUESTIONS[i % len(QUESTIONS)])
+        status, ms = await timed_post(http, f"{url}/slack/events", data=body, headers=headers)
+        statuses.append(status)
+        slack_ms.append(ms)
+        if retry:
+            retries += 1
+            headers = {**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+            status, ms = await timed_post(http, f"{url}/slack/events", data=body, headers=headers)
+            statuses.append(status)
+            slack_ms.append(ms)
+
+    async def one_teams(http: aiohttp.ClientSession, i: int) -> None:
+        conversation = f"a:{tag}{i}"
+        teams_conversations.add(conversation)
+        status, ms = await timed_post(http, f"{url}/api/messages",
+                                      json=teams_activity(conversation, recorder.url, QUESTIONS[i % len(QUESTIONS)]))
+        statuses.append(status)
+        teams_ms.append(ms)
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        burst = [one_slack(http, i, retry=i % 10 == 0) for i in range(n)] + [one_teams(http, i) for i in range(n)]
+        await asyncio.gather(*burst)
+        probes, i = [], n
+        deadline = time.monotonic() + probe_seconds
+        while time.monotonic() < deadline:  # one of each every 100 ms while the answers are written
+            probes += [asyncio.create_task(one_slack(http, i, retry=False)),
+                       asyncio.create_task(one_teams(http, i))]
+            i += 1
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*probes)
+
+    expected = len(slack_channels), len(teams_conversations)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        slack, teams = answered(recorder, slack_channels, teams_conversations)
+        if (len(slack), len(teams)) == expected:
+            break
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(1.5)  # a late duplicate would show up here
+    slack, teams = answered(recorder, slack_channels, teams_conversations)
+    return {
+        "n": n, "slack_requests": len(slack_ms), "teams_requests": len(teams_ms), "slack_retries": retries,
+        "slack_ack_p50_ms": round(percentile(slack_ms, 50), 2), "slack_ack_p99_ms": round(percentile(slack_ms, 99), 2),
+        "teams_http_p50_ms": round(percentile(teams_ms, 50), 2), "teams_http_p99_ms": round(percentile(teams_ms, 99), 2),
+        "non_2xx": sum(1 for s in statuses if not 200 <= s < 300),
+        "lost": (expected[0] - len(slack)) + (expected[1] - len(teams)),
+        "answered_twice": sum(1 for v in [*slack.values(), *teams.values()] if v > 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--delay", type=float, default=2.0, help="Seconds the generator takes per answer.")
+    parser.add_argument("--probe-seconds", type=float, default=1.5)
+    parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    recorder = start_recorder()
+    cache_url = redis_or_memory(args.cache_url)
+    prefix = f"deskmate-bench-{uuid.uuid4().hex[:8]}:"
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
+        env.update({
+            "DESKMATE_DATA_DIR": tmp, "DESKMATE_PORT": str(port), "DESKMATE_CACHE_URL": cache_url,
+            "DESKMATE_CACHE_PREFIX": prefix, "DESKMATE_GENERATOR_URL": f"echo://?delay={args.delay}",
+            "DESKMATE_RATE_LIMIT_PER_MINUTE": "0", "DESKMATE_ANSWER_CACHE_TTL": "0",
+            "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET,
+            "DESKMATE_SLACK_API_URL": f"{recorder.url}/api/", "HF_HUB_OFFLINE": "1",
+        })
+        subprocess.run([DESKMATE, "ingest", str(REPO / "examples" / "kb")], env=env, cwd=tmp, check=True,
+                       capture_output=True)
+        server = subprocess.Popen([DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                  stderr=open(Path(tmp) / "serve.log", "w"))  # noqa: SIM115
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    urllib.request.urlopen(f"{url}/healthz", timeout=1)  # noqa: S310
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            rows = [asyncio.run(load_round(url, recorder, n, args.probe_seconds)) for n in args.n]
+        finally:
+            server.terminate()
+            server.wait(60)
+        if cache_url.startswith("redis://"):
+            import redis
+
+            client = redis.Redis.from_url(cache_url)
+            keys = list(client.scan_iter(f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+
+    print_table(["N", "slack req", "slack ack p50", "p99 (ms)", "teams req", "teams p50", "p99 (ms)",
+                 "non-2xx", "lost", "twice"],
+                [[r["n"], r["slack_requests"], r["slack_ack_p50_ms"], r["slack_ack_p99_ms"], r["teams_requests"],
+                  r["teams_http_p50_ms"], r["teams_http_p99_ms"], r["non_2xx"], r["lost"], r["answered_twice"]]
+                 for r in rows])
+    path = write_result("chat_load", {"generator_delay_s": args.delay, "cache": cache_url.split(":")[0],
+                                      "target": "p99 <= 100 ms at N=50, none lost, none twice", "rounds": rows},
+                        args.out)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

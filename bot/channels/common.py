@@ -1,0 +1,141 @@
+"""What Slack and Teams share: who is asking, what a channel may see, how an answer streams,
+and work that outlives the HTTP request. No platform SDK is imported here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+
+from bot.messages import AnswerEvent, Delta, Done, Status
+from bot.settings import ChannelRule, Settings
+from retrieval.cache import Cache
+from retrieval.store import KnowledgeStore
+from retrieval.users import user_key
+
+log = logging.getLogger(__name__)
+
+IDENTITY_TTL_SECONDS = 24 * 3600
+ANSWER_MESSAGE_TTL_SECONDS = 30 * 24 * 3600
+DEDUP_TTL_SECONDS = 3600
+
+HELP_TEXT = (
+    "I answer questions from the company knowledge base and cite where the answer comes from.\n"
+    "• Ask me in a direct message, or mention me in a channel: I answer in a thread and follow "
+    "up there without another mention.\n"
+    "• Rate answers with the feedback buttons: support leads read them and the model learns from them.\n"
+    "• Quote the reference under an answer when you contact support about it."
+)
+
+
+@dataclass(frozen=True)
+class Person:
+    """The asker, as Deskmate knows them across platforms."""
+
+    key: str
+    name: str
+    groups: tuple[str, ...]
+    known: bool  # found in the imported directory
+
+
+async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str, email: str | None,
+                      name: str = "") -> Person:
+    """The directory entry for an email (the key Slack and Teams share), else a platform key.
+
+    A person missing from the directory still gets answers, from public documents only."""
+    key = user_key(email, platform, platform_id)
+    profile = await store.get_user(key)
+    if profile is None:
+        return Person(key, name, (), known=False)
+    return Person(profile.key, profile.name or name, profile.groups, known=True)
+
+
+def channel_rule(settings: Settings, platform: str, channel: str) -> ChannelRule:
+    return settings.channels.get(f"{platform}:{channel}") or ChannelRule()
+
+
+def answer_groups(person: Person, *, private: bool, rule: ChannelRule) -> tuple[str, ...]:
+    """The access groups an answer may draw on. In private (a DM, an assistant thread) all of the
+    asker's; where others read along, only those both the asker and the channel are cleared for."""
+    if private:
+        return person.groups
+    allowed = {g.lower() for g in rule.groups}
+    return tuple(g for g in person.groups if g in allowed)
+
+
+async def first_time(cache: Cache, key: str) -> bool:
+    """True for the first delivery of an event id, across every replica sharing the cache."""
+    return await cache.add(f"seen:{key}", b"1", ttl=DEDUP_TTL_SECONDS)
+
+
+async def remember_answer_message(cache: Cache, platform: str, message_id: str, turn_id: str) -> None:
+    """Which turn a posted message carries, for feedback that names only the message."""
+    await cache.set(f"answer-msg:{platform}:{message_id}", turn_id.encode(), ttl=ANSWER_MESSAGE_TTL_SECONDS)
+
+
+async def turn_of_message(cache: Cache, platform: str, message_id: str) -> str | None:
+    raw = await cache.get(f"answer-msg:{platform}:{message_id}")
+    return raw.decode() if raw else None
+
+
+@dataclass(frozen=True)
+class Update:
+    """A batch of the stream: the text so far (`text`), the part new since the last batch."""
+
+    text: str
+    new: str
+
+
+async def batched(events: AsyncIterator[AnswerEvent], interval: float
+                  ) -> AsyncIterator[Status | Update | Done]:
+    """Coalesce an answer's deltas into at most one update per `interval` seconds, because Slack
+    and Teams both throttle message edits (about one per second per conversation)."""
+    text, sent_upto, last = "", 0, 0.0
+    async for event in events:
+        if isinstance(event, Delta):
+            text += event.text
+            now = time.monotonic()
+            if now - last >= interval and text.strip():
+                yield Update(text, text[sent_upto:])
+                sent_upto, last = len(text), now
+        elif isinstance(event, Done):
+            if sent_upto < len(text):
+                yield Update(text, text[sent_upto:])
+            yield event
+        else:
+            yield event
+
+
+class Background:
+    """Work that runs after the platform got its fast answer (Slack's ack, Teams' 202), kept
+    referenced so it is not garbage-collected, and awaited at shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def spawn(self, work: Awaitable[object], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("channel.task_failed task=%s error=%r", task.get_name(), task.exception(),
+                      exc_info=task.exception())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Let answers in flight finish (up to `timeout`), then cancel the rest."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("channel.shutdown_cancelled tasks=%d", len(pending))

@@ -1,0 +1,492 @@
+"""Deskmate in Slack: `slack-bolt` (async) over the HTTP Events API (`/slack/events`) or Socket
+Mode, with the orchestrator behind it.
+
+Every listener acknowledges first and answers afterwards (in `Background`), so Slack always
+gets its ack well inside 3 seconds. Each event id is handled once across replicas (the shared
+cache), so Slack's retries are acknowledged and dropped. Only this module imports Slack's SDKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.channels.common import (
+    HELP_TEXT,
+    IDENTITY_TTL_SECONDS,
+    Background,
+    Person,
+    Update,
+    answer_groups,
+    batched,
+    channel_rule,
+    find_person,
+    first_time,
+)
+from bot.messages import Answer, Done, IncomingMessage, Source, Status
+
+if TYPE_CHECKING:
+    from bot.app import Deskmate
+
+log = logging.getLogger(__name__)
+
+THREAD_TTL_SECONDS = 7 * 24 * 3600
+IGNORED_SUBTYPES = {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave",
+                    "channel_topic", "channel_purpose", "channel_name", "pinned_item", "thread_broadcast",
+                    "assistant_app_thread", "message_replied", "ekm_access_denied", "me_message"}
+SUGGESTED_PROMPTS = [
+    {"title": "Reset my password", "message": "How do I reset my password?"},
+    {"title": "Set up the VPN", "message": "How do I connect to the VPN from home?"},
+    {"title": "Get new hardware", "message": "How do I request a new laptop or monitor?"},
+]
+MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
+SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
+
+
+def plain_text(text: str) -> str:
+    """Slack's wire format as a person would read it: mentions out, links as their text,
+    `&amp;`-escapes undone."""
+    text = MENTION.sub(" ", text)
+    text = LINK.sub(lambda m: m.group(2) or m.group(1).removeprefix("mailto:"), text)
+    text = SPECIAL.sub(lambda m: m.group(2) or m.group(1), text)
+    return html.unescape(" ".join(text.split()))
+
+
+def source_line(sources: list[Source]) -> str:
+    return " · ".join(f"[{s.number}] <{s.url}|{_mrkdwn_escape(s.title)}>" if s.url
+                      else f"[{s.number}] {_mrkdwn_escape(s.title)}" for s in sources)
+
+
+def _mrkdwn_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def answer_footer(answer: Answer) -> list[dict]:
+    """The blocks under an answer: its sources, its reference, the feedback buttons."""
+    facts = []
+    if answer.sources:
+        facts.append({"type": "mrkdwn", "text": f"*Sources:* {source_line(answer.sources)}"})
+    if answer.notice:
+        facts.append({"type": "mrkdwn", "text": _mrkdwn_escape(answer.notice)})
+    facts.append({"type": "mrkdwn", "text": f"ref `{answer.reference}` · AI-generated, check the sources"})
+    blocks: list[dict] = [{"type": "context", "elements": facts}]
+    if answer.outcome in ("answered", "unknown"):
+        blocks.append({"type": "context_actions", "elements": [{
+            "type": "feedback_buttons", "action_id": "feedback",
+            "positive_button": {"text": {"type": "plain_text", "text": "Good answer"},
+                                "accessibility_label": "This answer helped", "value": f"good:{answer.turn_id}"},
+            "negative_button": {"text": {"type": "plain_text", "text": "Bad answer"},
+                                "accessibility_label": "This answer was wrong or unhelpful",
+                                "value": f"bad:{answer.turn_id}"},
+        }]})
+    return blocks
+
+
+def answer_blocks(answer: Answer) -> list[dict]:
+    text = _mrkdwn_escape(answer.text)[:2900]  # a section's text is capped at 3,000 characters
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}, *answer_footer(answer)]
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an answer goes: the channel, the thread (None = the top level of a DM)."""
+
+    team: str
+    channel: str
+    thread_ts: str | None
+    user: str
+    private: bool
+    assistant_thread: bool = False
+
+
+class SlackChannel:
+    """The Slack face of one Deskmate process."""
+
+    def __init__(self, deskmate: Deskmate, background: Background) -> None:
+        settings = deskmate.settings
+        assert settings.slack_bot_token is not None
+        self.deskmate = deskmate
+        self.background = background
+        self.settings = settings
+        secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
+        self.verifier = SignatureVerifier(secret) if secret else None
+        self.client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
+                                     base_url=settings.slack_api_url)
+        self.app = AsyncApp(client=self.client, signing_secret=secret or None,
+                            request_verification_enabled=bool(secret), process_before_response=False,
+                            logger=logging.getLogger("slack_bolt"))
+        self.streaming = settings.slack_streaming
+        self.socket_mode: Any = None
+        self._connecting: asyncio.Task | None = None
+        self._register()
+
+    # --- connection ------------------------------------------------------------------------
+    async def start_socket_mode(self) -> None:
+        """Connect over Socket Mode (the app token): no public URL needed. Runs until connected:
+        a Slack outage at start-up must not keep the web chat and Teams from starting, and a
+        token Slack refuses is reported once, not retried."""
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        assert self.settings.slack_app_token is not None
+        token = self.settings.slack_app_token.get_secret_value()
+        self.socket_mode = AsyncSocketModeHandler(self.app, token)
+        pause = 1.0
+        while True:
+            # Asked here rather than by the SDK, which retries a refused token forever.
+            try:
+                opened = await self.client.apps_connections_open(app_token=token)
+            except SlackApiError as exc:
+                error = exc.response.get("error")
+                if error in ("invalid_auth", "not_allowed_token_type", "not_authed", "account_inactive",
+                             "token_revoked"):
+                    log.error("slack.socket_mode_refused error=%s (SLACK_APP_TOKEN must be an xapp- "
+                              "token with connections:write)", error)
+                    return
+                log.warning("slack.socket_mode_failed error=%s; retrying in %.0f s", error, pause)
+            except (OSError, TimeoutError) as exc:
+                log.warning("slack.socket_mode_failed error=%r; retrying in %.0f s", exc, pause)
+            else:
+                self.socket_mode.client.wss_uri = opened["url"]
+                await self.socket_mode.connect_async()
+                log.info("slack.socket_mode_connected")
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 60.0)
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self.socket_mode is not None:
+            await self.socket_mode.close_async()
+
+    async def http_endpoint(self, request: web.Request) -> web.Response:
+        """`POST /slack/events`: events, interactivity and slash commands in HTTP mode."""
+        if self.verifier is None:
+            return web.json_response({"error": "Slack's HTTP mode needs SLACK_SIGNING_SECRET"}, status=503)
+        body = await request.read()
+        if not self.verifier.is_valid(body, request.headers.get("X-Slack-Request-Timestamp", ""),
+                                      request.headers.get("X-Slack-Signature", "")):
+            log.warning("slack.bad_signature remote=%s", request.remote)
+            return web.json_response({"error": "invalid or stale signature"}, status=401)
+        if request.content_type == "application/json":
+            try:
+                json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("slack.malformed_json bytes=%d", len(body))
+                return web.json_response({"error": "the body is not valid JSON"}, status=400)
+        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
+
+    # --- listeners -------------------------------------------------------------------------
+    def _register(self) -> None:
+        app = self.app
+        app.event("app_mention")(self._on_mention)
+        app.event("message")(self._on_message)
+        app.event("assistant_thread_started")(self._on_assistant_thread_started)
+        app.event(re.compile(".*"))(self._on_other_event)
+        app.action("feedback")(self._on_feedback)
+        app.action("share")(self._on_share)
+        app.action(re.compile(".*"))(self._on_other_action)
+        app.command("/deskmate")(self._on_command)
+        app.error(self._on_error)
+
+    async def _on_error(self, error: Exception, body: dict) -> None:
+        log.error("slack.listener_error type=%s error=%r", body.get("type"), error, exc_info=error)
+
+    async def _on_other_event(self, event: dict) -> None:
+        log.info("slack.event_ignored type=%s", event.get("type"))
+
+    async def _on_other_action(self, ack: Any, body: dict) -> None:
+        await ack()
+        log.info("slack.action_ignored action=%s", (body.get("actions") or [{}])[0].get("action_id"))
+
+    async def _fresh(self, body: dict) -> bool:
+        """False for an event this process or another replica already took."""
+        event_id = body.get("event_id")
+        if not event_id:
+            return True
+        if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}"):
+            return True
+        log.info("slack.duplicate_event event_id=%s", event_id)
+        return False
+
+    async def _on_mention(self, event: dict, body: dict) -> None:
+        if event.get("bot_id") or not event.get("user") or not await self._fresh(body):
+            return
+        where = Where(team=body.get("team_id", ""), channel=event["channel"],
+                      thread_ts=event.get("thread_ts") or event["ts"], user=event["user"], private=False)
+        self.background.spawn(self._answer(where, event.get("text", ""), event), f"slack-{body.get('event_id')}")
+
+    async def _on_message(self, event: dict, body: dict, context: dict) -> None:
+        if event.get("bot_id") or event.get("subtype") in IGNORED_SUBTYPES:
+            return
+        if not event.get("user") or "channel" not in event:
+            log.warning("slack.message_without_user event_id=%s", body.get("event_id"))
+            return
+        text = event.get("text") or ""
+        kind = event.get("channel_type")
+        bot_user = context.get("bot_user_id") or ""
+        if kind != "im" and bot_user and f"<@{bot_user}" in text:
+            return  # the app_mention event for the same message answers it
+        if kind == "im":
+            thread = event.get("thread_ts")
+            where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
+                          user=event["user"], private=True, assistant_thread=thread is not None)
+        else:
+            thread = event.get("thread_ts")
+            rule = channel_rule(self.settings, "slack", event["channel"])
+            if thread and await self.deskmate.retrieval.cache.get(self._thread_key(event["channel"], thread)):
+                pass  # a follow-up in a thread Deskmate answers in
+            elif not thread and not rule.mention_only:
+                thread = event["ts"]
+            else:
+                return
+            where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
+                          user=event["user"], private=False)
+        if not await self._fresh(body):
+            return
+        self.background.spawn(self._answer(where, text, event), f"slack-{body.get('event_id')}")
+
+    async def _on_assistant_thread_started(self, event: dict, body: dict) -> None:
+        thread = event.get("assistant_thread") or {}
+        if not thread.get("channel_id") or not await self._fresh(body):
+            return
+        try:
+            await self.client.assistant_threads_setSuggestedPrompts(
+                channel_id=thread["channel_id"], thread_ts=thread["thread_ts"],
+                title="Ask me about IT and company how-tos", prompts=SUGGESTED_PROMPTS)
+        except SlackApiError as exc:
+            log.warning("slack.suggested_prompts_failed error=%s", exc.response.get("error"))
+
+    # --- answering -------------------------------------------------------------------------
+    @staticmethod
+    def _thread_key(channel: str, thread_ts: str) -> str:
+        return f"slack-thread:{channel}:{thread_ts}"
+
+    async def person(self, team: str, user: str) -> Person:
+        """The Slack user as a Deskmate person: their email is the key Teams shares."""
+        cache = self.deskmate.retrieval.cache
+        cache_key = f"slack-user:{team}:{user}"
+        raw = await cache.get(cache_key)
+        if raw is not None:
+            email, name = json.loads(raw)
+        else:
+            email, name = None, ""
+            try:
+                info = (await self.client.users_info(user=user))["user"]
+                profile = info.get("profile") or {}
+                email = profile.get("email")
+                name = info.get("real_name") or profile.get("real_name") or info.get("name") or ""
+            except SlackApiError as exc:
+                log.warning("slack.users_info_failed user=%s error=%s (is users:read.email granted?)",
+                            user, exc.response.get("error"))
+            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=IDENTITY_TTL_SECONDS)
+        return await find_person(self.deskmate.retrieval.store, platform="slack", platform_id=user,
+                                 email=email, name=name)
+
+    async def _answer(self, where: Where, raw_text: str, event: dict) -> None:
+        text = plain_text(raw_text)
+        if not text and event.get("files"):
+            await self._say(where, "I can only read text for now: paste the part of the file you "
+                                   "have a question about, and ask it in words.")
+            return
+        person = await self.person(where.team, where.user)
+        rule = channel_rule(self.settings, "slack", where.channel)
+        message = IncomingMessage(
+            platform="slack", user_key=person.key, user_name=person.name, text=text,
+            workspace=where.team, channel=where.channel, thread_id=where.thread_ts or where.channel,
+            groups=answer_groups(person, private=where.private, rule=rule), private=where.private,
+        )
+        if where.thread_ts and not where.private:
+            await self.deskmate.retrieval.cache.set(self._thread_key(where.channel, where.thread_ts),
+                                                    b"1", ttl=THREAD_TTL_SECONDS)
+        await self._stream(where, self.deskmate.orchestrator.handle(message))
+
+    async def _stream(self, where: Where, events: Any) -> None:
+        """Show an answer as it is written: `chat.startStream` in threads where the workspace
+        has it, else a posted message edited at most once per `stream_interval`."""
+        ts: str | None = None
+        streamed = False
+        shown = ""
+        async for item in batched(events, self.settings.stream_interval):
+            if isinstance(item, Status):
+                if where.assistant_thread:
+                    await self._set_status(where, item.text)
+            elif isinstance(item, Update):
+                if ts is None:
+                    ts, streamed = await self._open(where, item.text)
+                elif streamed:
+                    await self.client.chat_appendStream(channel=where.channel, ts=ts, markdown_text=item.new)
+                else:
+                    await self.client.chat_update(channel=where.channel, ts=ts, text=item.text + " …")
+                shown = item.text
+            elif isinstance(item, Done):
+                await self._close(where, ts, streamed, shown, item.answer)
+
+    async def _open(self, where: Where, text: str) -> tuple[str, bool]:
+        if self.streaming and where.thread_ts:
+            try:
+                response = await self.client.chat_startStream(
+                    channel=where.channel, thread_ts=where.thread_ts, markdown_text=text,
+                    recipient_team_id=where.team or None, recipient_user_id=where.user)
+                return response["ts"], True
+            except SlackApiError as exc:
+                # Older workspaces and some surfaces do not have streaming: edit a message instead.
+                log.warning("slack.stream_unavailable error=%s; falling back to chat.update",
+                            exc.response.get("error"))
+                self.streaming = False
+        response = await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
+                                                      text=text + " …")
+        return response["ts"], False
+
+    async def _close(self, where: Where, ts: str | None, streamed: bool, shown: str, answer: Answer) -> None:
+        if where.assistant_thread:
+            await self._set_status(where, "")
+        if ts is not None and streamed:
+            rest = answer.text[len(shown.rstrip()):] if answer.text.startswith(shown.rstrip()) else ""
+            await self.client.chat_stopStream(channel=where.channel, ts=ts, markdown_text=rest or None,
+                                              blocks=answer_footer(answer))
+        elif ts is not None:
+            await self.client.chat_update(channel=where.channel, ts=ts, text=answer.text,
+                                          blocks=answer_blocks(answer))
+        else:
+            await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
+                                               text=answer.text, blocks=answer_blocks(answer))
+
+    async def _set_status(self, where: Where, status: str) -> None:
+        try:
+            await self.client.assistant_threads_setStatus(channel_id=where.channel, thread_ts=where.thread_ts,
+                                                          status=status)
+        except SlackApiError as exc:
+            log.info("slack.set_status_failed error=%s", exc.response.get("error"))
+
+    async def _say(self, where: Where, text: str) -> None:
+        await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts, text=text)
+
+    # --- feedback and sharing ----------------------------------------------------------------
+    async def _on_feedback(self, ack: Any, body: dict, action: dict) -> None:
+        await ack()
+        verdict, _, turn_id = str(action.get("value", "")).partition(":")
+        user = (body.get("user") or {}).get("id")
+        if verdict not in ("good", "bad") or not turn_id or not user:
+            log.warning("slack.feedback_malformed value=%r", action.get("value"))
+            return
+        self.background.spawn(self._store_feedback(body, user, verdict, turn_id), f"slack-feedback-{turn_id}")
+
+    async def _store_feedback(self, body: dict, user: str, verdict: str, turn_id: str) -> None:
+        team = (body.get("team") or {}).get("id", "")
+        person = await self.person(team, user)
+        try:
+            await self.deskmate.ledger.record_feedback(turn_id, person.key, platform="slack",
+                                                       thumb=1 if verdict == "good" else -1)
+        except LookupError:
+            log.warning("slack.feedback_unknown_turn turn=%s", turn_id)
+            return
+        log.info("slack.feedback turn=%s thumb=%s", turn_id, verdict)
+        channel = (body.get("channel") or {}).get("id")
+        message = body.get("message") or {}
+        if channel:
+            thanks = ("Thanks, glad it helped." if verdict == "good" else
+                      "Thanks for telling me. A support lead will review this answer; reply in the "
+                      "thread with what was wrong and it helps even more.")
+            try:
+                await self.client.chat_postEphemeral(channel=channel, user=user, text=thanks,
+                                                     thread_ts=message.get("thread_ts"))
+            except SlackApiError as exc:
+                log.info("slack.feedback_thanks_failed error=%s", exc.response.get("error"))
+
+    async def _on_share(self, ack: Any, body: dict, action: dict, respond: Any) -> None:
+        await ack()
+        turn_id = str(action.get("value", ""))
+        channel = (body.get("channel") or {}).get("id")
+        user = (body.get("user") or {}).get("id")
+        row = await self.deskmate.ledger.get_turn(turn_id) if turn_id else None
+        if row is None or not channel or not row.answer:
+            await respond(text="Sorry, I can't find that answer any more.", response_type="ephemeral")
+            return
+        cited = set(row.cited or [])
+        sources = [Source(i + 1, c["doc_id"], c["title"], c["url"], c.get("heading", ""), c["chunk_id"])
+                   for i, c in enumerate(row.retrieved or []) if c["chunk_id"] in cited]
+        answer = Answer(turn_id=row.id, reference=row.reference, text=row.answer, outcome="answered",
+                        sources=sources)
+        blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text":
+                   f"<@{user}> asked: {_mrkdwn_escape(row.question[:300])}"}]}, *answer_blocks(answer)]
+        await self.client.chat_postMessage(channel=channel, text=row.answer, blocks=blocks)
+        await respond(delete_original=True)
+
+    # --- the slash command -------------------------------------------------------------------
+    async def _on_command(self, ack: Any, command: dict, respond: Any) -> None:
+        """`/deskmate help`, `/deskmate ask <question>`; later issues add admin subcommands."""
+        words = (command.get("text") or "").strip()
+        name, _, rest = words.partition(" ")
+        name = name.lower()
+        if name in ("", "help"):
+            await ack(text=f"{HELP_TEXT}\n\nCommands: `/deskmate ask <question>` (only you see the "
+                      "answer, with a button to share it), `/deskmate help`.")
+            return
+        if name == "ask":
+            if not rest.strip():
+                await ack(text="Ask a question after `ask`, for example `/deskmate ask how do I reset my password?`")
+                return
+            await ack(text=f"Looking that up: _{_mrkdwn_escape(rest.strip()[:200])}_")
+            where = Where(team=command.get("team_id", ""), channel=command.get("channel_id", ""),
+                          thread_ts=None, user=command.get("user_id", ""),
+                          private=command.get("channel_name") == "directmessage")
+            self.background.spawn(self._answer_privately(where, rest, respond), "slack-command")
+            return
+        await ack(text=f"I don't know `/deskmate {_mrkdwn_escape(name)}`. Try `/deskmate help`.")
+
+    async def _answer_privately(self, where: Where, text: str, respond: Any) -> None:
+        person = await self.person(where.team, where.user)
+        rule = channel_rule(self.settings, "slack", where.channel)
+        message = IncomingMessage(
+            platform="slack", user_key=person.key, user_name=person.name, text=text,
+            workspace=where.team, channel=where.channel, thread_id=f"command:{time.time_ns()}",
+            groups=answer_groups(person, private=where.private, rule=rule), private=where.private,
+        )
+        answer = await self.deskmate.orchestrator.ask(message)
+        blocks = answer_blocks(answer)
+        if answer.outcome == "answered":
+            blocks.append({"type": "actions", "elements": [{
+                "type": "button", "action_id": "share", "value": answer.turn_id,
+                "text": {"type": "plain_text", "text": "Share to channel"}}]})
+        await respond(text=answer.text, blocks=blocks, response_type="ephemeral", replace_original=False)
+
+
+def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> SlackChannel | None:
+    """Mount Slack when a bot token is configured; say in one line why not otherwise."""
+    settings = deskmate.settings
+    if settings.slack_bot_token is None:
+        log.info("slack.off reason=no SLACK_BOT_TOKEN (set it with SLACK_SIGNING_SECRET or SLACK_APP_TOKEN)")
+
+        async def off(_request: web.Request) -> web.Response:
+            return web.json_response({"error": "Slack is not configured on this Deskmate"}, status=503)
+
+        app.router.add_post("/slack/events", off)
+        return None
+    channel = SlackChannel(deskmate, background)
+    app.router.add_post("/slack/events", channel.http_endpoint)
+
+    async def start(_app: web.Application) -> None:
+        if settings.slack_app_token is not None:
+            channel._connecting = asyncio.create_task(channel.start_socket_mode())
+
+    async def stop(_app: web.Application) -> None:
+        await channel.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return channel

@@ -1,0 +1,363 @@
+"""Deskmate in Microsoft Teams: `botbuilder-core` behind `/api/messages`.
+
+botbuilder-python is archived upstream (its successor is the Microsoft 365 Agents SDK), so every
+import of it lives in this file: switching SDKs is a change here and nowhere else.
+
+The endpoint authenticates first (the Bot Framework JWT when an app id is configured), then
+answers messages in the background and returns 202 at once; only invokes (the feedback button)
+are answered inline, because Teams reads their response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from botbuilder.core import ActivityHandler, InvokeResponse, MessageFactory, TurnContext
+from botbuilder.core.teams import TeamsInfo
+from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
+from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, Entity
+
+from bot.channels.common import (
+    HELP_TEXT,
+    IDENTITY_TTL_SECONDS,
+    Background,
+    Person,
+    Update,
+    answer_groups,
+    batched,
+    channel_rule,
+    find_person,
+    first_time,
+    remember_answer_message,
+    turn_of_message,
+)
+from bot.messages import Answer, Done, IncomingMessage, Status
+
+if TYPE_CHECKING:
+    from bot.app import Deskmate
+
+log = logging.getLogger(__name__)
+
+TAGS = re.compile(r"<[^>]+>")
+WELCOME = ("Hi, I'm Deskmate. " + HELP_TEXT.replace("• ", "- ")
+           + "\n\nTry: *How do I reset my password?*")
+
+
+class StreamInfo(Entity):
+    """Teams' `streaminfo` entity (botbuilder has no model for it; without an attribute map
+    the serializer would drop these keys)."""
+
+    _attribute_map = {  # noqa: RUF012 (msrest reads this class attribute)
+        "type": {"key": "type", "type": "str"},
+        "stream_id": {"key": "streamId", "type": "str"},
+        "stream_type": {"key": "streamType", "type": "str"},
+        "stream_sequence": {"key": "streamSequence", "type": "int"},
+    }
+
+    def __init__(self, *, stream_type: str, stream_id: str | None = None,
+                 stream_sequence: int | None = None) -> None:
+        super().__init__(type="streaminfo")
+        self.stream_id = stream_id
+        self.stream_type = stream_type
+        self.stream_sequence = stream_sequence
+
+
+class AiMessage(Entity):
+    """The schema.org Message entity: Teams' AI label and hoverable citations for `[n]` markers."""
+
+    _attribute_map = {  # noqa: RUF012 (msrest reads this class attribute)
+        "type": {"key": "type", "type": "str"},
+        "schema_type": {"key": "@type", "type": "str"},
+        "context": {"key": "@context", "type": "str"},
+        "id": {"key": "@id", "type": "str"},
+        "additional_type": {"key": "additionalType", "type": "[str]"},
+        "citation": {"key": "citation", "type": "[object]"},
+    }
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(type="https://schema.org/Message")
+        self.schema_type = "Message"
+        self.context = "https://schema.org"
+        self.id = ""
+        self.additional_type = ["AIGeneratedContent"]
+        self.citation = [{
+            "@type": "Claim", "position": s.number,
+            "appearance": {"@type": "DigitalDocument", "name": s.title[:80], "url": s.url or None,
+                           "abstract": (s.heading or s.title)[:160]},
+        } for s in answer.sources]
+
+
+def plain_text(activity: Activity) -> str:
+    """The question without the bot's @mention or Teams' HTML."""
+    text = TurnContext.remove_recipient_mention(activity) or ""
+    return html.unescape(" ".join(TAGS.sub(" ", text).split()))
+
+
+@dataclass(frozen=True)
+class Conversation:
+    kind: str  # personal | groupChat | channel
+    id: str
+    channel: str  # the channel (or chat) a rule is keyed by
+
+    @property
+    def private(self) -> bool:
+        return self.kind == "personal"
+
+
+def conversation_of(activity: Activity) -> Conversation:
+    conv = activity.conversation
+    kind = (conv.conversation_type if conv else None) or "personal"
+    data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
+    channel = ((data.get("channel") or {}).get("id") or (conv.id if conv else "")).split(";")[0]
+    return Conversation(kind, conv.id if conv else "", channel)
+
+
+def final_text(answer: Answer) -> str:
+    extra = f"\n\n_{answer.notice}_" if answer.notice else ""
+    return f"{answer.text}{extra}\n\n<sub>ref {answer.reference} · AI-generated, check the sources</sub>"
+
+
+class DeskmateTeamsBot(ActivityHandler):
+    """Turns Teams activities into Deskmate turns."""
+
+    def __init__(self, deskmate: Deskmate) -> None:
+        self.deskmate = deskmate
+        self.settings = deskmate.settings
+
+    # --- messages --------------------------------------------------------------------------
+    async def on_message_activity(self, turn_context: TurnContext) -> None:
+        activity = turn_context.activity
+        if activity.id and not await first_time(self.deskmate.retrieval.cache, f"teams:{activity.id}"):
+            log.info("teams.duplicate_activity id=%s", activity.id)
+            return
+        conversation = conversation_of(activity)
+        if not conversation.private:
+            mentioned = any((m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
+                            for m in turn_context.get_mentions(activity))
+            if not mentioned and channel_rule(self.settings, "teams", conversation.channel).mention_only:
+                return
+        if not activity.from_property or not activity.from_property.id:
+            log.warning("teams.message_without_user id=%s", activity.id)
+            return
+        text = plain_text(activity)
+        if not text:
+            if activity.attachments:
+                await turn_context.send_activity("I can only read text for now: paste the part of the "
+                                                 "file you have a question about, and ask it in words.")
+            else:
+                await turn_context.send_activity("Ask me a question in words, for example: "
+                                                 "*How do I reset my VPN password?*")
+            return
+        if text.lower() in ("help", "/help", "?"):
+            await turn_context.send_activity(MessageFactory.text(WELCOME))
+            return
+        person = await self.person(turn_context)
+        rule = channel_rule(self.settings, "teams", conversation.channel)
+        message = IncomingMessage(
+            platform="teams", user_key=person.key, user_name=person.name, text=text,
+            workspace=(activity.conversation.tenant_id or "") if activity.conversation else "",
+            channel=conversation.channel, thread_id=conversation.id,
+            groups=answer_groups(person, private=conversation.private, rule=rule),
+            private=conversation.private,
+        )
+        events = self.deskmate.orchestrator.handle(message)
+        if conversation.private:
+            await self._stream(turn_context, events)
+        else:
+            await self._reply_once(turn_context, events)
+
+    async def _stream(self, turn_context: TurnContext, events: Any) -> None:
+        """1:1 chats: informative → streaming → final `streaminfo` activities, about one a second."""
+        stream_id: str | None = None
+        sequence, streaming = 0, False
+        async for item in batched(events, self.settings.stream_interval):
+            if isinstance(item, Status | Update):
+                informative = isinstance(item, Status)
+                if informative and streaming:
+                    continue  # status lines only come before the text starts to flow
+                streaming = streaming or not informative
+                sequence += 1
+                typing = Activity(type=ActivityTypes.typing, text=item.text, entities=[StreamInfo(
+                    stream_type="informative" if informative else "streaming",
+                    stream_id=stream_id, stream_sequence=sequence)])
+                response = await turn_context.send_activity(typing)
+                if stream_id is None and response is not None:
+                    stream_id = response.id
+            elif isinstance(item, Done):
+                entities: list[Entity] = [AiMessage(item.answer)]
+                if stream_id is not None:
+                    entities.insert(0, StreamInfo(stream_type="final", stream_id=stream_id))
+                await self._send_answer(turn_context, item.answer, entities, stream_id)
+
+    async def _reply_once(self, turn_context: TurnContext, events: Any) -> None:
+        """Group chats and channels: a typing indicator while working, then one message."""
+        answer: Answer | None = None
+        typing = asyncio.create_task(self._keep_typing(turn_context))
+        try:
+            async for item in events:
+                if isinstance(item, Done):
+                    answer = item.answer
+        finally:
+            typing.cancel()
+        assert answer is not None
+        await self._send_answer(turn_context, answer, [AiMessage(answer)], None)
+
+    @staticmethod
+    async def _keep_typing(turn_context: TurnContext) -> None:
+        while True:  # Teams shows "typing" for about three seconds per activity
+            try:
+                await turn_context.send_activity(Activity(type=ActivityTypes.typing))
+            except Exception as exc:  # noqa: BLE001 (a missed indicator must not stop the answer)
+                log.info("teams.typing_failed error=%s", type(exc).__name__)
+                return
+            await asyncio.sleep(3)
+
+    async def _send_answer(self, turn_context: TurnContext, answer: Answer, entities: list[Entity],
+                           stream_id: str | None) -> None:
+        reply = MessageFactory.text(final_text(answer))
+        reply.text_format = "markdown"
+        reply.entities = entities
+        if answer.outcome in ("answered", "unknown"):
+            reply.channel_data = {"feedbackLoopEnabled": True}
+        response = await turn_context.send_activity(reply)
+        for message_id in {stream_id, response.id if response else None} - {None}:
+            await remember_answer_message(self.deskmate.retrieval.cache, "teams", message_id, answer.turn_id)
+
+    async def person(self, turn_context: TurnContext) -> Person:
+        """The Teams user as a Deskmate person: email or UPN, the key Slack shares."""
+        sender: ChannelAccount = turn_context.activity.from_property
+        cache = self.deskmate.retrieval.cache
+        cache_key = f"teams-user:{sender.aad_object_id or sender.id}"
+        raw = await cache.get(cache_key)
+        if raw is not None:
+            email, name = json.loads(raw)
+        else:
+            email, name = None, sender.name or ""
+            try:
+                member = await TeamsInfo.get_member(turn_context, sender.id)
+                email = member.email or member.user_principal_name
+                name = member.name or name
+            except Exception as exc:  # noqa: BLE001 (the connector raises several kinds)
+                log.warning("teams.get_member_failed user=%s error=%s", sender.id, type(exc).__name__)
+            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=IDENTITY_TTL_SECONDS)
+        return await find_person(self.deskmate.retrieval.store, platform="teams",
+                                 platform_id=sender.aad_object_id or sender.id, email=email, name=name)
+
+    # --- installs ----------------------------------------------------------------------------
+    async def on_members_added_activity(self, members_added: list[ChannelAccount],
+                                        turn_context: TurnContext) -> None:
+        """Say hello once, when Deskmate itself is added to a chat or team."""
+        if any(m.id == turn_context.activity.recipient.id for m in members_added):
+            await turn_context.send_activity(MessageFactory.text(WELCOME))
+
+    # --- invokes -----------------------------------------------------------------------------
+    async def on_invoke_activity(self, turn_context: TurnContext) -> InvokeResponse:
+        activity = turn_context.activity
+        value = activity.value if isinstance(activity.value, dict) else {}
+        if activity.name == "message/submitAction" and value.get("actionName") == "feedback":
+            return await self._feedback(turn_context, value.get("actionValue") or {})
+        log.warning("teams.invoke_ignored name=%s", activity.name)
+        return InvokeResponse(status=400, body={"error": f"Deskmate does not handle {activity.name!r}"})
+
+    async def _feedback(self, turn_context: TurnContext, value: dict) -> InvokeResponse:
+        reaction = value.get("reaction")
+        if reaction not in ("like", "dislike"):
+            return InvokeResponse(status=400, body={"error": "reaction must be like or dislike"})
+        note = None
+        try:
+            note = (json.loads(value.get("feedback") or "{}") or {}).get("feedbackText") or None
+        except (json.JSONDecodeError, AttributeError):
+            note = str(value.get("feedback"))[:2000] or None
+        message_id = turn_context.activity.reply_to_id or ""
+        turn_id = await turn_of_message(self.deskmate.retrieval.cache, "teams", message_id)
+        if turn_id is None:
+            log.warning("teams.feedback_unknown_message message=%s", message_id)
+            return InvokeResponse(status=200)
+        person = await self.person(turn_context)
+        try:
+            await self.deskmate.ledger.record_feedback(turn_id, person.key, platform="teams",
+                                                       thumb=1 if reaction == "like" else -1, note=note)
+        except LookupError:
+            log.warning("teams.feedback_unknown_turn turn=%s", turn_id)
+        else:
+            log.info("teams.feedback turn=%s reaction=%s", turn_id, reaction)
+        return InvokeResponse(status=200)
+
+
+class TeamsConfig:
+    """The attribute names botbuilder's configuration reader expects."""
+
+    def __init__(self, app_id: str, password: str, app_type: str, tenant_id: str) -> None:
+        self.APP_ID = app_id
+        self.APP_PASSWORD = password
+        self.APP_TYPE = app_type
+        self.APP_TENANTID = tenant_id
+
+
+class TeamsChannel:
+    """The Teams face of one Deskmate process: authentication, then the bot."""
+
+    def __init__(self, deskmate: Deskmate, background: Background) -> None:
+        s = deskmate.settings
+        password = s.teams_app_password.get_secret_value() if s.teams_app_password else ""
+        self.open = not s.teams_app_id
+        self.auth = ConfigurationBotFrameworkAuthentication(
+            TeamsConfig(s.teams_app_id, password,
+                        s.teams_app_type if s.teams_app_id else "MultiTenant",  # open: no credentials
+                        s.teams_tenant_id))
+        self.adapter = CloudAdapter(self.auth)
+        self.adapter.on_turn_error = self._on_turn_error
+        self.bot = DeskmateTeamsBot(deskmate)
+        self.background = background
+
+    @staticmethod
+    async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
+        log.error("teams.turn_error activity=%s error=%r", turn_context.activity.type, error, exc_info=error)
+        try:
+            await turn_context.send_activity("Sorry, something went wrong on my side. Please try again.")
+        except Exception:  # noqa: BLE001
+            log.exception("teams.error_reply_failed")
+
+    async def endpoint(self, request: web.Request) -> web.Response:
+        """`POST /api/messages`."""
+        try:
+            body = await request.json()
+            activity = Activity().deserialize(body) if isinstance(body, dict) else Activity()
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError):
+            log.warning("teams.malformed_activity bytes=%s", request.content_length)
+            return web.json_response({"error": "the body must be a Bot Framework activity (JSON)"}, status=400)
+        if not activity.type:
+            log.warning("teams.activity_without_type")
+            return web.json_response({"error": "the activity has no type"}, status=400)
+        try:
+            authenticated = await self.auth.authenticate_request(activity, request.headers.get("Authorization", ""))
+        except Exception as exc:  # noqa: BLE001 (PermissionError, or a token that is not a JWT at all)
+            log.warning("teams.unauthorized remote=%s error=%s", request.remote, type(exc).__name__)
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if activity.type == ActivityTypes.invoke:
+            response = await self.adapter.process_activity(authenticated, activity, self.bot.on_turn)
+            if response is None:
+                return web.Response(status=200)
+            if response.body is None:
+                return web.Response(status=response.status)  # Teams wants an empty body here
+            return web.json_response(response.body, status=response.status)
+        self.background.spawn(self.adapter.process_activity(authenticated, activity, self.bot.on_turn),
+                              f"teams-{activity.id}")
+        return web.Response(status=202)
+
+
+def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> TeamsChannel:
+    channel = TeamsChannel(deskmate, background)
+    if channel.open:
+        log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests because no "
+                    "Teams app id is set: fine on a laptop, never on a reachable host "
+                    "(set DESKMATE_TEAMS_APP_ID and DESKMATE_TEAMS_APP_PASSWORD)")
+    app.router.add_post("/api/messages", channel.endpoint)
+    return channel
