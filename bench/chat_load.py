@@ -1,13 +1,16 @@
 """Do Slack and Teams get their HTTP answers fast while Deskmate is busy answering?
 
 A real `deskmate serve` process (Slack HTTP mode and Teams, a generator that takes 2 s per answer)
-gets N Slack events and N Teams messages at once (N = 1, 10, 50), then one more of each every
-100 ms while those answers are being written. Every Web API / connector call goes to a local
+gets N Slack events and N Teams messages at once (N = 1, 10, 50: the "burst" that starts N
+answers on each platform), then one more of each every 100 ms while those answers are being
+written ("during": the latency a new message sees while Deskmate is busy). A tenth of the burst's
+Slack events are re-sent as Slack retries right after their ack ("retry"), which lands them
+where the server is busiest: starting N answers on each platform at once. Every Web API / connector call goes to a local
 stand-in (the recorder the tests use), which tells how many answers arrived and whether any came
-twice. A tenth of the Slack events are also re-sent as Slack retries (same event id).
+twice.
 
-Figures: Slack ack and Teams response latency p50/p99 per N (over real HTTP, timed by the
-client), answers lost and answered twice.
+Figures: Slack ack and Teams response latency p50/p99 per N and phase (over real HTTP, timed by
+the client), answers lost and answered twice.
 
     python bench/chat_load.py            # N = 1, 10, 50
     python bench/chat_load.py --n 1 10   # a quicker run
@@ -124,45 +127,47 @@ def answered(recorder: Recorder, slack_channels: set[str], teams_conversations: 
 
 async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float) -> dict:
     tag = uuid.uuid4().hex[:6]
-    slack_ms: list[float] = []
-    teams_ms: list[float] = []
+    latencies: dict[str, list[float]] = {"slack_burst": [], "teams_burst": [], "slack_during": [],
+                                         "teams_during": [], "slack_retry": []}
     statuses: list[int] = []
     slack_channels: set[str] = set()
     teams_conversations: set[str] = set()
     retries = 0
 
-    async def one_slack(http: aiohttp.ClientSession, i: int, retry: bool) -> None:
+    async def one_slack(http: aiohttp.ClientSession, i: int, retry: bool, phase: str) -> None:
         nonlocal retries
         channel = f"D{tag}{i}"
         slack_channels.add(channel)
         body, headers = slack_request(f"Ev{tag}{i}", channel, f"U{i % 7}", QUESTIONS[i % len(QUESTIONS)])
         status, ms = await timed_post(http, f"{url}/slack/events", data=body, headers=headers)
         statuses.append(status)
-        slack_ms.append(ms)
+        latencies[f"slack_{phase}"].append(ms)
         if retry:
             retries += 1
             headers = {**headers, "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
             status, ms = await timed_post(http, f"{url}/slack/events", data=body, headers=headers)
             statuses.append(status)
-            slack_ms.append(ms)
+            latencies["slack_retry"].append(ms)
 
-    async def one_teams(http: aiohttp.ClientSession, i: int) -> None:
+    async def one_teams(http: aiohttp.ClientSession, i: int, phase: str) -> None:
         conversation = f"a:{tag}{i}"
         teams_conversations.add(conversation)
         status, ms = await timed_post(http, f"{url}/api/messages",
                                       json=teams_activity(conversation, recorder.url, QUESTIONS[i % len(QUESTIONS)]))
         statuses.append(status)
-        teams_ms.append(ms)
+        latencies[f"teams_{phase}"].append(ms)
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        burst = [one_slack(http, i, retry=i % 10 == 0) for i in range(n)] + [one_teams(http, i) for i in range(n)]
-        await asyncio.gather(*burst)
+        # The burst that starts N answers on each platform (a tenth of the Slack ones retried) ...
+        await asyncio.gather(*[one_slack(http, i, i % 10 == 0, "burst") for i in range(n)],
+                             *[one_teams(http, i, "burst") for i in range(n)])
+        # ... then one request of each every 100 ms while those answers are being written.
         probes, i = [], n
         deadline = time.monotonic() + probe_seconds
-        while time.monotonic() < deadline:  # one of each every 100 ms while the answers are written
-            probes += [asyncio.create_task(one_slack(http, i, retry=False)),
-                       asyncio.create_task(one_teams(http, i))]
+        while time.monotonic() < deadline:
+            probes += [asyncio.create_task(one_slack(http, i, False, "during")),
+                       asyncio.create_task(one_teams(http, i, "during"))]
             i += 1
             await asyncio.sleep(0.1)
         await asyncio.gather(*probes)
@@ -176,14 +181,23 @@ async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float)
         await asyncio.sleep(0.25)
     await asyncio.sleep(1.5)  # a late duplicate would show up here
     slack, teams = answered(recorder, slack_channels, teams_conversations)
-    return {
-        "n": n, "slack_requests": len(slack_ms), "teams_requests": len(teams_ms), "slack_retries": retries,
-        "slack_ack_p50_ms": round(percentile(slack_ms, 50), 2), "slack_ack_p99_ms": round(percentile(slack_ms, 99), 2),
-        "teams_http_p50_ms": round(percentile(teams_ms, 50), 2), "teams_http_p99_ms": round(percentile(teams_ms, 99), 2),
+    twice = [k for k, v in [*slack.items(), *teams.items()] if v > 1]
+    if twice:
+        print(f"N={n}: answered more than once: {twice}")
+    row: dict = {"n": n, "slack_retries": retries}
+    for name, values in latencies.items():
+        row[f"{name}_requests"] = len(values)
+        if values:
+            row[f"{name}_p50_ms"] = round(percentile(values, 50), 2)
+            row[f"{name}_p99_ms"] = round(percentile(values, 99), 2)
+            row[f"{name}_slowest_ms"] = [round(v, 1) for v in sorted(values)[-5:]]
+    row.update({
         "non_2xx": sum(1 for s in statuses if not 200 <= s < 300),
+        "answers_expected": sum(expected),
         "lost": (expected[0] - len(slack)) + (expected[1] - len(teams)),
-        "answered_twice": sum(1 for v in [*slack.values(), *teams.values()] if v > 1),
-    }
+        "answered_twice": len(twice),
+    })
+    return row
 
 
 def main() -> None:
@@ -220,10 +234,16 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.2)
+            asyncio.run(load_round(url, recorder, 1, 0))  # warm-up: first-request costs are not load
             rows = [asyncio.run(load_round(url, recorder, n, args.probe_seconds)) for n in args.n]
         finally:
             server.terminate()
             server.wait(60)
+            problems = [line for line in (Path(tmp) / "serve.log").read_text().splitlines()
+                        if " ERROR " in line or "Traceback" in line or "error" in line.lower()]
+            if problems:
+                print(f"{len(problems)} error lines in the server log, the first ones:")
+                print("\n".join(problems[:15]))
         if cache_url.startswith("redis://"):
             import redis
 
@@ -232,11 +252,16 @@ def main() -> None:
             if keys:
                 client.delete(*keys)
 
-    print_table(["N", "slack req", "slack ack p50", "p99 (ms)", "teams req", "teams p50", "p99 (ms)",
-                 "non-2xx", "lost", "twice"],
-                [[r["n"], r["slack_requests"], r["slack_ack_p50_ms"], r["slack_ack_p99_ms"], r["teams_requests"],
-                  r["teams_http_p50_ms"], r["teams_http_p99_ms"], r["non_2xx"], r["lost"], r["answered_twice"]]
-                 for r in rows])
+    headers = ["N", "phase", "slack reqs", "slack ack p50", "p99 (ms)", "teams reqs", "teams p50", "p99 (ms)"]
+    table = []
+    for r in rows:
+        for phase in ("burst", "during", "retry"):
+            table.append([r["n"], phase, r.get(f"slack_{phase}_requests", 0), r.get(f"slack_{phase}_p50_ms", "-"),
+                          r.get(f"slack_{phase}_p99_ms", "-"), r.get(f"teams_{phase}_requests", "-"),
+                          r.get(f"teams_{phase}_p50_ms", "-"), r.get(f"teams_{phase}_p99_ms", "-")])
+    print_table(headers, table)
+    print_table(["N", "answers expected", "lost", "answered twice", "non-2xx"],
+                [[r["n"], r["answers_expected"], r["lost"], r["answered_twice"], r["non_2xx"]] for r in rows])
     path = write_result("chat_load", {"generator_delay_s": args.delay, "cache": cache_url.split(":")[0],
                                       "target": "p99 <= 100 ms at N=50, none lost, none twice", "rounds": rows},
                         args.out)

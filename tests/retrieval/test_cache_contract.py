@@ -74,3 +74,18 @@ def test_open_cache_by_url() -> None:
     assert isinstance(open_cache("redis://127.0.0.1:6379/0"), RedisCache)
     with pytest.raises(ValueError, match="unsupported cache URL"):
         open_cache("memcached://x")
+
+
+async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis_prefix: str) -> None:
+    """More concurrent claims than pooled connections: each waits for a connection, exactly one
+    wins, and Redis is never taken for down (which would switch off deduplication)."""
+    from tests.conftest import REDIS_URL
+
+    small = RedisCache(REDIS_URL, prefix=f"{redis_prefix}burst:", max_connections=4)
+    try:
+        claims = await asyncio.gather(*(small.add("seen:Ev1", b"1", ttl=30) for _ in range(60)))
+        assert claims.count(True) == 1
+        assert small._down_since is None
+    finally:
+        await small.delete("seen:Ev1")
+        await small.close()
