@@ -52,6 +52,8 @@ SUGGESTED_PROMPTS = [
     {"title": "Set up the VPN", "message": "How do I connect to the VPN from home?"},
     {"title": "Get new hardware", "message": "How do I request a new laptop or monitor?"},
 ]
+STREAMING_MISSING = {"unknown_method", "method_not_supported_for_channel_type", "not_allowed_token_type",
+                     "feature_not_enabled", "missing_scope"}
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
@@ -344,10 +346,12 @@ class SlackChannel:
                     recipient_team_id=where.team or None, recipient_user_id=where.user)
                 return response["ts"], True
             except SlackApiError as exc:
-                # Older workspaces and some surfaces do not have streaming: edit a message instead.
-                log.warning("slack.stream_unavailable error=%s; falling back to chat.update",
-                            exc.response.get("error"))
-                self.streaming = False
+                # Workspaces or surfaces without streaming: edit a message instead, from now on
+                # when Slack says the method is not there, for this answer otherwise.
+                error = exc.response.get("error")
+                if error in STREAMING_MISSING:
+                    self.streaming = False
+                log.warning("slack.stream_unavailable error=%s; editing a message instead", error)
         response = await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
                                                       text=text + " …")
         return response["ts"], False

@@ -308,3 +308,17 @@ async def test_a_refused_app_token_leaves_the_rest_running(tmp_path, example_sto
         await asyncio.sleep(0.3)
     assert "slack.socket_mode_refused error=invalid_auth" in caplog.text
     assert len(recorder.named("apps.connections.open")) == 1  # a refused token is not retried
+
+
+async def test_without_streaming_the_answer_is_one_edited_message_in_the_thread(chat_server, recorder) -> None:  # noqa: ANN001
+    recorder.slack_errors["chat.startStream"] = "unknown_method"
+    first, second = mention(VPN_QUESTION), mention("How do I report a phishing email?")
+    await slack_event(chat_server.url, event_callback(first))
+    final = await recorder.wait_for(lambda calls: next(
+        (c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None))
+    [posted] = recorder.named("chat.postMessage")
+    assert posted.body["thread_ts"] == first["ts"] and final.body["ts"] == posted.returned_id
+    assert "feedback_buttons" in json.dumps(final.body["blocks"])
+    await slack_event(chat_server.url, event_callback(second))
+    await recorder.wait_for(lambda calls: len([c for c in calls if c.api == "chat.update" and c.body.get("blocks")]) == 2)
+    assert len(recorder.named("chat.startStream")) == 1  # Slack said the method is missing: not asked again
