@@ -131,11 +131,17 @@ class Background:
         return len(self._tasks)
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Let answers in flight finish (up to `timeout`), then cancel the rest."""
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Let answers in flight finish (up to `timeout`, including work they start), then cancel
+        the rest and wait for their clean-up (an abandoned turn is still written to the ledger)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=left)
+        pending = set(self._tasks)
         for task in pending:
             task.cancel()
         if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
             log.warning("channel.shutdown_cancelled tasks=%d", len(pending))

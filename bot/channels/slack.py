@@ -9,6 +9,7 @@ cache), so Slack's retries are acknowledged and dropped. Only this module import
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
@@ -21,6 +22,10 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncRateLimitErrorRetryHandler,
+    async_default_handlers,
+)
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -52,8 +57,8 @@ SUGGESTED_PROMPTS = [
     {"title": "Set up the VPN", "message": "How do I connect to the VPN from home?"},
     {"title": "Get new hardware", "message": "How do I request a new laptop or monitor?"},
 ]
-STREAMING_MISSING = {"unknown_method", "method_not_supported_for_channel_type", "not_allowed_token_type",
-                     "feature_not_enabled", "missing_scope"}
+STREAMING_MISSING = {"unknown_method", "feature_not_enabled"}
+IDENTITY_MISS_TTL_SECONDS = 60
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
@@ -126,8 +131,11 @@ class SlackChannel:
         self.settings = settings
         secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
         self.verifier = SignatureVerifier(secret) if secret else None
-        self.client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(),
-                                     base_url=settings.slack_api_url)
+        # Rate limits are per method and workspace (chat.update: about 50 a minute): wait as Slack
+        # says (Retry-After) rather than lose an update.
+        self.client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
+            retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
         self.app = AsyncApp(client=self.client, signing_secret=secret or None,
                             request_verification_enabled=bool(secret), process_before_response=False,
                             logger=logging.getLogger("slack_bolt"))
@@ -150,7 +158,7 @@ class SlackChannel:
         while True:
             # Asked here rather than by the SDK, which retries a refused token forever.
             try:
-                opened = await self.client.apps_connections_open(app_token=token)
+                opened = await self.client.apps_connections_open(app_token=token)  # the token check
             except SlackApiError as exc:
                 error = exc.response.get("error")
                 if error in ("invalid_auth", "not_allowed_token_type", "not_authed", "account_inactive",
@@ -159,17 +167,21 @@ class SlackChannel:
                               "token with connections:write)", error)
                     return
                 log.warning("slack.socket_mode_failed error=%s; retrying in %.0f s", error, pause)
-            except (OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 (aiohttp's errors are not all OSErrors)
                 log.warning("slack.socket_mode_failed error=%r; retrying in %.0f s", exc, pause)
             else:
-                self.socket_mode.client.wss_uri = opened["url"]
-                await self.socket_mode.connect_async()
-                log.info("slack.socket_mode_connected")
-                return
+                if opened.get("url"):
+                    try:
+                        await self.socket_mode.connect_async()
+                        log.info("slack.socket_mode_connected")
+                        return
+                    except Exception as exc:  # noqa: BLE001
+                        log.warning("slack.socket_mode_failed error=%r; retrying in %.0f s", exc, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 60.0)
 
     async def stop(self) -> None:
+        """Stop taking events (called before answers in flight are drained)."""
         if self._connecting is not None:
             self._connecting.cancel()
         if self.socket_mode is not None:
@@ -180,8 +192,8 @@ class SlackChannel:
         if self.verifier is None:
             return web.json_response({"error": "Slack's HTTP mode needs SLACK_SIGNING_SECRET"}, status=503)
         body = await request.read()
-        if not self.verifier.is_valid(body, request.headers.get("X-Slack-Request-Timestamp", ""),
-                                      request.headers.get("X-Slack-Signature", "")):
+        stamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not stamp.isdigit() or not self.verifier.is_valid(body, stamp, request.headers.get("X-Slack-Signature", "")):
             log.warning("slack.bad_signature remote=%s", request.remote)
             return web.json_response({"error": "invalid or stale signature"}, status=401)
         if request.content_type == "application/json":
@@ -286,7 +298,7 @@ class SlackChannel:
         if raw is not None:
             email, name = json.loads(raw)
         else:
-            email, name = None, ""
+            email, name, ttl = None, "", IDENTITY_TTL_SECONDS
             try:
                 info = (await self.client.users_info(user=user))["user"]
                 profile = info.get("profile") or {}
@@ -295,7 +307,8 @@ class SlackChannel:
             except SlackApiError as exc:
                 log.warning("slack.users_info_failed user=%s error=%s (is users:read.email granted?)",
                             user, exc.response.get("error"))
-            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=IDENTITY_TTL_SECONDS)
+                ttl = IDENTITY_MISS_TTL_SECONDS  # ask again soon: a failed lookup splits a person's history
+            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=ttl)
         return await find_person(self.deskmate.retrieval.store, platform="slack", platform_id=user,
                                  email=email, name=name)
 
@@ -319,24 +332,29 @@ class SlackChannel:
 
     async def _stream(self, where: Where, events: Any) -> None:
         """Show an answer as it is written: `chat.startStream` in threads where the workspace
-        has it, else a posted message edited at most once per `stream_interval`."""
+        has it, else a posted message edited at most once per `stream_interval`. An update Slack
+        refuses is skipped; the final answer is always delivered (as a new message if need be)."""
         ts: str | None = None
         streamed = False
         shown = ""
-        async for item in batched(events, self.settings.stream_interval):
-            if isinstance(item, Status):
-                if where.assistant_thread:
-                    await self._set_status(where, item.text)
-            elif isinstance(item, Update):
-                if ts is None:
-                    ts, streamed = await self._open(where, item.text)
-                elif streamed:
-                    await self.client.chat_appendStream(channel=where.channel, ts=ts, markdown_text=item.new)
-                else:
-                    await self.client.chat_update(channel=where.channel, ts=ts, text=item.text + " …")
-                shown = item.text
-            elif isinstance(item, Done):
-                await self._close(where, ts, streamed, shown, item.answer)
+        async with contextlib.aclosing(events):
+            async for item in batched(events, self.settings.stream_interval):
+                if isinstance(item, Status):
+                    if where.assistant_thread:
+                        await self._set_status(where, item.text)
+                elif isinstance(item, Update):
+                    try:
+                        if ts is None:
+                            ts, streamed = await self._open(where, item.text)
+                        elif streamed:
+                            await self.client.chat_appendStream(channel=where.channel, ts=ts, markdown_text=item.new)
+                        else:
+                            await self.client.chat_update(channel=where.channel, ts=ts, text=item.text + " …")
+                        shown = item.text
+                    except SlackApiError as exc:
+                        log.warning("slack.update_failed error=%s; skipped", exc.response.get("error"))
+                elif isinstance(item, Done):
+                    await self._close(where, ts, streamed, shown, item.answer)
 
     async def _open(self, where: Where, text: str) -> tuple[str, bool]:
         if self.streaming and where.thread_ts:
@@ -357,18 +375,28 @@ class SlackChannel:
         return response["ts"], False
 
     async def _close(self, where: Where, ts: str | None, streamed: bool, shown: str, answer: Answer) -> None:
+        """End the message with the final text and its footer. A streamed message whose text
+        turned out different (an apology after partial output, a repetition cut) is rewritten."""
         if where.assistant_thread:
             await self._set_status(where, "")
-        if ts is not None and streamed:
-            rest = answer.text[len(shown.rstrip()):] if answer.text.startswith(shown.rstrip()) else ""
-            await self.client.chat_stopStream(channel=where.channel, ts=ts, markdown_text=rest or None,
-                                              blocks=answer_footer(answer))
-        elif ts is not None:
-            await self.client.chat_update(channel=where.channel, ts=ts, text=answer.text,
-                                          blocks=answer_blocks(answer))
-        else:
-            await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
-                                               text=answer.text, blocks=answer_blocks(answer))
+        try:
+            if ts is not None and streamed:
+                seen = shown.strip()
+                if answer.text.startswith(seen):
+                    rest = answer.text[len(seen):]
+                    await self.client.chat_stopStream(channel=where.channel, ts=ts, markdown_text=rest or None,
+                                                      blocks=answer_footer(answer))
+                    return
+                await self.client.chat_stopStream(channel=where.channel, ts=ts)
+            if ts is not None:
+                await self.client.chat_update(channel=where.channel, ts=ts, text=answer.text,
+                                              blocks=answer_blocks(answer))
+                return
+        except SlackApiError as exc:
+            log.warning("slack.final_update_failed turn=%s error=%s; posting the answer anew",
+                        answer.turn_id, exc.response.get("error"))
+        await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
+                                           text=answer.text, blocks=answer_blocks(answer))
 
     async def _set_status(self, where: Where, status: str) -> None:
         try:
@@ -428,7 +456,14 @@ class SlackChannel:
                         sources=sources)
         blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text":
                    f"<@{user}> asked: {_mrkdwn_escape(row.question[:300])}"}]}, *answer_blocks(answer)]
-        await self.client.chat_postMessage(channel=channel, text=row.answer, blocks=blocks)
+        try:
+            await self.client.chat_postMessage(channel=channel, text=row.answer, blocks=blocks)
+        except SlackApiError as exc:
+            log.info("slack.share_failed channel=%s error=%s", channel, exc.response.get("error"))
+            await respond(text="I can't post in this conversation. Invite me to the channel "
+                          "(`/invite @Deskmate`) and share again.", response_type="ephemeral",
+                          replace_original=False)
+            return
         await respond(delete_original=True)
 
     # --- the slash command -------------------------------------------------------------------
@@ -492,5 +527,5 @@ def add_routes(app: web.Application, deskmate: Deskmate, background: Background)
         await channel.stop()
 
     app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.on_shutdown.append(stop)  # before the answers in flight are drained (registered later)
     return channel

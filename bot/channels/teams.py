@@ -15,6 +15,7 @@ import html
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAGS = re.compile(r"<[^>]+>")
+STREAM_MIN_GAP_SECONDS = 1.5  # Teams throttles (429) streaming updates sent more often than this
+IDENTITY_MISS_TTL_SECONDS = 60
+CHANNELS = {"msteams"}
 
 # botbuilder builds two msrest clients per activity, and each scans a 500-item list 999 times
 # (about 3 ms of event-loop time, measured by bench/chat_load.py under py-spy). The same codes
@@ -95,8 +99,8 @@ class AiMessage(Entity):
         self.additional_type = ["AIGeneratedContent"]
         self.citation = [{
             "@type": "Claim", "position": s.number,
-            "appearance": {"@type": "DigitalDocument", "name": s.title[:80], "url": s.url or None,
-                           "abstract": (s.heading or s.title)[:160]},
+            "appearance": {"@type": "DigitalDocument", "name": s.title[:80],
+                           **({"url": s.url} if s.url else {}), "abstract": (s.heading or s.title)[:160]},
         } for s in answer.sources]
 
 
@@ -119,7 +123,7 @@ class Conversation:
 
 def conversation_of(activity: Activity) -> Conversation:
     conv = activity.conversation
-    kind = (conv.conversation_type if conv else None) or "personal"
+    kind = (conv.conversation_type if conv else None) or "unknown"  # unknown is treated as shared
     data = activity.channel_data if isinstance(activity.channel_data, dict) else {}
     channel = ((data.get("channel") or {}).get("id") or (conv.id if conv else "")).split(";")[0]
     return Conversation(kind, conv.id if conv else "", channel)
@@ -136,6 +140,7 @@ class DeskmateTeamsBot(ActivityHandler):
     def __init__(self, deskmate: Deskmate) -> None:
         self.deskmate = deskmate
         self.settings = deskmate.settings
+        self._streaming: set[str] = set()  # Teams allows one streamed answer per chat at a time
 
     # --- messages --------------------------------------------------------------------------
     async def on_message_activity(self, turn_context: TurnContext) -> None:
@@ -174,31 +179,50 @@ class DeskmateTeamsBot(ActivityHandler):
             private=conversation.private,
         )
         events = self.deskmate.orchestrator.handle(message)
-        if conversation.private:
-            await self._stream(turn_context, events)
+        if conversation.private and conversation.id not in self._streaming:
+            self._streaming.add(conversation.id)
+            try:
+                await self._stream(turn_context, events)
+            finally:
+                self._streaming.discard(conversation.id)
         else:
             await self._reply_once(turn_context, events)
 
     async def _stream(self, turn_context: TurnContext, events: Any) -> None:
-        """1:1 chats: informative → streaming → final `streaminfo` activities, about one a second."""
+        """1:1 chats: informative → streaming → final `streaminfo` activities, at least
+        `STREAM_MIN_GAP_SECONDS` apart. If Teams refuses an update the answer still arrives, as
+        an ordinary message; if the user pressed Stop, nothing more is sent."""
         stream_id: str | None = None
-        sequence, streaming = 0, False
-        async for item in batched(events, self.settings.stream_interval):
+        sequence, streaming, broken, stopped = 0, False, False, False
+        last_sent: float | None = None
+        interval = max(self.settings.stream_interval, STREAM_MIN_GAP_SECONDS)
+        async for item in batched(events, interval):
             if isinstance(item, Status | Update):
                 informative = isinstance(item, Status)
-                if informative and streaming:
+                if broken or (informative and streaming):
                     continue  # status lines only come before the text starts to flow
-                streaming = streaming or not informative
+                if last_sent is not None and time.monotonic() - last_sent < STREAM_MIN_GAP_SECONDS:
+                    continue  # the next update (or the final message) carries this text too
                 sequence += 1
                 typing = Activity(type=ActivityTypes.typing, text=item.text, entities=[StreamInfo(
                     stream_type="informative" if informative else "streaming",
                     stream_id=stream_id, stream_sequence=sequence)])
-                response = await turn_context.send_activity(typing)
+                try:
+                    response = await turn_context.send_activity(typing)
+                except Exception as exc:  # noqa: BLE001 (the connector raises its own error types)
+                    broken, stopped = True, "ContentStreamNotAllowed" in str(exc) or "403" in str(exc)
+                    log.warning("teams.stream_update_failed error=%s stopped_by_user=%s", exc, stopped)
+                    continue
+                last_sent = time.monotonic()
+                streaming = streaming or not informative
                 if stream_id is None and response is not None:
                     stream_id = response.id
             elif isinstance(item, Done):
+                if stopped:
+                    log.info("teams.stream_stopped turn=%s", item.answer.turn_id)
+                    return
                 entities: list[Entity] = [AiMessage(item.answer)]
-                if stream_id is not None:
+                if stream_id is not None and not broken:
                     entities.insert(0, StreamInfo(stream_type="final", stream_id=stream_id))
                 await self._send_answer(turn_context, item.answer, entities, stream_id)
 
@@ -245,14 +269,15 @@ class DeskmateTeamsBot(ActivityHandler):
         if raw is not None:
             email, name = json.loads(raw)
         else:
-            email, name = None, sender.name or ""
+            email, name, ttl = None, sender.name or "", IDENTITY_TTL_SECONDS
             try:
                 member = await TeamsInfo.get_member(turn_context, sender.id)
                 email = member.email or member.user_principal_name
                 name = member.name or name
             except Exception as exc:  # noqa: BLE001 (the connector raises several kinds)
                 log.warning("teams.get_member_failed user=%s error=%s", sender.id, type(exc).__name__)
-            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=IDENTITY_TTL_SECONDS)
+                ttl = IDENTITY_MISS_TTL_SECONDS  # ask again soon: a failed lookup splits a person's history
+            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=ttl)
         return await find_person(self.deskmate.retrieval.store, platform="teams",
                                  platform_id=sender.aad_object_id or sender.id, email=email, name=name)
 
@@ -322,13 +347,15 @@ class TeamsChannel:
         self.adapter.on_turn_error = self._on_turn_error
         self.bot = DeskmateTeamsBot(deskmate)
         self.background = background
+        # The Bot Framework Emulator talks as `emulator`; accepted only while the endpoint is open.
+        self.channels = CHANNELS | ({"emulator"} if self.open else set())
 
     @staticmethod
     async def _on_turn_error(turn_context: TurnContext, error: Exception) -> None:
         log.error("teams.turn_error activity=%s error=%r", turn_context.activity.type, error, exc_info=error)
         try:
             await turn_context.send_activity("Sorry, something went wrong on my side. Please try again.")
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("teams.error_reply_failed")
 
     async def endpoint(self, request: web.Request) -> web.Response:
@@ -342,6 +369,11 @@ class TeamsChannel:
         if not activity.type:
             log.warning("teams.activity_without_type")
             return web.json_response({"error": "the activity has no type"}, status=400)
+        if activity.channel_id not in self.channels:
+            # Web Chat or Direct Line would let a client claim any user: Teams only.
+            log.warning("teams.other_channel channel=%s", activity.channel_id)
+            return web.json_response({"error": f"Deskmate answers here only for Microsoft Teams, "
+                                               f"not {activity.channel_id!r}"}, status=400)
         try:
             authenticated = await self.auth.authenticate_request(activity, request.headers.get("Authorization", ""))
         except Exception as exc:  # noqa: BLE001 (PermissionError, or a token that is not a JWT at all)

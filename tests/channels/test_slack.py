@@ -47,6 +47,8 @@ async def test_url_verification_is_answered_only_when_signed(chat_server, record
     stale = int(time.time()) - 10 * 60
     status, _, _ = await slack_event(chat_server.url, event_callback(mention(VPN_QUESTION)), timestamp=stale)
     assert status == 401
+    status, _, _ = await slack_event(chat_server.url, challenge, headers={"X-Slack-Request-Timestamp": "soon"})
+    assert status == 401
     await asyncio.sleep(0.5)
     assert not [c for c in recorder.calls if c.api.startswith("chat.")], "an unsigned request was answered"
 
@@ -322,3 +324,24 @@ async def test_without_streaming_the_answer_is_one_edited_message_in_the_thread(
     await slack_event(chat_server.url, event_callback(second))
     await recorder.wait_for(lambda calls: len([c for c in calls if c.api == "chat.update" and c.body.get("blocks")]) == 2)
     assert len(recorder.named("chat.startStream")) == 1  # Slack said the method is missing: not asked again
+
+
+async def test_an_answer_that_fails_midway_is_replaced_by_the_apology(tmp_path, example_store_url, embedder,  # noqa: ANN001
+                                                                       redis_prefix, recorder) -> None:
+    from tests.channels.conftest import chat_settings
+    from tests.conftest import running_server
+
+    # The model writes for 3 s but may take 1: part of the answer is streamed, then it times out.
+    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
+                             generator_url="echo://?delay=3", generator_timeout=1)
+    async with running_server(embedder, **settings) as server:
+        event = mention(VPN_QUESTION)
+        await slack_event(server.url, event_callback(event))
+        final = await recorder.wait_for(lambda calls: next(
+            (c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None))
+        [start] = recorder.named("chat.startStream")
+        assert start.body["markdown_text"] and final.body["ts"] == start.returned_id
+        assert final.body["text"].startswith("Sorry, I couldn't answer that just now")
+        assert recorder.named("chat.stopStream")[0].body.get("markdown_text") is None
+        [turn] = await wait_for_turns(server, "slack", 1)
+        assert turn.status == "failed" and turn.answer == final.body["text"]

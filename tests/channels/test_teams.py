@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.channels.conftest import (
     LUKAS,
     VPN_QUESTION,
@@ -32,9 +34,17 @@ async def final_message(rec: Recorder, conversation: str) -> Call:
         (c for c in sent(rec, conversation) if c.body.get("type") == "message"), None))
 
 
-async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(chat_server, recorder) -> None:  # noqa: ANN001
+@pytest.fixture
+async def slow_server(tmp_path, example_store_url, embedder, redis_prefix, recorder):  # noqa: ANN001, ANN201
+    """Answers take 4 s, long enough for Teams' paced streaming to show."""
+    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, generator_url="echo://?delay=4")
+    async with running_server(embedder, **settings) as running:
+        yield running
+
+
+async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(slow_server, recorder) -> None:  # noqa: ANN001
     body = activity(VPN_QUESTION, service_url=recorder.url)
-    status, _, seconds = await teams_post(chat_server.url, body)
+    status, _, seconds = await teams_post(slow_server.url, body)
     assert status == 202 and seconds < 1
 
     final = await final_message(recorder, "a:1personal-lukas")
@@ -44,8 +54,10 @@ async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(chat
     assert ("typing", "streaming") in kinds and kinds[-1] == ("message", "final")
     stream_id = calls[0].returned_id
     assert all(stream_info(c).get("streamId") == stream_id for c in calls[1:])
-    sequences = [stream_info(c)["streamSequence"] for c in calls if c.body["type"] == "typing"]
-    assert sequences == list(range(1, len(sequences) + 1))
+    typing = [c for c in calls if c.body["type"] == "typing"]
+    assert [stream_info(c)["streamSequence"] for c in typing] == list(range(1, len(typing) + 1))
+    gaps = [b.at - a.at for a, b in zip(typing, typing[1:])]
+    assert gaps and min(gaps) >= 1.45  # Teams throttles faster streams
     assert calls[0].path.endswith(f"/activities/{body['id']}")  # a reply to the question
 
     assert final.body["channelData"]["feedbackLoopEnabled"] is True
@@ -54,8 +66,24 @@ async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(chat
     assert message_entity["additionalType"] == ["AIGeneratedContent"]
     assert "vpn" in message_entity["citation"][0]["appearance"]["url"]
 
-    [turn] = await wait_for_turns(chat_server, "teams", 1)
+    [turn] = await wait_for_turns(slow_server, "teams", 1)
     assert turn.user_key == LUKAS and turn.private is True and turn.reference in final.body["text"]
+
+
+async def test_a_second_question_while_one_streams_gets_a_plain_message(slow_server, recorder) -> None:  # noqa: ANN001
+    await teams_post(slow_server.url, activity(VPN_QUESTION, service_url=recorder.url))
+    await teams_post(slow_server.url, activity("How do I report a phishing email?", service_url=recorder.url))
+    await recorder.wait_for(lambda calls: len([c for c in sent(recorder, "a:1personal-lukas")
+                                               if c.body.get("type") == "message"]) == 2)
+    finals = [c for c in sent(recorder, "a:1personal-lukas") if c.body.get("type") == "message"]
+    assert sorted(stream_info(c).get("streamType", "none") for c in finals) == ["final", "none"]
+
+
+async def test_other_bot_framework_channels_are_refused(chat_server, recorder) -> None:  # noqa: ANN001
+    status, text, _ = await teams_post(chat_server.url, activity(VPN_QUESTION, service_url=recorder.url,
+                                                                 channelId="directline"))
+    assert status == 400 and "directline" in text
+    assert await wait_for_turns(chat_server, "teams", 1, timeout=0.5) == []
 
 
 async def test_a_channel_mention_is_stripped_and_answered_once(chat_server, recorder) -> None:  # noqa: ANN001
