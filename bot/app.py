@@ -13,6 +13,7 @@ from aiohttp import web
 from bot.generation import AdapterNotServed, Generator, open_generator
 from bot.ledger import Ledger
 from bot.orchestrator import Orchestrator, TurnPolicy
+from bot.roles import Roles, roles_from_settings
 from bot.settings import Settings
 from retrieval.cache import Cache, open_cache
 from retrieval.chunking import ChunkingConfig
@@ -87,6 +88,7 @@ class Deskmate:
     ledger: Ledger
     generator: Generator
     orchestrator: Orchestrator
+    roles: Roles
 
     async def close(self) -> None:
         await self.generator.close()
@@ -113,7 +115,7 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
             log.error("adapter.refused name=%s reason=%s; serving the base model", settings.adapter, exc)
     orchestrator = Orchestrator(retrieval.searcher, generator, ledger, retrieval.cache,
                                 turn_policy(settings))
-    return Deskmate(settings, retrieval, ledger, generator, orchestrator)
+    return Deskmate(settings, retrieval, ledger, generator, orchestrator, roles_from_settings(settings))
 
 
 # --- the web server --------------------------------------------------------------------------

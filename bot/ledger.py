@@ -21,10 +21,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    delete,
     Boolean,
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -79,6 +81,10 @@ class TurnRow(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
     latency_ms: Mapped[dict] = mapped_column(JSON, default=dict)
+    risk: Mapped[int] = mapped_column(Integer, default=0)  # review-queue order: see turn_risk()
+    reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
+
+    __table_args__ = (Index("ix_turns_queue", "reviewed", "risk", "created_at"),)
 
 
 class FeedbackRow(Base):
@@ -98,6 +104,9 @@ class FeedbackRow(Base):
     verdict: Mapped[str | None] = mapped_column(String(32))
     note: Mapped[str | None] = mapped_column(Text)
     correction: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_ratings_turn_created", "turn_id", "created_at"),
+                      Index("ix_ratings_created_at_role", "rater_role", "created_at"))
 
 
 class AdapterRow(Base):
@@ -186,6 +195,24 @@ class TurnEnd:
     completed_at: datetime = field(default_factory=utcnow)
 
 
+LEAD_ROLES = ("lead", "admin")
+SLOW_TURN_MS = 10_000
+
+
+def turn_risk(values: dict[str, Any]) -> int:
+    """How urgently a lead should look at a turn: an answer Deskmate was unsure of, could not
+    give, or gave slowly comes before a confident quick one (a 👎 adds 3 when it arrives)."""
+    risk = 0
+    if values.get("status") in ("unknown", "failed"):
+        risk += 2
+    confidence = values.get("confidence")
+    if confidence is not None and confidence < 0.5:
+        risk += 2
+    if (values.get("latency_ms") or {}).get("total", 0) > SLOW_TURN_MS:
+        risk += 1
+    return risk
+
+
 def new_turn_ids() -> tuple[str, str]:
     """A turn id and the short reference a user can quote to support ("ref 3F9A2C1B")."""
     turn_id = str(uuid.uuid4())
@@ -272,23 +299,42 @@ class Ledger:
             rows = await session.scalars(select(TurnRow).order_by(TurnRow.created_at.desc()).limit(limit))
             return list(rows)
 
-    async def add_feedback(self, turn_id: str, rater_key: str, *, platform: str, thumb: int | None = None,
-                           note: str | None = None, rater_role: str = "employee") -> int:
-        """Store a feedback click with its turn (ratings proper come with the ratings issue)."""
-        async with self.sessions() as session, session.begin():
-            if await session.get(TurnRow, turn_id) is None:
-                raise KeyError(turn_id)
-            row = FeedbackRow(turn_id=turn_id, created_at=utcnow(), rater_key=rater_key,
-                              rater_role=rater_role, platform=platform, thumb=thumb, note=note)
-            session.add(row)
-        return row.id
-
     async def record_feedback(self, turn_id: str, rater_key: str, *, platform: str,
-                              thumb: int | None = None, note: str | None = None) -> None:
-        """A feedback click from a chat platform: spooled like turns when the database is down,
-        because the click cannot be asked for again."""
+                              thumb: int | None = None, note: str | None = None, rater_role: str = "employee",
+                              score: int | None = None, verdict: str | None = None,
+                              correction: str | None = None) -> None:
+        """A rating, as a new row (re-rating keeps the history). Spooled like turns when the
+        database is down, because a click or a lead's review cannot be asked for again.
+        Validation and permissions are `bot.ratings`' job; this only stores."""
         await self._write("feedback", {"turn_id": turn_id, "rater_key": rater_key, "platform": platform,
-                                       "thumb": thumb, "note": note, "created_at": utcnow().isoformat()})
+                                       "thumb": thumb, "note": note, "rater_role": rater_role, "score": score,
+                                       "verdict": verdict, "correction": correction,
+                                       "created_at": utcnow().isoformat()})
+
+    async def ratings_of(self, turn_id: str) -> list[FeedbackRow]:
+        """Every rating of a turn, oldest first."""
+        async with self.sessions() as session:
+            rows = await session.scalars(select(FeedbackRow).where(FeedbackRow.turn_id == turn_id)
+                                         .order_by(FeedbackRow.created_at, FeedbackRow.id))
+            return list(rows)
+
+    async def forget_user(self, user_key: str) -> dict[str, Any]:
+        """Delete a person's turns (with every rating of them) and the ratings they gave.
+        Returns the counts and the conversations their turns were in (their cached history)."""
+        async with self.sessions() as session, session.begin():
+            turns = list(await session.execute(select(TurnRow.id, TurnRow.platform, TurnRow.workspace,
+                                                      TurnRow.channel, TurnRow.thread_id)
+                                               .where(TurnRow.user_key == user_key)))
+            ids = [t.id for t in turns]
+            on_turns = by_them = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                on_turns += (await session.execute(delete(FeedbackRow).where(FeedbackRow.turn_id.in_(chunk)))).rowcount
+                await session.execute(delete(TurnRow).where(TurnRow.id.in_(chunk)))
+            by_them = (await session.execute(delete(FeedbackRow).where(FeedbackRow.rater_key == user_key))).rowcount
+        conversations = sorted({f"{t.platform}:{t.workspace}:{t.channel}:{t.thread_id or user_key}" for t in turns})
+        return {"turns": len(ids), "ratings_of_their_turns": on_turns, "ratings_they_gave": by_them,
+                "conversations": conversations}
 
     async def ping(self) -> bool:
         """True when the database answers; when it has come back, also migrates it (if start-up
@@ -309,13 +355,20 @@ class Ledger:
     async def _apply(self, kind: str, data: dict[str, Any]) -> None:
         async with self.sessions() as session, session.begin():
             if kind == "feedback":
-                if await session.get(TurnRow, data["turn_id"]) is None:
+                turn = await session.get(TurnRow, data["turn_id"])
+                if turn is None:
                     raise LookupError(f"feedback for turn {data['turn_id']}, which is not on record")
                 session.add(FeedbackRow(**{**data, "created_at": datetime.fromisoformat(data["created_at"])}))
+                if data.get("rater_role") in LEAD_ROLES and (data.get("score") or data.get("verdict")
+                                                            or data.get("correction")):
+                    turn.reviewed = True
+                if data.get("thumb") == -1:
+                    turn.risk = (turn.risk or 0) + 3
             elif kind in ("begin", "record"):
                 values = {**data, "created_at": datetime.fromisoformat(data["created_at"])}
                 if kind == "record":
                     values["completed_at"] = datetime.fromisoformat(data["completed_at"])
+                    values["risk"] = turn_risk(values)
                 else:
                     values["status"] = "pending"
                 if await session.get(TurnRow, values["id"]) is None:
@@ -328,6 +381,7 @@ class Ledger:
                 for name, value in values.items():
                     if name != "id":
                         setattr(row, name, value)
+                row.risk = turn_risk(values) + (row.risk or 0)
 
     async def _write(self, kind: str, data: dict[str, Any]) -> None:
         if self.spool_path.exists():

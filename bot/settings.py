@@ -3,10 +3,12 @@ environment, so every knob is listed (and documented) here."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ChannelRule(BaseModel):
@@ -125,8 +127,34 @@ class Settings(BaseSettings):
                                 description="`SingleTenant`, `MultiTenant` or `UserAssignedMSI`.")
     teams_tenant_id: str = Field("", validation_alias=_env("TEAMS_TENANT_ID", "MICROSOFT_APP_TENANT_ID"),
                                  description="The tenant of a single-tenant bot.")
+    # --- roles, ratings, the review console ---------------------------------------------------
+    roles_file: Path | None = Field(None, description="YAML naming admins and leads by email, Slack "
+                                    "user group and Entra group id (see bot/roles.py).")
+    admins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Admin emails (JSON list or comma-separated).")
+    leads: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Support lead emails (JSON list or comma-separated).")
+    post_corrections: bool = Field(True, description="A lead's correction is also posted in the "
+                                   "conversation, so the employee gets the right answer.")
+    console_secret: SecretStr | None = Field(
+        None, description="Signs console sessions. Empty: a random one kept in data_dir "
+        "(set it explicitly when several replicas serve the console).")
+    console_auth_header: str = Field("", description="Trust this header for the signed-in email, "
+                                     "e.g. `X-Forwarded-Email` behind oauth2-proxy. ONLY behind such a proxy.")
+    console_groups_header: str = Field("", description="With console_auth_header: the header "
+                                       "carrying the user's groups (comma-separated Entra group ids).")
+    console_pseudonymous: bool = Field(False, description="Show people in the console as stable "
+                                       "pseudonyms instead of their email and name.")
+    console_session_hours: float = Field(12, gt=0, description="How long a console sign-in lasts.")
     host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
+
+    @field_validator("admins", "leads", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     def resolved_ledger_url(self) -> str:
         """The ledger URL with the embedded default filled in."""

@@ -49,10 +49,38 @@ async def test_begin_is_idempotent_and_feedback_needs_a_turn(ledger: Ledger) -> 
     await ledger.begin_turn(s)
     await ledger.begin_turn(s)  # a replayed spool entry must not duplicate the turn
     assert [t.id for t in await ledger.recent_turns()] == [s.id]
-    feedback_id = await ledger.add_feedback(s.id, "ana.ribeiro@northwind.example", platform="slack", thumb=-1)
-    assert feedback_id > 0
-    with pytest.raises(KeyError):
-        await ledger.add_feedback("no-such-turn", "ana.ribeiro@northwind.example", platform="slack", thumb=1)
+    await ledger.record_feedback(s.id, "ana.ribeiro@northwind.example", platform="slack", thumb=-1)
+    with pytest.raises(LookupError):
+        await ledger.record_feedback("no-such-turn", "ana.ribeiro@northwind.example", platform="slack", thumb=1)
+    [rating] = await ledger.ratings_of(s.id)
+    assert (rating.thumb, rating.rater_role) == (-1, "employee")
+    assert (await ledger.get_turn(s.id)).risk == 3  # a 👎 moves the turn up the review queue
+
+
+async def test_ratings_are_versioned_and_a_lead_review_marks_the_turn(ledger: Ledger) -> None:
+    s = start()
+    await ledger.record_turn(s, TurnEnd(status="unknown", answer="I couldn't find this", confidence=0.2))
+    assert (await ledger.get_turn(s.id)).risk == 4 and not (await ledger.get_turn(s.id)).reviewed
+    await ledger.record_feedback(s.id, "lead@northwind.example", platform="console", rater_role="lead",
+                                 score=2, verdict="incomplete", note="misses step 2")
+    await ledger.record_feedback(s.id, "lead@northwind.example", platform="console", rater_role="lead",
+                                 score=4, verdict="correct", correction="Open Settings, then …")
+    ratings = await ledger.ratings_of(s.id)
+    assert [r.score for r in ratings] == [2, 4] and ratings[-1].correction == "Open Settings, then …"
+    assert (await ledger.get_turn(s.id)).reviewed
+
+
+async def test_forget_removes_a_persons_turns_and_ratings(ledger: Ledger) -> None:
+    mine, other = start(), start()
+    other.user_key = "someone.else@northwind.example"
+    for s in (mine, other):
+        await ledger.record_turn(s, TurnEnd(status="answered", answer="…"))
+    await ledger.record_feedback(mine.id, "lead@northwind.example", platform="console", rater_role="lead", score=5)
+    await ledger.record_feedback(other.id, mine.user_key, platform="slack", thumb=1)
+    report = await ledger.forget_user(mine.user_key)
+    assert (report["turns"], report["ratings_of_their_turns"], report["ratings_they_gave"]) == (1, 1, 1)
+    assert await ledger.get_turn(mine.id) is None and await ledger.get_turn(other.id) is not None
+    assert await ledger.ratings_of(other.id) == []
 
 
 async def test_migrate_twice_is_harmless(ledger: Ledger) -> None:

@@ -41,6 +41,7 @@ class Recorder:
         self.slack_users: dict[str, dict[str, Any]] = {}
         self.teams_members: dict[str, dict[str, Any]] = {}
         self.slack_errors: dict[str, str] = {}
+        self.slack_usergroups: dict[str, list[str]] = {}  # user group id -> member user ids
         self.socket_acks: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -116,6 +117,15 @@ class Recorder:
             return web.json_response({"ok": True, "user": user})
         if method in ("chat.postMessage", "chat.startStream"):
             return web.json_response({"ok": True, "channel": body.get("channel"), "ts": ts})
+        if method == "usergroups.users.list":
+            members = self.slack_usergroups.get(body.get("usergroup", ""))
+            if members is None:
+                return web.json_response({"ok": False, "error": "no_such_subteam"})
+            return web.json_response({"ok": True, "users": members})
+        if method in ("views.open", "views.update", "views.push"):
+            view = body.get("view") or {}
+            view = json.loads(view) if isinstance(view, str) else view
+            return web.json_response({"ok": True, "view": {"id": f"V{next(self._ids)}", **view}})
         if method == "apps.connections.open":
             return web.json_response({"ok": True, "url": self.url.replace("http", "ws") + "/socket"})
         return web.json_response({"ok": True, "channel": body.get("channel"), "ts": body.get("ts")})

@@ -1,0 +1,87 @@
+"""Rating an answer: what each role may give, what a valid rating is, and storing it.
+
+Employees give 👍/👎 (with an optional reason) on answers they received; support leads and
+admins may rate any answer with a 1–5 score, a verdict, a note and a corrected answer. Slack,
+Teams and the console all come through `submit`, so the rules hold wherever the click came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot.ledger import Ledger
+from bot.roles import Role
+
+log = logging.getLogger(__name__)
+
+VERDICTS = {
+    "correct": "Correct",
+    "incomplete": "Incomplete",
+    "wrong": "Wrong",
+    "unsafe": "Unsafe",
+    "should_not_answer": "Should not have answered",
+}
+MAX_NOTE_CHARS = 4_000
+MAX_CORRECTION_CHARS = 8_000
+
+
+class RatingRefused(ValueError):
+    """A rating that is not stored; the message is meant for the person who tried."""
+
+
+@dataclass
+class Rating:
+    turn_id: str
+    rater_key: str
+    role: Role
+    platform: str
+    thumb: int | None = None
+    score: int | None = None
+    verdict: str | None = None
+    note: str | None = None
+    correction: str | None = None
+
+    @property
+    def is_review(self) -> bool:
+        return self.score is not None or self.verdict is not None or bool(self.correction)
+
+
+def clean(rating: Rating) -> Rating:
+    """Check a rating's values; blank texts become None."""
+    rating.note = (rating.note or "").strip() or None
+    rating.correction = (rating.correction or "").strip() or None
+    if rating.thumb not in (None, 1, -1):
+        raise RatingRefused("A thumb is +1 or -1.")
+    if rating.score is not None and (not isinstance(rating.score, int) or not 1 <= rating.score <= 5):
+        raise RatingRefused("The score must be a whole number from 1 to 5.")
+    if rating.verdict is not None and rating.verdict not in VERDICTS:
+        raise RatingRefused(f"Unknown verdict {rating.verdict!r}; choose one of: {', '.join(VERDICTS)}.")
+    if rating.note and len(rating.note) > MAX_NOTE_CHARS:
+        raise RatingRefused(f"The note is {len(rating.note):,} characters; the limit is {MAX_NOTE_CHARS:,}.")
+    if rating.correction and len(rating.correction) > MAX_CORRECTION_CHARS:
+        raise RatingRefused(f"The corrected answer is {len(rating.correction):,} characters; "
+                            f"the limit is {MAX_CORRECTION_CHARS:,}.")
+    if rating.thumb is None and not rating.is_review and not rating.note:
+        raise RatingRefused("The rating is empty: give a score, a verdict, a note or a correction.")
+    return rating
+
+
+async def submit(ledger: Ledger, rating: Rating) -> None:
+    """Store a rating after checking it and the rater's right to give it."""
+    rating = clean(rating)
+    turn = await ledger.get_turn(rating.turn_id)
+    if turn is None:
+        raise RatingRefused("That answer is not on record (it may have been forgotten on request).")
+    if rating.is_review and rating.role < Role.lead:
+        log.warning("rating.refused reason=not_a_lead rater=%s turn=%s", rating.rater_key, rating.turn_id)
+        raise RatingRefused("Only support leads and admins can review answers.")
+    if rating.role < Role.lead and turn.user_key != rating.rater_key:
+        log.warning("rating.refused reason=not_their_answer rater=%s turn=%s", rating.rater_key, rating.turn_id)
+        raise RatingRefused("You can rate only the answers you were given.")
+    await ledger.record_feedback(
+        rating.turn_id, rating.rater_key, platform=rating.platform, rater_role=rating.role.name,
+        thumb=rating.thumb, score=rating.score, verdict=rating.verdict, note=rating.note,
+        correction=rating.correction)
+    log.info("rating.stored turn=%s role=%s platform=%s review=%s", rating.turn_id, rating.role.name,
+             rating.platform, rating.is_review)
