@@ -167,6 +167,7 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
     from bot.channels import slack, teams
     from bot.channels import web as web_channel
     from bot.channels.common import Background
+    from bot.console import routes as console
 
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[DESKMATE_KEY] = deskmate
@@ -176,6 +177,7 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     web_channel.add_routes(app, deskmate)
+    console.add_routes(app, deskmate)
     slack.add_routes(app, deskmate, background)
     teams.add_routes(app, deskmate, background)
 

@@ -25,8 +25,14 @@ app = typer.Typer(help="Deskmate: answers from your knowledge base, in Slack and
                   no_args_is_help=True, add_completion=False)
 kb_app = typer.Typer(help="The knowledge base.", no_args_is_help=True)
 users_app = typer.Typer(help="The employee directory (user context).", no_args_is_help=True)
+roles_app = typer.Typer(help="Who is a support lead or an admin.", no_args_is_help=True)
+console_app = typer.Typer(help="The review console at /console.", no_args_is_help=True)
+export_app = typer.Typer(help="Datasets out of the ledger.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 app.add_typer(users_app, name="users")
+app.add_typer(roles_app, name="roles")
+app.add_typer(console_app, name="console")
+app.add_typer(export_app, name="export")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -295,6 +301,117 @@ def chat(
             await _stream_answer(d, await _cli_message(d, user, text, thread), False)
 
     _run_deskmate(work)
+
+
+# --- roles, the console, ratings, forgetting -------------------------------------------------
+
+@roles_app.command("list")
+def roles_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every rule that makes someone a support lead or an admin (settings and roles file)."""
+    from bot.roles import roles_from_settings
+
+    settings = Settings()
+    try:
+        rows = roles_from_settings(settings).rows()
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/] cannot read the roles file: {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps([{"role": r, "kind": k, "who": w} for r, k, w in rows]))
+        return
+    if not rows:
+        out.print("No leads or admins yet: set DESKMATE_LEADS / DESKMATE_ADMINS or DESKMATE_ROLES_FILE. "
+                  "Everyone else is an employee.")
+        return
+    table = Table("role", "by", "who")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    source = f" and {settings.roles_file}" if settings.roles_file else ""
+    out.print(f"[dim]from settings{source}; everyone else is an employee[/]")
+
+
+@console_app.command("token")
+def console_token(
+    user: Annotated[str | None, typer.Option(help="Sign this email in (its role comes from the "
+                                                   "roles). Without it: the first-start admin.")] = None,
+) -> None:
+    """A one-time sign-in token for the console, valid for a day. Shown once, stored hashed."""
+    from bot.console.auth import LOCAL_ADMIN, issue_token
+    from bot.ledger import Ledger
+
+    settings = Settings()
+
+    async def work() -> str:
+        ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
+        try:
+            await ledger.migrate()
+            return await issue_token(ledger, user)
+        finally:
+            await ledger.close()
+
+    token = asyncio.run(work())
+    who = user or f"{LOCAL_ADMIN} (admin)"
+    out.print(f"Sign-in token for {who}, valid once within 24 hours:\n\n  {token}\n", highlight=False)
+    out.print(f"Open http://{settings.host}:{settings.port}/console/login and paste it.", highlight=False)
+
+
+@export_app.command("ratings")
+def export_ratings(
+    out_path: Annotated[Path, typer.Option("--out", help="File to write.")] = Path("ratings.jsonl"),
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    since: Annotated[str | None, typer.Option(help="From this day (YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to and including this day.")] = None,
+    platform: Annotated[str | None, typer.Option(help="slack, teams, web or cli.")] = None,
+    verdict: Annotated[str | None, typer.Option(help="Only turns with this verdict.")] = None,
+) -> None:
+    """Write the rated turns (what retraining reads): prompt as served, answer, correction,
+    latest lead score and verdict, thumbs. No user identities."""
+    from bot.console.queries import Filters
+    from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
+    from bot.ledger import Ledger
+
+    if fmt not in ("jsonl", "csv"):
+        err.print("[red]error:[/] --format is jsonl or csv")
+        raise typer.Exit(2)
+    filters = Filters.from_query({"since": since or "", "until": until or "", "platform": platform or "",
+                                  "verdict": verdict or ""})
+    settings = Settings()
+
+    async def work() -> int:
+        ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
+        count = 0
+        try:
+            await ledger.migrate()
+            tmp = out_path.with_suffix(out_path.suffix + ".part")
+            with open(tmp, "w", encoding="utf-8", newline="") as f:  # noqa: ASYNC230 (a CLI run, nothing else waits)
+                if fmt == "csv":
+                    f.write(csv_header())
+                async for record in rated_turns(ledger, filters):
+                    f.write(to_jsonl(record) if fmt == "jsonl" else to_csv_row(record))
+                    count += 1
+            tmp.replace(out_path)
+        finally:
+            await ledger.close()
+        return count
+
+    count = asyncio.run(work())
+    out.print(f"{count} rated turns written to {out_path}", highlight=False)
+
+
+@app.command()
+def forget(
+    user: Annotated[str, typer.Argument(help="The person's email (user key).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a person's turns, ratings and user context everywhere: ledger, cache, store."""
+    from bot.forget import forget as forget_person
+
+    if not yes and not typer.confirm(f"Remove everything Deskmate keeps about {user}? This cannot be undone"):
+        raise typer.Exit(1)
+    report = _run_deskmate(lambda d: forget_person(d, user))
+    for name, value in report.items():
+        out.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
 
 
 def platform_lines(settings: Settings, host: str, port: int) -> list[str]:

@@ -21,7 +21,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    delete,
     Boolean,
     DateTime,
     Float,
@@ -30,8 +29,10 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -84,7 +85,7 @@ class TurnRow(Base):
     risk: Mapped[int] = mapped_column(Integer, default=0)  # review-queue order: see turn_risk()
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
 
-    __table_args__ = (Index("ix_turns_queue", "reviewed", "risk", "created_at"),)
+    __table_args__ = (Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),)
 
 
 class FeedbackRow(Base):
@@ -107,6 +108,19 @@ class FeedbackRow(Base):
 
     __table_args__ = (Index("ix_ratings_turn_created", "turn_id", "created_at"),
                       Index("ix_ratings_created_at_role", "rater_role", "created_at"))
+
+
+class ConsoleTokenRow(Base):
+    """A one-time sign-in token for the review console (stored hashed)."""
+
+    __tablename__ = "console_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str | None] = mapped_column(String(16))  # set for the first-start admin token
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AdapterRow(Base):
@@ -332,6 +346,7 @@ class Ledger:
                 on_turns += (await session.execute(delete(FeedbackRow).where(FeedbackRow.turn_id.in_(chunk)))).rowcount
                 await session.execute(delete(TurnRow).where(TurnRow.id.in_(chunk)))
             by_them = (await session.execute(delete(FeedbackRow).where(FeedbackRow.rater_key == user_key))).rowcount
+            await session.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.user_key == user_key))
         conversations = sorted({f"{t.platform}:{t.workspace}:{t.channel}:{t.thread_id or user_key}" for t in turns})
         return {"turns": len(ids), "ratings_of_their_turns": on_turns, "ratings_they_gave": by_them,
                 "conversations": conversations}

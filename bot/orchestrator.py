@@ -72,6 +72,12 @@ class _Turn:
         return now
 
 
+def user_tag(user_key: str) -> str:
+    """The part of a cache key that names a person without spelling out their email, so that
+    their entries can be found and removed when they ask to be forgotten."""
+    return hashlib.sha256(user_key.encode()).hexdigest()[:16]
+
+
 def normalise_question(text: str) -> str:
     """The form questions are cached under: case, spacing and trailing punctuation ignored."""
     return " ".join(text.lower().split()).rstrip(" ?!.")
@@ -297,7 +303,7 @@ class Orchestrator:
         scope = ",".join(reader_groups(message.groups))
         raw = "|".join([normalise_question(question), scope, message.user_key, str(kb_version),
                         self.generator.model, self.generator.adapter, self.policy.prompt_version])
-        return f"answer:v{kb_version}:{hashlib.sha256(raw.encode()).hexdigest()}"
+        return f"answer:v{kb_version}:{user_tag(message.user_key)}:{hashlib.sha256(raw.encode()).hexdigest()}"
 
     async def _over_rate_limit(self, user_key: str) -> bool:
         window = int(time.time() // 60)

@@ -8,6 +8,7 @@ Redis that is down turns into cache misses (and one warning), never into a faile
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -47,6 +48,11 @@ class Cache(ABC):
     async def clear(self) -> int:
         """Remove every key this cache owns (its prefix); returns how many."""
         return 0
+
+    @abstractmethod
+    async def keys(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern (without the prefix). For rare admin work such as
+        forgetting a person, never on the answer path."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -103,6 +109,10 @@ class MemoryCache(Cache):
         count = len(self._data)
         self._data.clear()
         return count
+
+    async def keys(self, pattern: str) -> list[str]:
+        now = time.monotonic()
+        return [k for k, (_v, deadline) in list(self._data.items()) if deadline > now and fnmatch.fnmatchcase(k, pattern)]
 
 
 class RedisCache(Cache):
@@ -213,6 +223,15 @@ class RedisCache(Cache):
         except (RedisError, OSError) as exc:
             self._failed(exc)
         return removed
+
+    async def keys(self, pattern: str) -> list[str]:
+        found: list[str] = []
+        try:
+            async for key in self._client.scan_iter(match=self._prefix + pattern, count=500):
+                found.append(key.decode().removeprefix(self._prefix))
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+        return found
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,4 +1,4 @@
-"""review queue: turn risk and reviewed flag, rating lookups
+"""review queue: turn risk and reviewed flag, rating lookups, console sign-in tokens
 
 Revision ID: 0002
 Revises: 0001
@@ -20,17 +20,28 @@ def upgrade() -> None:
     with op.batch_alter_table('turns', schema=None) as batch_op:
         batch_op.add_column(sa.Column('risk', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('reviewed', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch_op.create_index('ix_turns_queue', ['reviewed', 'risk', 'created_at'], unique=False)
+    # The queue reads unreviewed first, riskiest first, newest first: one index walk.
+    op.create_index('ix_turns_queue', 'turns', ['reviewed', sa.text('risk DESC'), sa.text('created_at DESC')])
     with op.batch_alter_table('ratings', schema=None) as batch_op:
         batch_op.create_index('ix_ratings_turn_created', ['turn_id', 'created_at'], unique=False)
         batch_op.create_index('ix_ratings_created_at_role', ['rater_role', 'created_at'], unique=False)
+    op.create_table('console_tokens',
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('user_key', sa.String(length=320), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('used_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('token_hash')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('console_tokens')
+    op.drop_index('ix_turns_queue', table_name='turns')
     with op.batch_alter_table('ratings', schema=None) as batch_op:
         batch_op.drop_index('ix_ratings_created_at_role')
         batch_op.drop_index('ix_ratings_turn_created')
     with op.batch_alter_table('turns', schema=None) as batch_op:
-        batch_op.drop_index('ix_turns_queue')
         batch_op.drop_column('reviewed')
         batch_op.drop_column('risk')

@@ -1,0 +1,93 @@
+"""The rated turns as a dataset: what retraining reads. One record per rated turn, with the
+prompt exactly as served, the answer as sent, and the ratings reduced the way training uses
+them (the latest lead or admin review wins; thumbs are counted).
+
+People are not in the dataset: no user keys or names, only whether the turn was private."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+
+from bot.console.queries import Filters
+from bot.ledger import LEAD_ROLES, FeedbackRow, Ledger, TurnRow
+
+EXPORT_VERSION = 1
+CSV_FIELDS = ["turn_id", "reference", "created_at", "platform", "private", "status", "question", "answer",
+              "correction", "score", "verdict", "thumbs_up", "thumbs_down", "notes", "reviewed_by_role",
+              "prompt_version", "model", "adapter_version", "kb_version", "confidence", "cited", "prompt",
+              "retrieved"]
+
+
+def reduce_ratings(ratings: list[FeedbackRow]) -> dict[str, Any]:
+    """The latest lead/admin review (score, verdict, correction) and the thumbs and notes."""
+    review = None
+    for r in ratings:  # oldest first: the last review wins
+        if r.rater_role in LEAD_ROLES and (r.score is not None or r.verdict or r.correction):
+            review = r
+    return {
+        "correction": review.correction if review else None,
+        "score": review.score if review else None,
+        "verdict": review.verdict if review else None,
+        "reviewed_by_role": review.rater_role if review else None,
+        "thumbs_up": sum(1 for r in ratings if r.thumb == 1),
+        "thumbs_down": sum(1 for r in ratings if r.thumb == -1),
+        "notes": [r.note for r in ratings if r.note],
+    }
+
+
+async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int = 500) -> AsyncIterator[dict[str, Any]]:
+    """Every rated turn matching the filters, oldest first, in batches (the ledger may be large)."""
+    filters = filters or Filters()
+    filters.rated_only = True
+    last: tuple[Any, str] | None = None
+    while True:
+        query = filters.apply(select(TurnRow)).order_by(TurnRow.created_at, TurnRow.id).limit(batch)
+        if last is not None:
+            query = query.where((TurnRow.created_at > last[0]) | ((TurnRow.created_at == last[0]) & (TurnRow.id > last[1])))
+        async with ledger.sessions() as session:
+            turns = list(await session.scalars(query))
+            if not turns:
+                return
+            ratings = list(await session.scalars(
+                select(FeedbackRow).where(FeedbackRow.turn_id.in_([t.id for t in turns]))
+                .order_by(FeedbackRow.created_at, FeedbackRow.id)))
+        by_turn: dict[str, list[FeedbackRow]] = {}
+        for r in ratings:
+            by_turn.setdefault(r.turn_id, []).append(r)
+        for t in turns:
+            yield {
+                "export_version": EXPORT_VERSION, "turn_id": t.id, "reference": t.reference,
+                "created_at": t.created_at.isoformat(), "platform": t.platform, "private": t.private,
+                "status": t.status, "question": t.question, "answer": t.answer,
+                **reduce_ratings(by_turn.get(t.id, [])),
+                "prompt_version": t.prompt_version, "model": t.model, "adapter_version": t.adapter_version,
+                "kb_version": t.kb_version, "confidence": t.confidence, "cited": t.cited, "prompt": t.prompt,
+                "retrieved": [{k: c.get(k) for k in ("chunk_id", "doc_id", "title", "score", "text")}
+                              for c in t.retrieved or []],
+            }
+        last = (turns[-1].created_at, turns[-1].id)
+
+
+def to_jsonl(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def csv_header() -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(CSV_FIELDS)
+    return out.getvalue()
+
+
+def to_csv_row(record: dict[str, Any]) -> str:
+    """One CSV line; lists and the prompt are JSON inside their cell."""
+    out = io.StringIO()
+    csv.writer(out).writerow([
+        json.dumps(record[f], ensure_ascii=False) if isinstance(record.get(f), (list, dict)) else record.get(f)
+        for f in CSV_FIELDS])
+    return out.getvalue()
