@@ -431,7 +431,12 @@ def platform_lines(settings: Settings, host: str, port: int) -> list[str]:
     else:
         teams = (f"Teams: http://{host}:{port}/api/messages is OPEN without authentication (no "
                  "DESKMATE_TEAMS_APP_ID): local development only")
-    return [slack, teams]
+    if settings.console_auth_header:
+        console = f"Review console: http://{host}:{port}/console (signed in by the proxy's {settings.console_auth_header})"
+    else:
+        console = (f"Review console: http://{host}:{port}/console (sign in with a token from "
+                   "`deskmate console token`)")
+    return [slack, teams, console]
 
 
 @app.command()

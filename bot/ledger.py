@@ -316,14 +316,15 @@ class Ledger:
     async def record_feedback(self, turn_id: str, rater_key: str, *, platform: str,
                               thumb: int | None = None, note: str | None = None, rater_role: str = "employee",
                               score: int | None = None, verdict: str | None = None,
-                              correction: str | None = None) -> None:
+                              correction: str | None = None, owner_check: bool = False) -> None:
         """A rating, as a new row (re-rating keeps the history). Spooled like turns when the
         database is down, because a click or a lead's review cannot be asked for again.
         Validation and permissions are `bot.ratings`' job; this only stores."""
         await self._write("feedback", {"turn_id": turn_id, "rater_key": rater_key, "platform": platform,
                                        "thumb": thumb, "note": note, "rater_role": rater_role, "score": score,
                                        "verdict": verdict, "correction": correction,
-                                       "created_at": utcnow().isoformat()})
+                                       "created_at": utcnow().isoformat(),
+                                       **({"owner_check": True} if owner_check else {})})
 
     async def ratings_of(self, turn_id: str) -> list[FeedbackRow]:
         """Every rating of a turn, oldest first."""
@@ -370,9 +371,13 @@ class Ledger:
     async def _apply(self, kind: str, data: dict[str, Any]) -> None:
         async with self.sessions() as session, session.begin():
             if kind == "feedback":
+                data = dict(data)
+                owner_check = data.pop("owner_check", False)
                 turn = await session.get(TurnRow, data["turn_id"])
                 if turn is None:
                     raise LookupError(f"feedback for turn {data['turn_id']}, which is not on record")
+                if owner_check and turn.user_key != data["rater_key"]:
+                    raise LookupError(f"a spooled rating of turn {data['turn_id']} by someone it was not for")
                 session.add(FeedbackRow(**{**data, "created_at": datetime.fromisoformat(data["created_at"])}))
                 if data.get("rater_role") in LEAD_ROLES and (data.get("score") or data.get("verdict")
                                                             or data.get("correction")):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from bot.ledger import Ledger
+from bot.ledger import LEDGER_ERRORS, Ledger
 from bot.roles import Role
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,29 @@ def clean(rating: Rating) -> Rating:
 async def submit(ledger: Ledger, rating: Rating) -> None:
     """Store a rating after checking it and the rater's right to give it."""
     rating = clean(rating)
-    turn = await ledger.get_turn(rating.turn_id)
-    if turn is None:
-        raise RatingRefused("That answer is not on record (it may have been forgotten on request).")
     if rating.is_review and rating.role < Role.lead:
         log.warning("rating.refused reason=not_a_lead rater=%s turn=%s", rating.rater_key, rating.turn_id)
         raise RatingRefused("Only support leads and admins can review answers.")
+    try:
+        turn = await ledger.get_turn(rating.turn_id)
+    except LEDGER_ERRORS:
+        # The database is down: an employee's click is spooled and its owner checked on replay,
+        # because a click cannot be asked for again.
+        log.warning("rating.spooled_unchecked turn=%s (ledger unavailable)", rating.turn_id)
+        await _store(ledger, rating, owner_check=rating.role < Role.lead)
+        return
+    if turn is None:
+        raise RatingRefused("That answer is not on record (it may have been forgotten on request).")
     if rating.role < Role.lead and turn.user_key != rating.rater_key:
         log.warning("rating.refused reason=not_their_answer rater=%s turn=%s", rating.rater_key, rating.turn_id)
         raise RatingRefused("You can rate only the answers you were given.")
+    await _store(ledger, rating)
+    log.info("rating.stored turn=%s role=%s platform=%s review=%s", rating.turn_id, rating.role.name,
+             rating.platform, rating.is_review)
+
+
+async def _store(ledger: Ledger, rating: Rating, owner_check: bool = False) -> None:
     await ledger.record_feedback(
         rating.turn_id, rating.rater_key, platform=rating.platform, rater_role=rating.role.name,
         thumb=rating.thumb, score=rating.score, verdict=rating.verdict, note=rating.note,
-        correction=rating.correction)
-    log.info("rating.stored turn=%s role=%s platform=%s review=%s", rating.turn_id, rating.role.name,
-             rating.platform, rating.is_review)
+        correction=rating.correction, owner_check=owner_check)

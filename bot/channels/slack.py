@@ -2,7 +2,8 @@
 Mode, with the orchestrator behind it.
 
 Every listener acknowledges first and answers afterwards (in `Background`), so Slack always
-gets its ack well inside 3 seconds. Each event id is handled once across replicas (the shared
+gets its ack well inside 3 seconds. The exception is a modal's submission, whose ack carries the
+verdict (errors shown under the fields), so it is checked and stored before the ack. Each event id is handled once across replicas (the shared
 cache), so Slack's retries are acknowledged and dropped. Only this module imports Slack's SDKs.
 """
 
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import ClientError, web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -42,6 +43,8 @@ from bot.channels.common import (
     first_time,
 )
 from bot.messages import Answer, Done, IncomingMessage, Source, Status
+from bot.ratings import VERDICTS, Rating, RatingRefused, clean, submit
+from bot.roles import Role
 
 if TYPE_CHECKING:
     from bot.app import Deskmate
@@ -59,6 +62,16 @@ SUGGESTED_PROMPTS = [
 ]
 STREAMING_MISSING = {"unknown_method", "feature_not_enabled"}
 IDENTITY_MISS_TTL_SECONDS = 60
+USERGROUP_TTL_SECONDS = 10 * 60
+INPUT_MAX_CHARS = 3000  # Slack's cap on a plain_text_input's max_length
+SCORES = {"1": "1 · wrong or harmful", "2": "2 · mostly unhelpful", "3": "3 · partly right",
+          "4": "4 · good", "5": "5 · excellent"}
+REVIEW_FIELDS = ("score", "verdict", "note", "correction")
+LEADS_ONLY = "Only support leads and admins can review answers."
+THANKS_GOOD = "Thanks, glad it helped."
+THANKS_BAD = ("Thanks for telling me. A support lead will review this answer; reply in the thread "
+              "with what was wrong and it helps even more.")
+CORRECTION_PREFIX = "Correction from a support lead:"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
@@ -82,8 +95,10 @@ def _mrkdwn_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def answer_footer(answer: Answer) -> list[dict]:
-    """The blocks under an answer: its sources, its reference, the feedback buttons."""
+def answer_footer(answer: Answer, *, review: bool = True) -> list[dict]:
+    """The blocks under an answer: its sources, its reference, the feedback buttons and the
+    Review button. Everyone sees Review (Slack cannot show a button to some people only); who
+    may use it is decided when it is clicked. `review=False` for an answer only its asker sees."""
     facts = []
     if answer.sources:
         facts.append({"type": "mrkdwn", "text": f"*Sources:* {source_line(answer.sources)}"})
@@ -100,12 +115,106 @@ def answer_footer(answer: Answer) -> list[dict]:
                                 "accessibility_label": "This answer was wrong or unhelpful",
                                 "value": f"bad:{answer.turn_id}"},
         }]})
+    if review and answer.turn_id:
+        blocks.append({"type": "actions", "block_id": "review", "elements": [{
+            "type": "button", "action_id": "review", "value": answer.turn_id,
+            "text": {"type": "plain_text", "text": "Review"}}]})
     return blocks
 
 
-def answer_blocks(answer: Answer) -> list[dict]:
+def answer_blocks(answer: Answer, *, review: bool = True) -> list[dict]:
     text = _mrkdwn_escape(answer.text)[:2900]  # a section's text is capped at 3,000 characters
-    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}, *answer_footer(answer)]
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": text}}, *answer_footer(answer, review=review)]
+
+
+def _plain(text: str) -> dict:
+    return {"type": "plain_text", "text": text}
+
+
+def review_modal(question: str, answer: str, metadata: str, *, post_corrections: bool) -> dict:
+    """The modal a support lead reviews an answer in. The corrected answer starts as the answer
+    itself, so a lead edits rather than retypes; left unchanged, it is no correction."""
+    def option(value: str, label: str) -> dict:
+        return {"text": _plain(label), "value": value}
+
+    post = option("post", "Post the correction in the conversation")
+    correction: dict = {"type": "plain_text_input", "action_id": "correction", "multiline": True,
+                        "max_length": INPUT_MAX_CHARS}
+    if answer.strip():
+        correction["initial_value"] = answer[:INPUT_MAX_CHARS]
+    checkboxes: dict = {"type": "checkboxes", "action_id": "post", "options": [post]}
+    if post_corrections:
+        checkboxes["initial_options"] = [post]
+    return {
+        "type": "modal", "callback_id": "review", "private_metadata": metadata,
+        "title": _plain("Review this answer"), "submit": _plain("Save review"), "close": _plain("Cancel"),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": f"*Question:* {_mrkdwn_escape(question[:500])}"}},
+            {"type": "input", "block_id": "score", "label": _plain("Score"),
+             "element": {"type": "static_select", "action_id": "score", "placeholder": _plain("1 to 5"),
+                         "options": [option(v, label) for v, label in SCORES.items()]}},
+            {"type": "input", "block_id": "verdict", "label": _plain("Verdict"),
+             "element": {"type": "static_select", "action_id": "verdict", "placeholder": _plain("Choose"),
+                         "options": [option(v, label) for v, label in VERDICTS.items()]}},
+            {"type": "input", "block_id": "note", "optional": True, "label": _plain("Note"),
+             "element": {"type": "plain_text_input", "action_id": "note", "multiline": True,
+                         "max_length": INPUT_MAX_CHARS}},
+            {"type": "input", "block_id": "correction", "optional": True, "label": _plain("Corrected answer"),
+             "hint": _plain("Edit the answer to correct it; leave it as it is if it needs no correction."),
+             "element": correction},
+            {"type": "input", "block_id": "post", "optional": True, "label": _plain("Posting"),
+             "element": checkboxes},
+        ],
+    }
+
+
+def reason_modal(metadata: str) -> dict:
+    """The optional "what was wrong?" after a 👎: a reason is worth more to a lead than a thumb."""
+    return {
+        "type": "modal", "callback_id": "feedback_reason", "private_metadata": metadata,
+        "title": _plain("What was wrong?"), "submit": _plain("Send"), "close": _plain("Skip"),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": "Thanks for telling me. A support "
+                                         "lead will review this answer."}},
+            {"type": "input", "block_id": "reason", "optional": True,
+             "label": _plain("What was wrong or missing? (optional)"),
+             "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True,
+                         "max_length": INPUT_MAX_CHARS}},
+        ],
+    }
+
+
+def _state_value(view: dict, block: str) -> Any:
+    """The value of one input in a submitted view: a select's option value, a text, or the
+    checkbox values (a list). None when the input is missing or empty."""
+    element = ((view.get("state") or {}).get("values") or {}).get(block, {}).get(block) or {}
+    if "selected_options" in element:
+        return [o.get("value") for o in element.get("selected_options") or []]
+    if "selected_option" in element:
+        return (element.get("selected_option") or {}).get("value")
+    return element.get("value")
+
+
+def _metadata(view: dict) -> dict:
+    try:
+        meta = json.loads(view.get("private_metadata") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _field_error(rating: Rating) -> dict[str, str]:
+    """The first of `bot.ratings.clean`'s refusals, keyed by the input it is about, so Slack
+    shows it under that field. Each field is checked alone (with a placeholder thumb, so the
+    rating is never empty) to tell which one is wrong."""
+    for name in REVIEW_FIELDS:
+        try:
+            clean(Rating(rating.turn_id, rating.rater_key, rating.role, rating.platform, thumb=1,
+                         **{name: getattr(rating, name)}))
+        except RatingRefused as exc:
+            return {name: str(exc)}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -213,6 +322,9 @@ class SlackChannel:
         app.event(re.compile(".*"))(self._on_other_event)
         app.action("feedback")(self._on_feedback)
         app.action("share")(self._on_share)
+        app.action("review")(self._on_review)
+        app.view("review")(self._on_review_submitted)
+        app.view("feedback_reason")(self._on_reason_submitted)
         app.action(re.compile(".*"))(self._on_other_action)
         app.command("/deskmate")(self._on_command)
         app.error(self._on_error)
@@ -312,6 +424,39 @@ class SlackChannel:
         return await find_person(self.deskmate.retrieval.store, platform="slack", platform_id=user,
                                  email=email, name=name)
 
+    async def role_of(self, team: str, user: str) -> Role:
+        """What the Slack user may do: by their email (settings, roles file) or by membership of
+        a Slack user group the roles file names."""
+        return (await self._rater(team, user))[1]
+
+    async def _rater(self, team: str, user: str) -> tuple[Person, Role]:
+        person = await self.person(team, user)
+        groups = sorted(self.deskmate.roles.slack_groups())
+        members = await asyncio.gather(*(self._usergroup_members(team, g) for g in groups))
+        mine = [g for g, users in zip(groups, members, strict=True) if user in users]
+        return person, self.deskmate.roles.role_of(person.key, slack_groups=mine)
+
+    async def _usergroup_members(self, team: str, group: str) -> set[str]:
+        """A user group's members, cached for 10 minutes across replicas (Slack allows about 20
+        calls a minute). A failed lookup counts as "not a member" and is not cached, so granting
+        `usergroups:read` takes effect at the next click."""
+        cache = self.deskmate.retrieval.cache
+        cache_key = f"slack-usergroup:{team}:{group}"
+        raw = await cache.get(cache_key)
+        if raw is not None:
+            return set(json.loads(raw))
+        try:
+            users = list((await self.client.usergroups_users_list(usergroup=group)).get("users") or [])
+        except SlackApiError as exc:
+            log.warning("slack.usergroup_failed group=%s error=%s (is usergroups:read granted?)",
+                        group, exc.response.get("error"))
+            return set()
+        except (ClientError, TimeoutError) as exc:
+            log.warning("slack.usergroup_failed group=%s error=%r", group, exc)
+            return set()
+        await cache.set(cache_key, json.dumps(users).encode(), ttl=USERGROUP_TTL_SECONDS)
+        return set(users)
+
     async def _answer(self, where: Where, raw_text: str, event: dict) -> None:
         text = plain_text(raw_text)
         if not text and event.get("files"):
@@ -408,7 +553,19 @@ class SlackChannel:
     async def _say(self, where: Where, text: str) -> None:
         await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts, text=text)
 
-    # --- feedback and sharing ----------------------------------------------------------------
+    # --- feedback, reviews and sharing ---------------------------------------------------------
+    async def _tell(self, body: dict, user: str, text: str) -> None:
+        """A message only `user` sees, where they clicked."""
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        if not channel:
+            log.info("slack.tell_skipped reason=no_channel user=%s", user)
+            return
+        thread = (body.get("message") or {}).get("thread_ts") or (body.get("container") or {}).get("thread_ts")
+        try:
+            await self.client.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread)
+        except SlackApiError as exc:
+            log.info("slack.ephemeral_failed error=%s", exc.response.get("error"))
+
     async def _on_feedback(self, ack: Any, body: dict, action: dict) -> None:
         await ack()
         verdict, _, turn_id = str(action.get("value", "")).partition(":")
@@ -420,25 +577,152 @@ class SlackChannel:
 
     async def _store_feedback(self, body: dict, user: str, verdict: str, turn_id: str) -> None:
         team = (body.get("team") or {}).get("id", "")
-        person = await self.person(team, user)
+        person, role = await self._rater(team, user)
+        rating = Rating(turn_id, person.key, role, "slack", thumb=1 if verdict == "good" else -1)
         try:
-            await self.deskmate.ledger.record_feedback(turn_id, person.key, platform="slack",
-                                                       thumb=1 if verdict == "good" else -1)
-        except LookupError:
+            await submit(self.deskmate.ledger, rating)
+        except RatingRefused as exc:
+            log.info("slack.feedback_refused turn=%s user=%s", turn_id, user)
+            await self._tell(body, user, str(exc))
+            return
+        except LookupError:  # forgotten between the check and the write
             log.warning("slack.feedback_unknown_turn turn=%s", turn_id)
             return
-        log.info("slack.feedback turn=%s thumb=%s", turn_id, verdict)
-        channel = (body.get("channel") or {}).get("id")
-        message = body.get("message") or {}
-        if channel:
-            thanks = ("Thanks, glad it helped." if verdict == "good" else
-                      "Thanks for telling me. A support lead will review this answer; reply in the "
-                      "thread with what was wrong and it helps even more.")
+        log.info("slack.feedback turn=%s thumb=%s role=%s", turn_id, verdict, role.name)
+        if verdict == "bad" and body.get("trigger_id"):
             try:
-                await self.client.chat_postEphemeral(channel=channel, user=user, text=thanks,
-                                                     thread_ts=message.get("thread_ts"))
-            except SlackApiError as exc:
-                log.info("slack.feedback_thanks_failed error=%s", exc.response.get("error"))
+                await self.client.views_open(trigger_id=body["trigger_id"],
+                                             view=reason_modal(json.dumps({"turn": turn_id})))
+                return
+            except SlackApiError as exc:  # the trigger lasts 3 s: thank them in words instead
+                log.info("slack.reason_modal_failed turn=%s error=%s", turn_id, exc.response.get("error"))
+        await self._tell(body, user, THANKS_GOOD if verdict == "good" else THANKS_BAD)
+
+    async def _on_reason_submitted(self, ack: Any, body: dict, view: dict) -> None:
+        """The reason after a 👎, stored as a note-only rating under the same rules as the thumb."""
+        user = (body.get("user") or {}).get("id", "")
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id", "")
+        turn_id = _metadata(view).get("turn") or ""
+        reason = (_state_value(view, "reason") or "").strip()
+        if not reason:
+            await ack()  # the reason is optional: sending it empty is a skip
+            return
+        person, role = await self._rater(team, user)
+        try:
+            await submit(self.deskmate.ledger, Rating(str(turn_id), person.key, role, "slack", note=reason))
+        except (RatingRefused, LookupError) as exc:
+            message = str(exc) if isinstance(exc, RatingRefused) else "That answer is not on record."
+            log.info("slack.reason_refused turn=%s user=%s", turn_id, user)
+            await ack(response_action="errors", errors={"reason": message})
+            return
+        await ack()
+        log.info("slack.feedback_reason turn=%s role=%s", turn_id, role.name)
+
+    async def _on_review(self, ack: Any, body: dict, action: dict) -> None:
+        await ack()
+        turn_id = str(action.get("value", ""))
+        user = (body.get("user") or {}).get("id")
+        if not turn_id or not user:
+            log.warning("slack.review_malformed value=%r", action.get("value"))
+            return
+        self.background.spawn(self._open_review(body, user, turn_id), f"slack-review-{turn_id}")
+
+    async def _open_review(self, body: dict, user: str, turn_id: str) -> None:
+        """The review modal, for leads and admins only; the role is asked again on submission."""
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id", "")
+        if await self.role_of(team, user) < Role.lead:
+            log.info("slack.review_refused reason=not_a_lead user=%s turn=%s", user, turn_id)
+            await self._tell(body, user, LEADS_ONLY)
+            return
+        row = await self.deskmate.ledger.get_turn(turn_id)
+        if row is None:
+            await self._tell(body, user, "That answer is not on record (it may have been forgotten on request).")
+            return
+        message = body.get("message") or {}
+        container = body.get("container") or {}
+        metadata = json.dumps({
+            "turn": turn_id,
+            "channel": (body.get("channel") or {}).get("id") or container.get("channel_id"),
+            "thread_ts": message.get("thread_ts") or container.get("thread_ts"),
+        })
+        view = review_modal(row.question or "", row.answer or "", metadata,
+                            post_corrections=self.settings.post_corrections)
+        try:
+            await self.client.views_open(trigger_id=body.get("trigger_id", ""), view=view)
+        except SlackApiError as exc:
+            log.warning("slack.review_modal_failed turn=%s error=%s", turn_id, exc.response.get("error"))
+            await self._tell(body, user, "Slack did not open the review form in time; click Review again.")
+
+    async def _on_review_submitted(self, ack: Any, body: dict, view: dict) -> None:
+        """A lead's review. The role is checked again here: a submission is a request like any
+        other and proves nothing about who was shown the modal."""
+        user = (body.get("user") or {}).get("id", "")
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id", "")
+        meta = _metadata(view)
+        turn_id = str(meta.get("turn") or "")
+        person, role = await self._rater(team, user)
+        if role < Role.lead:
+            log.warning("slack.review_refused reason=not_a_lead user=%s turn=%s", user, turn_id)
+            await ack(response_action="errors", errors={"score": LEADS_ONLY})
+            return
+        rating, errors = await self._review_from(view, turn_id, person.key, role)
+        if not errors:
+            try:
+                await submit(self.deskmate.ledger, rating)
+            except RatingRefused as exc:
+                errors = _field_error(rating) or {"score": str(exc)}
+            except LookupError:
+                errors = {"score": "That answer is not on record (it may have been forgotten on request)."}
+        if errors:
+            log.info("slack.review_invalid turn=%s fields=%s", turn_id, ",".join(errors))
+            await ack(response_action="errors", errors=errors)
+            return
+        await ack()
+        log.info("slack.review turn=%s role=%s score=%s verdict=%s correction=%s", turn_id, role.name,
+                 rating.score, rating.verdict, rating.correction is not None)
+        if rating.correction and "post" in (_state_value(view, "post") or []):
+            self.background.spawn(self._post_correction(meta, rating.correction), f"slack-correction-{turn_id}")
+
+    async def _review_from(self, view: dict, turn_id: str, rater_key: str,
+                           role: Role) -> tuple[Rating, dict[str, str]]:
+        """The rating a submitted review modal describes, or the errors to show under its fields."""
+        errors: dict[str, str] = {}
+        raw_score = _state_value(view, "score")
+        score = None
+        if raw_score is None:
+            errors["score"] = "Choose a score from 1 to 5."
+        else:
+            try:
+                score = int(str(raw_score))
+            except ValueError:
+                errors["score"] = "The score must be a whole number from 1 to 5."
+        verdict = _state_value(view, "verdict")
+        if verdict is None:
+            errors["verdict"] = "Choose a verdict."
+        correction = _state_value(view, "correction") or ""
+        row = await self.deskmate.ledger.get_turn(turn_id) if turn_id else None
+        if row is not None and correction.strip() == (row.answer or "")[:INPUT_MAX_CHARS].strip():
+            correction = ""  # the answer as it was shown: nothing corrected
+        rating = Rating(turn_id, rater_key, role, "slack", score=score, verdict=verdict,
+                        note=_state_value(view, "note"), correction=correction)
+        for name, message in _field_error(rating).items():
+            errors.setdefault(name, message)
+        return rating, errors
+
+    async def _post_correction(self, meta: dict, correction: str) -> None:
+        """The corrected answer in the conversation, only where that answer was given."""
+        turn_id = str(meta.get("turn") or "")
+        row = await self.deskmate.ledger.get_turn(turn_id)
+        channel = meta.get("channel")
+        if row is None or not channel or channel != row.channel:
+            log.warning("slack.correction_not_posted turn=%s reason=channel_mismatch", turn_id)
+            return
+        text = f"{CORRECTION_PREFIX}\n{_mrkdwn_escape(correction)}\n_ref `{row.reference}`_"
+        try:
+            await self.client.chat_postMessage(channel=channel, thread_ts=meta.get("thread_ts"), text=text)
+        except SlackApiError as exc:
+            log.warning("slack.correction_failed turn=%s channel=%s error=%s", turn_id, channel,
+                        exc.response.get("error"))
 
     async def _on_share(self, ack: Any, body: dict, action: dict, respond: Any) -> None:
         await ack()
@@ -497,7 +781,7 @@ class SlackChannel:
             groups=answer_groups(person, private=where.private, rule=rule), private=where.private,
         )
         answer = await self.deskmate.orchestrator.ask(message)
-        blocks = answer_blocks(answer)
+        blocks = answer_blocks(answer, review=False)  # only the asker sees it: Review goes on the shared copy
         if answer.outcome == "answered":
             blocks.append({"type": "actions", "elements": [{
                 "type": "button", "action_id": "share", "value": answer.turn_id,

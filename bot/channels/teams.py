@@ -4,8 +4,8 @@ botbuilder-python is archived upstream (its successor is the Microsoft 365 Agent
 import of it lives in this file: switching SDKs is a change here and nowhere else.
 
 The endpoint authenticates first (the Bot Framework JWT when an app id is configured), then
-answers messages in the background and returns 202 at once; only invokes (the feedback button)
-are answered inline, because Teams reads their response body.
+answers messages in the background and returns 202 at once; only invokes (the feedback button,
+the support leads' review form) are answered inline, because Teams reads their response body.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from botbuilder.core import ActivityHandler, InvokeResponse, MessageFactory, TurnContext
+from botbuilder.core import (
+    ActivityHandler,
+    CardFactory,
+    InvokeResponse,
+    MessageFactory,
+    TurnContext,
+)
 from botbuilder.core.teams import TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, Entity
@@ -40,7 +46,17 @@ from bot.channels.common import (
     remember_answer_message,
     turn_of_message,
 )
+from bot.ledger import TurnRow
 from bot.messages import Answer, Done, IncomingMessage, Status
+from bot.ratings import (
+    MAX_CORRECTION_CHARS,
+    MAX_NOTE_CHARS,
+    VERDICTS,
+    Rating,
+    RatingRefused,
+    submit,
+)
+from bot.roles import Role
 
 if TYPE_CHECKING:
     from bot.app import Deskmate
@@ -56,6 +72,12 @@ CHANNELS = {"msteams"}
 # (about 3 ms of event-loop time, measured by bench/chat_load.py under py-spy). The same codes
 # as a set make it free; msrest only ever tests membership.
 ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)  # type: ignore[assignment]
+REVIEW_ACTION = "review"
+ONLY_LEADS = "Only support leads and admins can review answers."
+NOT_ON_RECORD = "That answer is not on record (it may have been forgotten on request)."
+CORRECTION_PREFIX = "Correction from a support lead:"
+SCORES = {1: "1 - wrong or harmful", 2: "2 - mostly wrong", 3: "3 - partly right",
+          4: "4 - right, could be better", 5: "5 - right and complete"}
 WELCOME = ("Hi, I'm Deskmate. " + HELP_TEXT.replace("• ", "- ")
            + "\n\nTry: *How do I reset my password?*")
 
@@ -132,6 +154,92 @@ def conversation_of(activity: Activity) -> Conversation:
 def final_text(answer: Answer) -> str:
     extra = f"\n\n_{answer.notice}_" if answer.notice else ""
     return f"{answer.text}{extra}\n\n<sub>ref {answer.reference} · AI-generated, check the sources</sub>"
+
+
+def adaptive_card(body: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "AdaptiveCard", "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+            "version": "1.5", "body": body, "actions": actions}
+
+
+def review_button(turn_id: str) -> dict[str, Any]:
+    """The card under every answer. Everyone sees the button (Teams cannot show it per person);
+    the role is checked when it is pressed, on the server."""
+    return adaptive_card([], [{
+        "type": "Action.Submit", "title": "Review (support leads)",
+        "data": {"msteams": {"type": "task/fetch"}, "action": REVIEW_ACTION, "turn_id": turn_id},
+    }])
+
+
+def review_form(turn: TurnRow, *, post_corrections: bool) -> dict[str, Any]:
+    """The lead's form: the question and the recorded answer, then score, verdict, note and a
+    correction that starts as the answer itself, so a small fix is a small edit."""
+    def label(text: str) -> dict[str, Any]:
+        return {"type": "TextBlock", "text": text, "weight": "Bolder", "wrap": True}
+
+    return adaptive_card([
+        label("Question"),
+        {"type": "TextBlock", "text": turn.question, "wrap": True},
+        label("Deskmate's answer"),
+        {"type": "TextBlock", "text": turn.answer or "(no answer recorded)", "wrap": True},
+        {"type": "TextBlock", "text": f"ref {turn.reference} · {turn.status}", "isSubtle": True,
+         "size": "Small", "wrap": True},
+        {"type": "Input.ChoiceSet", "id": "score", "label": "Score", "style": "compact",
+         "choices": [{"title": title, "value": str(n)} for n, title in SCORES.items()]},
+        {"type": "Input.ChoiceSet", "id": "verdict", "label": "Verdict", "style": "compact",
+         "choices": [{"title": title, "value": key} for key, title in VERDICTS.items()]},
+        {"type": "Input.Text", "id": "note", "label": "Note for the support team", "isMultiline": True,
+         "maxLength": MAX_NOTE_CHARS},
+        {"type": "Input.Text", "id": "correction", "label": "Corrected answer (edit the answer above)",
+         "isMultiline": True, "value": turn.answer or "", "maxLength": MAX_CORRECTION_CHARS},
+        {"type": "Input.Toggle", "id": "post_correction", "title": "Post the correction in this conversation",
+         "value": "true" if post_corrections else "false", "valueOn": "true", "valueOff": "false"},
+    ], [{"type": "Action.Submit", "title": "Save review", "data": {"action": REVIEW_ACTION, "turn_id": turn.id}}])
+
+
+def _text_field(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise RatingRefused(f"The {key} must be text.")
+
+
+def review_from_form(data: dict[str, Any], turn: TurnRow, rater_key: str, role: Role) -> Rating:
+    """A Rating from the submitted form. Teams sends every input as a string; anything else
+    (or a score that is not a whole number) means the card was not ours, so it is refused.
+    A correction left equal to the recorded answer is no correction."""
+    raw_score = data.get("score")
+    score: int | None = None
+    if raw_score not in (None, ""):
+        if not isinstance(raw_score, str | int) or isinstance(raw_score, bool):
+            raise RatingRefused("The score must be a whole number from 1 to 5.")
+        try:
+            score = int(str(raw_score).strip())
+        except ValueError:
+            raise RatingRefused("The score must be a whole number from 1 to 5.") from None
+    verdict = _text_field(data, "verdict") or None
+    correction = _text_field(data, "correction")
+    if correction is not None and correction.strip() == (turn.answer or "").strip():
+        correction = None
+    return Rating(turn_id=turn.id, rater_key=rater_key, role=role, platform="teams", score=score,
+                  verdict=verdict, note=_text_field(data, "note"), correction=correction)
+
+
+def task_message(text: str) -> InvokeResponse:
+    """A task-module answer Teams shows as a short message in place of the form."""
+    return InvokeResponse(status=200, body={"task": {"type": "message", "value": text}})
+
+
+def saved_summary(rating: Rating) -> str:
+    parts = []
+    if rating.score is not None:
+        parts.append(f"score {rating.score}/5")
+    if rating.verdict:
+        parts.append(f"verdict {VERDICTS[rating.verdict]}")
+    if rating.note:
+        parts.append("a note")
+    if rating.correction:
+        parts.append("a corrected answer")
+    return "Saved: " + ", ".join(parts) + "."
 
 
 class DeskmateTeamsBot(ActivityHandler):
@@ -256,6 +364,7 @@ class DeskmateTeamsBot(ActivityHandler):
         reply.entities = entities
         if answer.outcome in ("answered", "unknown"):
             reply.channel_data = {"feedbackLoopEnabled": True}
+        reply.attachments = [CardFactory.adaptive_card(review_button(answer.turn_id))]
         response = await turn_context.send_activity(reply)
         for message_id in {stream_id, response.id if response else None} - {None}:
             await remember_answer_message(self.deskmate.retrieval.cache, "teams", message_id, answer.turn_id)
@@ -294,6 +403,17 @@ class DeskmateTeamsBot(ActivityHandler):
         value = activity.value if isinstance(activity.value, dict) else {}
         if activity.name == "message/submitAction" and value.get("actionName") == "feedback":
             return await self._feedback(turn_context, value.get("actionValue") or {})
+        # ActivityHandler does not route task modules (TeamsActivityHandler would, with models
+        # around the same JSON); the two review invokes are handled here.
+        data = value.get("data") if isinstance(value.get("data"), dict) else {}
+        if activity.name in ("task/fetch", "task/submit"):
+            if data.get("action") != REVIEW_ACTION:
+                return task_message("Deskmate does not know this action.")
+            if not activity.from_property or not activity.from_property.id:
+                return task_message("Teams did not say who you are; please try again.")
+            if activity.name == "task/fetch":
+                return await self._review_form(turn_context, data)
+            return await self._review_submit(turn_context, data)
         log.warning("teams.invoke_ignored name=%s", activity.name)
         return InvokeResponse(status=400, body={"error": f"Deskmate does not handle {activity.name!r}"})
 
@@ -312,14 +432,78 @@ class DeskmateTeamsBot(ActivityHandler):
             log.warning("teams.feedback_unknown_message message=%s", message_id)
             return InvokeResponse(status=200)
         person = await self.person(turn_context)
+        rating = Rating(turn_id=turn_id, rater_key=person.key, role=self.role_of(person), platform="teams",
+                        thumb=1 if reaction == "like" else -1, note=note)
         try:
-            await self.deskmate.ledger.record_feedback(turn_id, person.key, platform="teams",
-                                                       thumb=1 if reaction == "like" else -1, note=note)
+            await submit(self.deskmate.ledger, rating)
+        except RatingRefused as refusal:
+            # Teams shows no text for this invoke, so the refusal is only logged.
+            log.warning("teams.feedback_refused turn=%s reason=%s", turn_id, refusal)
         except LookupError:
             log.warning("teams.feedback_unknown_turn turn=%s", turn_id)
         else:
             log.info("teams.feedback turn=%s reaction=%s", turn_id, reaction)
         return InvokeResponse(status=200)
+
+    def role_of(self, person: Person) -> Role:
+        """Teams tells a bot nothing of group membership, so a role comes from the person's key."""
+        return self.deskmate.roles.role_of(person.key)
+
+    async def _review_form(self, turn_context: TurnContext, data: dict[str, Any]) -> InvokeResponse:
+        """`task/fetch` from the Review button: the form for leads and admins, a refusal for others."""
+        person = await self.person(turn_context)
+        if self.role_of(person) < Role.lead:
+            log.info("teams.review_refused reason=not_a_lead action=fetch")
+            return task_message(ONLY_LEADS)
+        turn_id = data.get("turn_id")
+        turn = await self.deskmate.ledger.get_turn(turn_id) if isinstance(turn_id, str) and turn_id else None
+        if turn is None:
+            log.info("teams.review_unknown_turn turn=%s", turn_id)
+            return task_message(NOT_ON_RECORD)
+        card = review_form(turn, post_corrections=self.settings.post_corrections)
+        return InvokeResponse(status=200, body={"task": {"type": "continue", "value": {
+            "title": "Review answer", "width": "large", "height": "large",
+            "card": {"contentType": "application/vnd.microsoft.card.adaptive", "content": card}}}})
+
+    async def _review_submit(self, turn_context: TurnContext, data: dict[str, Any]) -> InvokeResponse:
+        """`task/submit` from the form. The role is checked again: anyone can post this invoke."""
+        person = await self.person(turn_context)
+        role = self.role_of(person)
+        if role < Role.lead:
+            log.warning("teams.review_refused reason=not_a_lead action=submit")
+            return task_message(ONLY_LEADS)
+        turn_id = data.get("turn_id")
+        turn = await self.deskmate.ledger.get_turn(turn_id) if isinstance(turn_id, str) and turn_id else None
+        if turn is None:
+            return task_message(NOT_ON_RECORD)
+        try:
+            rating = review_from_form(data, turn, person.key, role)
+            await submit(self.deskmate.ledger, rating)
+        except RatingRefused as refusal:
+            log.info("teams.review_refused turn=%s reason=%s", turn.id, refusal)
+            return task_message(str(refusal))
+        except LookupError:  # forgotten between the read above and the write
+            return task_message(NOT_ON_RECORD)
+        summary = saved_summary(rating)
+        post = data.get("post_correction") in (True, "true")
+        if rating.correction and post:
+            summary += " " + await self._post_correction(turn_context, turn, rating.correction)
+        log.info("teams.review_saved turn=%s role=%s", turn.id, role.name)
+        return task_message(summary)
+
+    async def _post_correction(self, turn_context: TurnContext, turn: TurnRow, correction: str) -> str:
+        """Post a lead's correction where the answer was given; returns what to tell the lead.
+        Only into the answer's own conversation, so a correction never lands in an unrelated chat."""
+        if turn.platform != "teams" or turn.thread_id != conversation_of(turn_context.activity).id:
+            return "The correction was not posted: the answer was given in another conversation."
+        reply = MessageFactory.text(f"{CORRECTION_PREFIX} (ref {turn.reference})\n\n{correction}")
+        reply.text_format = "markdown"
+        try:
+            await turn_context.send_activity(reply)
+        except Exception as exc:  # noqa: BLE001 (the connector raises its own error types; the review is saved)
+            log.warning("teams.correction_post_failed turn=%s error=%s", turn.id, type(exc).__name__)
+            return "Posting the correction in the conversation failed; the review is saved."
+        return "The correction was posted in the conversation."
 
 
 class TeamsConfig:

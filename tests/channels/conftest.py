@@ -72,6 +72,15 @@ async def chat_server(tmp_path: Path, example_store_url: str, embedder: Any, red
         yield running
 
 
+@pytest.fixture
+async def lead_server(tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str,
+                      recorder: Recorder) -> AsyncIterator[RunningServer]:
+    """Ana (U2 in Slack, 29:ana in Teams) is a support lead by her email; Lukas an employee."""
+    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, leads=[ANA])
+    async with running_server(embedder, **settings) as running:
+        yield running
+
+
 # --- Slack ---------------------------------------------------------------------------------------
 
 def slack_ts() -> str:

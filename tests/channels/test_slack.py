@@ -8,7 +8,6 @@ import json
 import time
 
 from tests.channels.conftest import (
-    ANA,
     LUKAS,
     VPN_QUESTION,
     event_callback,
@@ -167,7 +166,7 @@ async def test_a_feedback_click_reaches_the_ledger(chat_server, recorder) -> Non
     end = await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "chat.stopStream"), None))
     [turn] = await wait_for_turns(chat_server, "slack", 1)
     click = {
-        "type": "block_actions", "user": {"id": "U2", "username": "ana", "team_id": "T1"},
+        "type": "block_actions", "user": {"id": "U1", "username": "lukas", "team_id": "T1"},
         "api_app_id": "A1", "token": "legacy", "trigger_id": "1.2.3", "team": {"id": "T1", "domain": "northwind"},
         "container": {"type": "message", "message_ts": end.body["ts"], "channel_id": "CGEN", "is_ephemeral": False},
         "channel": {"id": "CGEN", "name": "general"},
@@ -179,9 +178,10 @@ async def test_a_feedback_click_reaches_the_ledger(chat_server, recorder) -> Non
     status, _, seconds = await slack_form(chat_server.url, {"payload": json.dumps(click)})
     assert status == 200 and seconds < 3
     [rating] = await ratings(chat_server)
-    assert (rating.turn_id, rating.thumb, rating.rater_key, rating.platform) == (turn.id, -1, ANA, "slack")
-    thanks = await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "chat.postEphemeral"), None))
-    assert thanks.body["user"] == "U2" and "support lead" in thanks.body["text"]
+    assert (rating.turn_id, rating.thumb, rating.rater_key, rating.platform) == (turn.id, -1, LUKAS, "slack")
+    reason = await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "views.open"), None))
+    view = reason.body["view"] if isinstance(reason.body["view"], dict) else json.loads(reason.body["view"])
+    assert reason.body["trigger_id"] == "1.2.3" and view["callback_id"] == "feedback_reason"
 
 
 async def test_the_slash_command_answers_privately_and_shares_on_request(chat_server, recorder) -> None:  # noqa: ANN001
