@@ -58,7 +58,7 @@ class TurnRow(Base):
     reference: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    platform: Mapped[str] = mapped_column(String(16), index=True)
+    platform: Mapped[str] = mapped_column(String(16))
     workspace: Mapped[str] = mapped_column(String(128), default="")
     channel: Mapped[str] = mapped_column(String(128), default="", index=True)
     thread_id: Mapped[str] = mapped_column(String(128), default="")
@@ -85,7 +85,8 @@ class TurnRow(Base):
     risk: Mapped[int] = mapped_column(Integer, default=0)  # review-queue order: see turn_risk()
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
 
-    __table_args__ = (Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),)
+    __table_args__ = (Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),
+                      Index("ix_turns_thread", "platform", "workspace", "channel", "thread_id", "created_at"))
 
 
 class FeedbackRow(Base):

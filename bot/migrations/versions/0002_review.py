@@ -22,6 +22,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('reviewed', sa.Boolean(), nullable=False, server_default=sa.false()))
     # The queue reads unreviewed first, riskiest first, newest first: one index walk.
     op.create_index('ix_turns_queue', 'turns', ['reviewed', sa.text('risk DESC'), sa.text('created_at DESC')])
+    # A turn's thread is found by all four of its coordinates. The index on platform alone
+    # goes: with four values it only tempted SQLite into sorting half the table for the queue's
+    # platform filter and the thread lookup (bench/console_load.py).
+    op.create_index('ix_turns_thread', 'turns', ['platform', 'workspace', 'channel', 'thread_id', 'created_at'])
+    op.drop_index('ix_turns_platform', table_name='turns')
     with op.batch_alter_table('ratings', schema=None) as batch_op:
         batch_op.create_index('ix_ratings_turn_created', ['turn_id', 'created_at'], unique=False)
         batch_op.create_index('ix_ratings_created_at_role', ['rater_role', 'created_at'], unique=False)
@@ -38,6 +43,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('console_tokens')
+    op.create_index('ix_turns_platform', 'turns', ['platform'])
+    op.drop_index('ix_turns_thread', table_name='turns')
     op.drop_index('ix_turns_queue', table_name='turns')
     with op.batch_alter_table('ratings', schema=None) as batch_op:
         batch_op.drop_index('ix_ratings_created_at_role')
