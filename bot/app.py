@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from bot.generation import AdapterNotServed, Generator, open_generator
-from bot.ledger import Ledger
+from bot.ledger import Ledger, TurnRow
 from bot.orchestrator import Orchestrator, TurnPolicy
 from bot.roles import Roles, roles_from_settings
 from bot.settings import Settings
@@ -89,6 +90,9 @@ class Deskmate:
     generator: Generator
     orchestrator: Orchestrator
     roles: Roles
+    # platform -> posts a lead's correction into the conversation a turn came from (set by the
+    # Slack and Teams adapters; the console calls it without importing either)
+    correctors: dict[str, Callable[[TurnRow, str], Awaitable[bool]]] = field(default_factory=dict)
 
     async def close(self) -> None:
         await self.generator.close()

@@ -29,10 +29,11 @@ from botbuilder.core import (
 )
 from botbuilder.core.teams import TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
-from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, Entity
+from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, ConversationReference, Entity
 from msrest.universal_http.requests import ClientRetryPolicy
 
 from bot.channels.common import (
+    ANSWER_MESSAGE_TTL_SECONDS,
     HELP_TEXT,
     IDENTITY_TTL_SECONDS,
     Background,
@@ -368,6 +369,11 @@ class DeskmateTeamsBot(ActivityHandler):
         response = await turn_context.send_activity(reply)
         for message_id in {stream_id, response.id if response else None} - {None}:
             await remember_answer_message(self.deskmate.retrieval.cache, "teams", message_id, answer.turn_id)
+        # Where to post a lead's correction later, from the console (a proactive message).
+        reference = TurnContext.get_conversation_reference(turn_context.activity)
+        await self.deskmate.retrieval.cache.set(
+            f"teams-conversation:{reference.conversation.id}", json.dumps(reference.serialize()).encode(),
+            ttl=ANSWER_MESSAGE_TTL_SECONDS)
 
     async def person(self, turn_context: TurnContext) -> Person:
         """The Teams user as a Deskmate person: email or UPN, the key Slack shares."""
@@ -523,6 +529,7 @@ class TeamsChannel:
         s = deskmate.settings
         password = s.teams_app_password.get_secret_value() if s.teams_app_password else ""
         self.open = not s.teams_app_id
+        self.app_id = s.teams_app_id
         self.auth = ConfigurationBotFrameworkAuthentication(
             TeamsConfig(s.teams_app_id, password,
                         s.teams_app_type if s.teams_app_id else "MultiTenant",  # open: no credentials
@@ -575,8 +582,31 @@ class TeamsChannel:
         return web.Response(status=202)
 
 
+async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str) -> bool:
+    """A correction from the console, as a proactive message into the turn's conversation
+    (its reference was kept when the answer was sent)."""
+    raw = await channel.bot.deskmate.retrieval.cache.get(f"teams-conversation:{turn.thread_id}")
+    if raw is None:
+        log.warning("teams.correction_not_posted turn=%s reason=no_conversation_reference", turn.id)
+        return False
+    reference = ConversationReference().deserialize(json.loads(raw))
+    reply = MessageFactory.text(f"{CORRECTION_PREFIX} (ref {turn.reference})\n\n{correction}")
+    reply.text_format = "markdown"
+
+    async def send(turn_context: TurnContext) -> None:
+        await turn_context.send_activity(reply)
+
+    try:
+        await channel.adapter.continue_conversation(reference, send, channel.app_id or None)
+    except Exception as exc:  # noqa: BLE001 (the connector raises its own error types)
+        log.warning("teams.correction_failed turn=%s error=%s", turn.id, type(exc).__name__)
+        return False
+    return True
+
+
 def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> TeamsChannel:
     channel = TeamsChannel(deskmate, background)
+    deskmate.correctors["teams"] = lambda turn, correction: _post_correction_for(channel, turn, correction)
     if channel.open:
         log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests because no "
                     "Teams app id is set: fine on a laptop, never on a reachable host "

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
-VIEWER = web.AppKey("console_viewer", object)
+VIEWER = web.RequestKey("console_viewer", Viewer)
 
 
 class Console:
@@ -53,7 +53,7 @@ class Console:
         return f"{name} <{user_key}>" if name else user_key
 
     def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-        viewer = request.get("viewer")
+        viewer = request.get(VIEWER)
         html = self.templates.get_template(template).render(
             viewer=viewer, csrf=self.sessions.csrf_token(viewer) if viewer else "", verdicts=VERDICTS,
             person=self.person, **context)
@@ -71,7 +71,7 @@ class Console:
         viewer = self.viewer(request)
         if viewer is None:
             raise web.HTTPFound("/console/login")
-        request["viewer"] = viewer
+        request[VIEWER] = viewer
         if not viewer.can_review:
             log.warning("console.refused user=%s path=%s", viewer.user_key, path)
             return self.render(request, "refused.html", status=403)
@@ -126,25 +126,44 @@ class Console:
                            post_corrections=self.deskmate.settings.post_corrections)
 
     async def rate(self, request: web.Request) -> web.Response:
-        viewer: Viewer = request["viewer"]
+        viewer: Viewer = request[VIEWER]
         form = await request.post()
         turn_id = request.match_info["turn_id"]
+        turn = await self.deskmate.ledger.get_turn(turn_id)
+        correction = str(form.get("correction", ""))
+        if turn is not None and correction.strip() == (turn.answer or "").strip():
+            correction = ""  # the form starts with the answer: left as it was, it is no correction
         try:
             score_text = str(form.get("score", "")).strip()
             rating = Rating(turn_id=turn_id, rater_key=viewer.user_key, role=viewer.role, platform="console",
                             score=int(score_text) if score_text else None,
                             verdict=str(form.get("verdict", "")).strip() or None,
-                            note=str(form.get("note", "")), correction=str(form.get("correction", "")))
+                            note=str(form.get("note", "")), correction=correction)
             await submit(self.deskmate.ledger, rating)
         except ValueError as exc:  # RatingRefused, or a score that is not a number
             message = str(exc) if isinstance(exc, RatingRefused) else "The score must be a whole number from 1 to 5."
             return await self.turn_page(request, error=message, status=400)
         log.info("console.rated turn=%s by=%s", turn_id, viewer.user_key)
+        posted = await self._post_correction(turn_id, rating, form.get("post_correction") == "on")
+        if posted is False:
+            return await self.turn_page(request, saved=True, error="Saved, but the correction could not be "
+                                        "posted in the conversation (see the server log).")
         if form.get("then") == "next":
             view = await turn_view(self.deskmate.ledger, turn_id)
             if view and view.next_id:
                 raise web.HTTPSeeOther(f"/console/turns/{view.next_id}?saved=1")
         raise web.HTTPSeeOther(f"/console/turns/{turn_id}?saved=1")
+
+    async def _post_correction(self, turn_id: str, rating: Rating, wanted: bool) -> bool | None:
+        """Post a changed answer where it was asked, through the platform's adapter; None when
+        there was nothing to post (no change, not wanted, or a platform without a thread)."""
+        turn = await self.deskmate.ledger.get_turn(turn_id)
+        if not wanted or not rating.correction or turn is None or rating.correction.strip() == (turn.answer or "").strip():
+            return None
+        corrector = self.deskmate.correctors.get(turn.platform)
+        if corrector is None:
+            return None
+        return await corrector(turn, rating.correction)
 
     async def turn_get(self, request: web.Request) -> web.Response:
         return await self.turn_page(request, saved=request.query.get("saved") == "1")
@@ -170,7 +189,7 @@ class Console:
             await response.write((to_jsonl(record) if fmt == "jsonl" else to_csv_row(record)).encode())
             count += 1
         await response.write_eof()
-        log.info("console.export user=%s format=%s records=%d", request["viewer"].user_key, fmt, count)
+        log.info("console.export user=%s format=%s records=%d", request[VIEWER].user_key, fmt, count)
         return response
 
     async def root(self, _request: web.Request) -> web.Response:
