@@ -31,6 +31,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.channels.common import (
+    DEDUP_TTL_SECONDS,
     HELP_TEXT,
     IDENTITY_TTL_SECONDS,
     Background,
@@ -339,6 +340,27 @@ class SlackChannel:
         await ack()
         log.info("slack.action_ignored action=%s", (body.get("actions") or [{}])[0].get("action_id"))
 
+    async def _first_delivery(self, kind: str, key: str) -> bool:
+        """False for an interactive payload seen before: a signed request replayed within
+        Slack's five-minute window must not add a second rating."""
+        if await first_time(self.deskmate.retrieval.cache, f"slack-{kind}:{key}"):
+            return True
+        log.warning("slack.replayed_%s key=%s", kind, key)
+        return False
+
+    async def _already_stored(self, view: dict) -> bool:
+        """A modal submission that was stored before (a replay). Checked before and marked only
+        after storing, because a submission refused for a field error is sent again, unchanged
+        in id and hash, once the lead fixes the field."""
+        if await self.deskmate.retrieval.cache.get(f"slack-view:{view.get('id')}:{view.get('hash')}") is None:
+            return False
+        log.warning("slack.replayed_view view=%s", view.get("id"))
+        return True
+
+    async def _stored(self, view: dict) -> None:
+        await self.deskmate.retrieval.cache.set(f"slack-view:{view.get('id')}:{view.get('hash')}", b"1",
+                                                ttl=DEDUP_TTL_SECONDS)
+
     async def _fresh(self, body: dict) -> bool:
         """False for an event this process or another replica already took."""
         event_id = body.get("event_id")
@@ -573,6 +595,8 @@ class SlackChannel:
         if verdict not in ("good", "bad") or not turn_id or not user:
             log.warning("slack.feedback_malformed value=%r", action.get("value"))
             return
+        if not await self._first_delivery("action", f"{user}:{action.get('action_ts')}:{turn_id}"):
+            return
         self.background.spawn(self._store_feedback(body, user, verdict, turn_id), f"slack-feedback-{turn_id}")
 
     async def _store_feedback(self, body: dict, user: str, verdict: str, turn_id: str) -> None:
@@ -607,6 +631,9 @@ class SlackChannel:
         if not reason:
             await ack()  # the reason is optional: sending it empty is a skip
             return
+        if await self._already_stored(view):
+            await ack()
+            return
         person, role = await self._rater(team, user)
         try:
             await submit(self.deskmate.ledger, Rating(str(turn_id), person.key, role, "slack", note=reason))
@@ -615,6 +642,7 @@ class SlackChannel:
             log.info("slack.reason_refused turn=%s user=%s", turn_id, user)
             await ack(response_action="errors", errors={"reason": message})
             return
+        await self._stored(view)
         await ack()
         log.info("slack.feedback_reason turn=%s role=%s", turn_id, role.name)
 
@@ -665,6 +693,9 @@ class SlackChannel:
             log.warning("slack.review_refused reason=not_a_lead user=%s turn=%s", user, turn_id)
             await ack(response_action="errors", errors={"score": LEADS_ONLY})
             return
+        if await self._already_stored(view):
+            await ack()  # the first delivery of this submission was stored
+            return
         rating, errors = await self._review_from(view, turn_id, person.key, role)
         if not errors:
             try:
@@ -677,6 +708,7 @@ class SlackChannel:
             log.info("slack.review_invalid turn=%s fields=%s", turn_id, ",".join(errors))
             await ack(response_action="errors", errors=errors)
             return
+        await self._stored(view)
         await ack()
         log.info("slack.review turn=%s role=%s score=%s verdict=%s correction=%s", turn_id, role.name,
                  rating.score, rating.verdict, rating.correction is not None)

@@ -571,6 +571,10 @@ class TeamsChannel:
             log.warning("teams.unauthorized remote=%s error=%s", request.remote, type(exc).__name__)
             return web.json_response({"error": "unauthorized"}, status=401)
         if activity.type == ActivityTypes.invoke:
+            if activity.id and not await first_time(self.bot.deskmate.retrieval.cache, f"teams-invoke:{activity.id}"):
+                # A replayed invoke (same activity id) must not store a second rating.
+                log.warning("teams.replayed_invoke id=%s name=%s", activity.id, activity.name)
+                return web.Response(status=200)
             response = await self.adapter.process_activity(authenticated, activity, self.bot.on_turn)
             if response is None:
                 return web.Response(status=200)

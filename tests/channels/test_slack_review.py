@@ -306,3 +306,19 @@ async def test_an_employee_may_thumb_only_their_own_answers(chat_server, recorde
     [rating] = await chat_server.deskmate.ledger.ratings_of(turn.id)
     assert (rating.thumb, rating.rater_key) == (1, LUKAS)
     assert not recorder.named("views.open")  # a 👍 asks nothing more
+
+
+async def test_a_replayed_review_or_thumb_is_stored_once(lead_server, recorder) -> None:
+    turn, event, end = await ask(lead_server, recorder)
+    click = review_click(turn.id, user="U2", event=event, answer_ts=end["ts"])
+    await post(lead_server, click)
+    view = await opened_view(recorder, click["trigger_id"])
+    submission = view_submission(view, user="U2", values=review_values(score="2", verdict="wrong"))
+    missing = view_submission(view, user="U2", values=review_values(score=None, verdict="wrong"))
+    missing["view"]["id"] = submission["view"]["id"]  # the same modal, first sent without a score
+    status, ack, _ = await post(lead_server, missing)
+    assert status == 200 and ack["response_action"] == "errors"
+    for _ in range(2):  # fixed and sent, then replayed as is
+        status, ack, _ = await post(lead_server, submission)
+        assert status == 200 and ack == {}
+    assert [(r.score, r.verdict) for r in await lead_server.deskmate.ledger.ratings_of(turn.id)] == [(2, "wrong")]

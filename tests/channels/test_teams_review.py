@@ -243,3 +243,13 @@ async def test_a_thumb_on_someone_elses_answer_is_not_stored(chat_server: Runnin
     assert (status, text) == (200, "")
     [rating] = await chat_server.deskmate.ledger.ratings_of(turn_id)
     assert (rating.rater_key, rating.rater_role, rating.thumb, rating.note) == (LUKAS, "employee", -1, "Link is dead")
+
+
+async def test_a_replayed_invoke_is_answered_but_not_stored_again(lead_server: RunningServer,
+                                                                  recorder: Recorder) -> None:
+    _answer, turn_id = await ask(lead_server, recorder)
+    submission = task_submit(recorder, turn_id, score="2", verdict="wrong", post="false")
+    for _ in range(2):  # the same activity id twice: a replay
+        status, _, _ = await teams_post(lead_server.url, submission)
+        assert status == 200
+    assert [(r.score, r.verdict) for r in await lead_server.deskmate.ledger.ratings_of(turn_id)] == [(2, "wrong")]
