@@ -400,6 +400,36 @@ def export_ratings(
 
 
 @app.command()
+def retrain(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and show the training set only.")] = False,
+    include_restricted: Annotated[bool, typer.Option(help="Keep turns whose context held a document "
+                                                          "restricted to an access group.")] = False,
+) -> None:
+    """Build a training set from the rated turns (and, once training lands, train and evaluate)."""
+    from datetime import UTC, datetime
+
+    from bot.export import rated_turns
+    from finetune.dataset import DatasetConfig, build, write
+
+    if not dry_run:
+        err.print("[yellow]Training, the evaluation gate and promotion are not built yet (issue 6 is in "
+                  "progress).[/] `deskmate retrain --dry-run` builds and shows the training set.")
+        raise typer.Exit(2)
+
+    async def work(d: Deskmate) -> tuple[Path, str]:
+        records = [r async for r in rated_turns(d.ledger)]
+        names = [p.name for p in await d.retrieval.store.users() if p.name]
+        splits, card = build(records, DatasetConfig(include_restricted=include_restricted), names)
+        folder = Path(d.settings.data_dir) / "jobs" / f"dry-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        write(splits, card, folder / "dataset")
+        return folder, card.markdown()
+
+    folder, card = _run_deskmate(work)
+    out.print(card, highlight=False)
+    out.print(f"written to {folder / 'dataset'}", highlight=False)
+
+
+@app.command()
 def forget(
     user: Annotated[str, typer.Argument(help="The person's email (user key).")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,

@@ -68,7 +68,7 @@ async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int
                 **reduce_ratings(by_turn.get(t.id, [])),
                 "prompt_version": t.prompt_version, "model": t.model, "adapter_version": t.adapter_version,
                 "kb_version": t.kb_version, "confidence": t.confidence, "cited": t.cited, "prompt": t.prompt,
-                "retrieved": [{k: c.get(k) for k in ("chunk_id", "doc_id", "title", "score", "text")}
+                "retrieved": [{k: c.get(k) for k in ("chunk_id", "doc_id", "title", "groups", "score", "text")}
                               for c in t.retrieved or []],
             }
         last = (turns[-1].created_at, turns[-1].id)

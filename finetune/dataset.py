@@ -1,0 +1,196 @@
+"""Rated turns (the JSONL `deskmate export ratings` writes) → training examples.
+
+SFT examples come from lead corrections (the corrected text is the target) and from answers a
+lead scored 4 or more or marked correct. KTO examples (unpaired desirable / undesirable) come
+from thumbs and from answers leads marked wrong or unsafe, when there are enough of both. Every
+example keeps the prompt exactly as served, so the model learns to answer from the context it
+is given; some are copied with only unrelated passages as context and "I don't know" as the
+target, so it also learns to say so.
+
+Before anything is written: personal data is scrubbed (`finetune.scrub`), turns whose context
+held a document restricted to an access group are left out (a shared adapter must not leak
+restricted knowledge), near-identical questions are kept once, and the newest turns become
+the evaluation set. A dataset card says what went where and why.
+
+This module reads files and writes files; it imports nothing from the bot.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.scrub import Scrubber
+
+UNKNOWN_TARGET = "I don't know: the knowledge base does not say. Please ask the service desk."
+APPROVED_VERDICTS = {"correct"}
+REJECTED_VERDICTS = {"wrong", "unsafe", "should_not_answer"}
+CONTEXT_BLOCK = re.compile(r"Context:\n(.*?)\n(?=(?:About the person asking:|\nQuestion:|Question:))", re.DOTALL)
+
+
+@dataclass
+class DatasetConfig:
+    eval_share: float = 0.2
+    min_score: int = 4
+    distractor_share: float = 0.1
+    kto_min_each: int = 8
+    include_restricted: bool = False
+    dedupe_threshold: float = 0.9
+    seed: int = 13
+    region: str = "US"
+
+
+@dataclass
+class Example:
+    kind: str  # sft_correction | sft_approved | sft_unknown | kto_desirable | kto_undesirable
+    turn_id: str
+    created_at: str
+    messages: list[dict[str, str]]  # the prompt as served + the target as the assistant turn
+    label: bool | None = None  # KTO: desirable or not
+
+
+@dataclass
+class DatasetCard:
+    records: int = 0
+    examples: Counter = field(default_factory=Counter)
+    train: Counter = field(default_factory=Counter)
+    eval: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+    scrubbed: Counter = field(default_factory=Counter)
+    kto: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "examples": dict(self.examples), "train": dict(self.train),
+                "eval": dict(self.eval), "filtered": dict(self.filtered), "scrubbed": dict(self.scrubbed),
+                "kto": self.kto, "config": self.config}
+
+    def markdown(self) -> str:
+        lines = ["# Dataset card", "", f"Rated turns read: {self.records}", "", "| examples | train | eval |",
+                 "|---|---|---|"]
+        for kind in sorted(set(self.train) | set(self.eval)):
+            lines.append(f"| {kind} | {self.train[kind]} | {self.eval[kind]} |")
+        left_out = [f"- {why}: {n}" for why, n in sorted(self.filtered.items())] or ["- nothing"]
+        scrubbed = [f"- {kind}: {n}" for kind, n in sorted(self.scrubbed.items())] or ["- nothing"]
+        lines += ["", "Left out:", *left_out, "", "Scrubbed:", *scrubbed, "", f"KTO: {self.kto}"]
+        return "\n".join(lines) + "\n"
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+PUBLIC_GROUP = "everyone"  # the knowledge store's group for documents anyone may read
+
+
+def _restricted(record: dict[str, Any]) -> bool:
+    return any(g != PUBLIC_GROUP for c in record.get("retrieved") or [] for g in c.get("groups") or [])
+
+
+def _served_prompt(record: dict[str, Any]) -> list[dict[str, str]] | None:
+    prompt = record.get("prompt") or []
+    if not prompt or not all(isinstance(m, dict) and m.get("role") and "content" in m for m in prompt):
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _targets(record: dict[str, Any], config: DatasetConfig) -> list[tuple[str, str, bool | None]]:
+    """(kind, target text, KTO label) for one rated turn."""
+    out: list[tuple[str, str, bool | None]] = []
+    answer = (record.get("answer") or "").strip()
+    if record.get("correction"):
+        out.append(("sft_correction", record["correction"].strip(), None))
+    elif answer and ((record.get("score") or 0) >= config.min_score or record.get("verdict") in APPROVED_VERDICTS):
+        out.append(("sft_approved", answer, None))
+    if answer and record.get("status") == "answered":
+        if record.get("thumbs_up") and not record.get("thumbs_down"):
+            out.append(("kto_desirable", answer, True))
+        elif record.get("thumbs_down") or record.get("verdict") in REJECTED_VERDICTS:
+            out.append(("kto_undesirable", answer, False))
+    return out
+
+
+def build(records: list[dict[str, Any]], config: DatasetConfig, names: list[str]) -> tuple[
+        dict[str, list[Example]], DatasetCard]:
+    """The train and eval splits (SFT and KTO) and their card."""
+    card = DatasetCard(records=len(records), config=asdict(config))
+    scrub = Scrubber(names=names, region=config.region)
+    rng = random.Random(config.seed)
+    kept: list[tuple[dict[str, Any], list[dict[str, str]], list[tuple[str, str, bool | None]]]] = []
+    seen: list[set[str]] = []
+    for record in sorted(records, key=lambda r: r.get("created_at", ""), reverse=True):  # newest wins a tie
+        prompt = _served_prompt(record)
+        targets = _targets(record, config)
+        if prompt is None:
+            card.filtered["no prompt on record (turn ended before generation)"] += 1
+            continue
+        if not targets:
+            card.filtered["rated, but neither approved, corrected nor thumbed"] += 1
+            continue
+        if _restricted(record) and not config.include_restricted:
+            card.filtered["context held a document restricted to an access group"] += 1
+            continue
+        words = _words(record.get("question", ""))
+        if any(words and len(words & other) / max(1, len(words | other)) >= config.dedupe_threshold for other in seen):
+            card.filtered["near-duplicate of a newer question"] += 1
+            continue
+        seen.append(words)
+        kept.append((record, prompt, targets))
+
+    kept.sort(key=lambda item: item[0].get("created_at", ""))
+    cut = len(kept) - round(len(kept) * config.eval_share) if len(kept) > 1 else len(kept)
+    contexts = [m.group(1) for _, p, _ in kept if (m := CONTEXT_BLOCK.search(p[-1]["content"]))]
+    splits: dict[str, list[Example]] = {"train": [], "eval": [], "kto_train": [], "kto_eval": []}
+    for index, (record, prompt, targets) in enumerate(kept):
+        split = "train" if index < cut else "eval"
+        clean_prompt = [{"role": m["role"], "content": scrub(m["content"])} for m in prompt]
+        for kind, target, label in targets:
+            example = Example(kind, record["turn_id"], record.get("created_at", ""),
+                              [*clean_prompt, {"role": "assistant", "content": scrub(target)}], label)
+            splits[("kto_" if kind.startswith("kto") else "") + split].append(example)
+            card.examples[kind] += 1
+        if split == "train" and any(k.startswith("sft") for k, _, _ in targets) and rng.random() < config.distractor_share:
+            own = CONTEXT_BLOCK.search(prompt[-1]["content"])
+            others = [c for c in contexts if own is None or c != own.group(1)]
+            if own and others:
+                user = prompt[-1]["content"].replace(own.group(1), rng.choice(others), 1)
+                splits["train"].append(Example("sft_unknown", record["turn_id"], record.get("created_at", ""), [
+                    *[{"role": m["role"], "content": scrub(m["content"])} for m in prompt[:-1]],
+                    {"role": "user", "content": scrub(user)}, {"role": "assistant", "content": UNKNOWN_TARGET}]))
+                card.examples["sft_unknown"] += 1
+
+    good = sum(1 for e in splits["kto_train"] if e.label)
+    bad = sum(1 for e in splits["kto_train"] if e.label is False)
+    if min(good, bad) < config.kto_min_each:
+        card.kto = (f"skipped: {good} desirable and {bad} undesirable training examples, fewer than "
+                    f"{config.kto_min_each} of each")
+        splits["kto_train"], splits["kto_eval"] = [], []
+    else:
+        card.kto = f"{good} desirable and {bad} undesirable training examples"
+    for split in ("train", "eval"):
+        for e in splits[split] + splits[f"kto_{split}"]:
+            getattr(card, split)[e.kind] += 1
+    card.scrubbed = Counter(scrub.counts)
+    return splits, card
+
+
+def write(splits: dict[str, list[Example]], card: DatasetCard, folder: Path) -> None:
+    """train.jsonl, eval.jsonl (and kto_*.jsonl when KTO applies), card.json, card.md."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, examples in splits.items():
+        if not examples and name.startswith("kto"):
+            continue
+        with open(folder / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in examples)
+    (folder / "card.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    (folder / "card.md").write_text(card.markdown())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
