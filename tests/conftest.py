@@ -179,6 +179,16 @@ async def example_store(example_store_url: str, embedder: Embedder) -> AsyncIter
     await store.close()
 
 
+@pytest.fixture
+def private_store_url(example_store_url: str, tmp_path: Path) -> str:
+    """A copy of the example store for a test that changes it (the shared one stays read-only)."""
+    import shutil
+
+    target = tmp_path / "private-kb"
+    shutil.copytree(example_store_url.removeprefix("lancedb://"), target)
+    return f"lancedb://{target}"
+
+
 @pytest.fixture(scope="session")
 def gguf_path() -> Path:
     from finetune.model import base_gguf_path

@@ -172,9 +172,17 @@ async def test_behind_an_sso_proxy_the_header_decides(tmp_path, example_store_ur
             assert r.status == 302  # no header, no session: sign in
 
 
-async def test_forget_removes_a_person_everywhere(console_server) -> None:  # noqa: ANN001
+async def test_forget_removes_a_person_everywhere(tmp_path, private_store_url, embedder, redis_prefix) -> None:  # noqa: ANN001
     from bot.forget import forget
+    from tests.console.conftest import seed
 
+    # A private store copy: forgetting deletes from the store, which other tests share.
+    async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as server:
+        server.turn_ids = await seed(server)  # type: ignore[attr-defined]
+        await _forget_and_check(server, forget)
+
+
+async def _forget_and_check(console_server, forget) -> None:  # noqa: ANN001
     deskmate = console_server.deskmate
     turn_id = console_server.turn_ids[0]
     await deskmate.ledger.record_feedback(turn_id, LEAD, platform="console", rater_role="lead", score=3)
