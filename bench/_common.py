@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,3 +62,52 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(**settings: str) -> dict[str, str]:
+    """This environment without any Deskmate, Slack or Teams settings, plus `settings`: a
+    benchmark's server must not pick up the shell's configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
+    return {**env, "HF_HUB_OFFLINE": "1", **settings}
+
+
+def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"deskmate serve exited with {server.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1)  # noqa: S310
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("deskmate serve did not answer /healthz in time")
+
+
+def stop_server(server: subprocess.Popen, log_path: Path | None = None) -> int:
+    """Stop the server; returns how many error lines its log has (the first ones are printed)."""
+    server.terminate()
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    if log_path is None:
+        return 0
+    problems = [line for line in log_path.read_text().splitlines()
+                if " ERROR " in line or "Traceback" in line or "error" in line.lower()]
+    if problems:
+        print(f"{len(problems)} error lines in the server log, the first ones:")
+        print("\n".join(problems[:15]))
+    return len(problems)

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import REPO, print_table, read_jsonl, write_result
-from retrieval_speed import READER, percentile, synthetic_writes
+from _common import (
+    REPO,
+    free_port,
+    percentile,
+    print_table,
+    read_jsonl,
+    stop_server,
+    wait_healthy,
+    write_result,
+)
+from retrieval_speed import READER, synthetic_writes
 
 from bot.generation import EchoGenerator, LlamaCppGenerator
 from bot.ledger import Ledger
@@ -136,12 +144,6 @@ async def measure_generation(questions: list[str], texts: list[str], threads: in
     return summary
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure_serve_memory(questions: list[str]) -> dict:
     """Start `deskmate serve` on the example handbook with the local model, ask, read VmHWM."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,12 +156,7 @@ def measure_serve_memory(questions: list[str]) -> dict:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(f"{url}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+            wait_healthy(url, proc, seconds=120)
             for q in questions:
                 body = json.dumps({"user": "lukas.becker@northwind.example", "question": q}).encode()
                 request = urllib.request.Request(f"{url}/api/ask", data=body, method="POST")
@@ -167,7 +164,7 @@ def measure_serve_memory(questions: list[str]) -> dict:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
         finally:
-            proc.terminate()
+            stop_server(proc)
             proc.wait(timeout=30)
     return {"peak_rss_mb": round(peak_kb / 1024), "questions": len(questions)}
 

@@ -21,20 +21,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import aiohttp
-from _common import REPO, print_table, write_result
-from retrieval_speed import percentile
+from _common import (
+    REPO,
+    free_port,
+    percentile,
+    print_table,
+    server_env,
+    stop_server,
+    wait_healthy,
+    write_result,
+)
 from slack_sdk.signature import SignatureVerifier
 
 from tests.channels.recorder import Recorder
@@ -43,12 +48,6 @@ SECRET = "bench-signing-secret"
 QUESTIONS = ["How do I reset my VPN password?", "How do I report a phishing email?",
              "How do I book a meeting room?", "How do I claim travel expenses?"]
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_recorder() -> Recorder:
@@ -214,36 +213,24 @@ def main() -> None:
     prefix = f"deskmate-bench-{uuid.uuid4().hex[:8]}:"
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
-        env.update({
-            "DESKMATE_DATA_DIR": tmp, "DESKMATE_PORT": str(port), "DESKMATE_CACHE_URL": cache_url,
-            "DESKMATE_CACHE_PREFIX": prefix, "DESKMATE_GENERATOR_URL": f"echo://?delay={args.delay}",
-            "DESKMATE_RATE_LIMIT_PER_MINUTE": "0", "DESKMATE_ANSWER_CACHE_TTL": "0",
-            "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET,
-            "DESKMATE_SLACK_API_URL": f"{recorder.url}/api/", "HF_HUB_OFFLINE": "1",
-        })
+        env = server_env(
+            DESKMATE_DATA_DIR=tmp, DESKMATE_PORT=str(port), DESKMATE_CACHE_URL=cache_url,
+            DESKMATE_CACHE_PREFIX=prefix, DESKMATE_GENERATOR_URL=f"echo://?delay={args.delay}",
+            DESKMATE_RATE_LIMIT_PER_MINUTE="0", DESKMATE_ANSWER_CACHE_TTL="0",
+            SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET,
+            DESKMATE_SLACK_API_URL=f"{recorder.url}/api/",
+        )
         subprocess.run([DESKMATE, "ingest", str(REPO / "examples" / "kb")], env=env, cwd=tmp, check=True,
                        capture_output=True)
         server = subprocess.Popen([DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                                   stderr=open(Path(tmp) / "serve.log", "w"))  # noqa: SIM115
         try:
             url = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(f"{url}/healthz", timeout=1)  # noqa: S310
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_healthy(url, server)
             asyncio.run(load_round(url, recorder, 1, 0))  # warm-up: first-request costs are not load
             rows = [asyncio.run(load_round(url, recorder, n, args.probe_seconds)) for n in args.n]
         finally:
-            server.terminate()
-            server.wait(60)
-            problems = [line for line in (Path(tmp) / "serve.log").read_text().splitlines()
-                        if " ERROR " in line or "Traceback" in line or "error" in line.lower()]
-            if problems:
-                print(f"{len(problems)} error lines in the server log, the first ones:")
-                print("\n".join(problems[:15]))
+            stop_server(server, Path(tmp) / "serve.log")
         if cache_url.startswith("redis://"):
             import redis
 

@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +52,15 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from _common import print_table, write_result
+from _common import (
+    free_port,
+    percentile,
+    print_table,
+    server_env,
+    stop_server,
+    wait_healthy,
+    write_result,
+)
 from sqlalchemy import func, insert, select, text
 
 from bot.console.auth import issue_token
@@ -639,56 +644,15 @@ async def pg_admin(sql: str) -> None:
 
 # --- the server -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(ledger_url: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
-    env.update({"DESKMATE_LEDGER_URL": ledger_url, "DESKMATE_GENERATOR_URL": "echo://",
-                "DESKMATE_DATA_DIR": str(tmp), "DESKMATE_PORT": str(port), "DESKMATE_LEADS": LEAD,
-                "DESKMATE_CACHE_URL": "memory://", "HF_HUB_OFFLINE": "1"})
+    env = server_env(DESKMATE_LEDGER_URL=ledger_url, DESKMATE_GENERATOR_URL="echo://",
+                     DESKMATE_DATA_DIR=str(tmp), DESKMATE_PORT=str(port), DESKMATE_LEADS=LEAD,
+                     DESKMATE_CACHE_URL="memory://")
     return subprocess.Popen([DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=open(tmp / "serve.log", "w"))
 
 
-def wait_healthy(url: str, server: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"deskmate serve exited with {server.returncode}")
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("deskmate serve did not answer /healthz in time")
-
-
-def stop_server(server: subprocess.Popen[bytes], log_path: Path) -> int:
-    """Stop the server; returns how many error lines its log has (the first ones are printed)."""
-    server.terminate()
-    try:
-        server.wait(60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-    problems = [line for line in log_path.read_text().splitlines()
-                if " ERROR " in line or "Traceback" in line or "error" in line.lower()]
-    if problems:
-        print(f"{len(problems)} error lines in the server log, the first ones:")
-        print("\n".join(problems[:15]))
-    return len(problems)
-
-
 # --- measuring --------------------------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
 
 def schedule(rng: random.Random, seeded: Seeded, requests: int, turn_pages: int) -> list[tuple[str, str, str]]:
     """(kind, parameter, path) for every timed request, shuffled so the kinds interleave."""

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import print_table, read_jsonl, write_result
+from _common import percentile, print_table, read_jsonl, write_result
 
 from retrieval.cache import MemoryCache
 from retrieval.chunking import ChunkingConfig, Document, chunk_document
@@ -40,11 +40,6 @@ from retrieval.store import open_store
 
 GROUPS = ["everyone", "hr", "finance", "it-admin", "legal", "sales"]
 READER = ["finance", "sales"]  # the reader sees everyone + these two: about half the chunks
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def peak_rss_mb() -> float:

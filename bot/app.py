@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bot import metrics
 from bot.generation import AdapterNotServed, Generator, open_generator
 from bot.ledger import Ledger, TurnRow
 from bot.orchestrator import Orchestrator, TurnPolicy
@@ -100,17 +101,40 @@ class Deskmate:
         await self.retrieval.close()
 
 
-async def open_deskmate(settings: Settings, *, generator: Generator | None = None,
-                        embedder: Embedder | None = None) -> Deskmate:
-    """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
-    starts anyway, spools turns, and `/readyz` says so."""
-    retrieval = await open_retrieval(settings, embedder=embedder)
+async def open_ledger(settings: Settings) -> Ledger:
+    """The ledger, migrated when reachable; when it is not, writes are spooled until it is."""
     ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
     try:
         await ledger.migrate()
     except Exception as exc:  # noqa: BLE001
         log.warning("ledger.migrate_failed error=%s; turns will be spooled until it is back", exc)
         ledger.available = False
+    return ledger
+
+
+@dataclass
+class Records:
+    """The ledger and the retrieval stack without a model: what admin commands (retrain,
+    forget) need."""
+
+    retrieval: Retrieval
+    ledger: Ledger
+
+    async def close(self) -> None:
+        await self.ledger.close()
+        await self.retrieval.close()
+
+
+async def open_records(settings: Settings) -> Records:
+    return Records(await open_retrieval(settings), await open_ledger(settings))
+
+
+async def open_deskmate(settings: Settings, *, generator: Generator | None = None,
+                        embedder: Embedder | None = None) -> Deskmate:
+    """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
+    starts anyway, spools turns, and `/readyz` says so."""
+    retrieval = await open_retrieval(settings, embedder=embedder)
+    ledger = await open_ledger(settings)
     generator = generator or make_generator(settings)
     if settings.adapter:
         try:
@@ -125,7 +149,6 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
 # --- the web server --------------------------------------------------------------------------
 
 DESKMATE_KEY = web.AppKey("deskmate", Deskmate)
-BACKGROUND_KEY = web.AppKey("background", object)  # bot.channels.common.Background
 
 
 async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
@@ -145,6 +168,7 @@ async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
         check("generator", deskmate.generator.ping),
     ))
     spooled = deskmate.ledger.spooled()
+    metrics.LEDGER_SPOOLED.set(spooled)  # the file is the truth (a CLI may have spooled too)
     if spooled:
         results["ledger"]["spooled_writes"] = spooled
     return results
@@ -176,7 +200,6 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app[DESKMATE_KEY] = deskmate
     background = Background()
-    app[BACKGROUND_KEY] = background
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

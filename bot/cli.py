@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.app import Deskmate, Retrieval, build_web_app, open_deskmate, open_retrieval
+from bot.app import Deskmate, Records, Retrieval, build_web_app, open_deskmate, open_ledger, open_records, open_retrieval
+from bot.ledger import Ledger
 from bot.messages import Delta, Done, IncomingMessage, Status
 from bot.settings import Settings
 from retrieval.search import QueryError, SearchResult
@@ -338,19 +339,9 @@ def console_token(
 ) -> None:
     """A one-time sign-in token for the console, valid for a day. Shown once, stored hashed."""
     from bot.console.auth import LOCAL_ADMIN, issue_token
-    from bot.ledger import Ledger
 
     settings = Settings()
-
-    async def work() -> str:
-        ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
-        try:
-            await ledger.migrate()
-            return await issue_token(ledger, user)
-        finally:
-            await ledger.close()
-
-    token = asyncio.run(work())
+    token = _run_with(open_ledger, lambda ledger: issue_token(ledger, user))
     who = user or f"{LOCAL_ADMIN} (admin)"
     out.print(f"Sign-in token for {who}, valid once within 24 hours:\n\n  {token}\n", highlight=False)
     out.print(f"Open http://{settings.host}:{settings.port}/console/login and paste it.", highlight=False)
@@ -369,33 +360,26 @@ def export_ratings(
     latest lead score and verdict, thumbs. No user identities."""
     from bot.console.queries import Filters
     from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-    from bot.ledger import Ledger
 
     if fmt not in ("jsonl", "csv"):
         err.print("[red]error:[/] --format is jsonl or csv")
         raise typer.Exit(2)
     filters = Filters.from_query({"since": since or "", "until": until or "", "platform": platform or "",
                                   "verdict": verdict or ""})
-    settings = Settings()
 
-    async def work() -> int:
-        ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
+    async def work(ledger: Ledger) -> int:
         count = 0
-        try:
-            await ledger.migrate()
-            tmp = out_path.with_suffix(out_path.suffix + ".part")
-            with open(tmp, "w", encoding="utf-8", newline="") as f:  # noqa: ASYNC230 (a CLI run, nothing else waits)
-                if fmt == "csv":
-                    f.write(csv_header())
-                async for record in rated_turns(ledger, filters):
-                    f.write(to_jsonl(record) if fmt == "jsonl" else to_csv_row(record))
-                    count += 1
-            tmp.replace(out_path)
-        finally:
-            await ledger.close()
+        tmp = out_path.with_suffix(out_path.suffix + ".part")
+        with open(tmp, "w", encoding="utf-8", newline="") as f:  # noqa: ASYNC230 (a CLI run, nothing else waits)
+            if fmt == "csv":
+                f.write(csv_header())
+            async for record in rated_turns(ledger, filters):
+                f.write(to_jsonl(record) if fmt == "jsonl" else to_csv_row(record))
+                count += 1
+        tmp.replace(out_path)
         return count
 
-    count = asyncio.run(work())
+    count = _run_with(open_ledger, work)
     out.print(f"{count} rated turns written to {out_path}", highlight=False)
 
 
@@ -416,15 +400,15 @@ def retrain(
                   "progress).[/] `deskmate retrain --dry-run` builds and shows the training set.")
         raise typer.Exit(2)
 
-    async def work(d: Deskmate) -> tuple[Path, str]:
+    async def work(d: Records) -> tuple[Path, str]:
         records = [r async for r in rated_turns(d.ledger)]
         names = [p.name for p in await d.retrieval.store.users() if p.name]
         splits, card = build(records, DatasetConfig(include_restricted=include_restricted), names)
-        folder = Path(d.settings.data_dir) / "jobs" / f"dry-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        folder = Path(d.retrieval.settings.data_dir) / "jobs" / f"dry-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
         write(splits, card, folder / "dataset")
         return folder, card.markdown()
 
-    folder, card = _run_deskmate(work)
+    folder, card = _run_with(open_records, work)
     out.print(card, highlight=False)
     out.print(f"written to {folder / 'dataset'}", highlight=False)
 
@@ -439,7 +423,7 @@ def forget(
 
     if not yes and not typer.confirm(f"Remove everything Deskmate keeps about {user}? This cannot be undone"):
         raise typer.Exit(1)
-    report = _run_deskmate(lambda d: forget_person(d, user))
+    report = _run_with(open_records, lambda d: forget_person(d, user))
     for name, value in report.items():
         out.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.console.queries import Filters
-from bot.ledger import LEAD_ROLES, FeedbackRow, Ledger, TurnRow
+from bot.ledger import FeedbackRow, Ledger, TurnRow, is_lead_review
 
 EXPORT_VERSION = 1
 CSV_FIELDS = ["turn_id", "reference", "created_at", "platform", "private", "status", "question", "answer",
@@ -28,7 +28,7 @@ def reduce_ratings(ratings: list[FeedbackRow]) -> dict[str, Any]:
     """The latest lead/admin review (score, verdict, correction) and the thumbs and notes."""
     review = None
     for r in ratings:  # oldest first: the last review wins
-        if r.rater_role in LEAD_ROLES and (r.score is not None or r.verdict or r.correction):
+        if is_lead_review(r.rater_role, r.score, r.verdict, r.correction):
             review = r
     return {
         "correction": review.correction if review else None,

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from bot.orchestrator import user_tag
 
 if TYPE_CHECKING:
-    from bot.app import Deskmate
+    from bot.app import Deskmate, Records
 
 log = logging.getLogger(__name__)
 
 
-async def forget(deskmate: Deskmate, user: str) -> dict[str, Any]:
+async def forget(deskmate: Deskmate | Records, user: str) -> dict[str, Any]:
     key = user.strip().lower()
     report = await deskmate.ledger.forget_user(key)
     cache = deskmate.retrieval.cache

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from bot.prompts import ChatMessage
+
 log = logging.getLogger(__name__)
 
-ChatMessage = dict[str, str]
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bot import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -96,7 +98,7 @@ class FeedbackRow(Base):
     __tablename__ = "ratings"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"), index=True)
+    turn_id: Mapped[str] = mapped_column(ForeignKey("turns.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     rater_key: Mapped[str] = mapped_column(String(320), index=True)
     rater_role: Mapped[str] = mapped_column(String(16), default="employee")
@@ -107,8 +109,7 @@ class FeedbackRow(Base):
     note: Mapped[str | None] = mapped_column(Text)
     correction: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_ratings_turn_created", "turn_id", "created_at"),
-                      Index("ix_ratings_created_at_role", "rater_role", "created_at"))
+    __table_args__ = (Index("ix_ratings_turn_created", "turn_id", "created_at"),)
 
 
 class ConsoleTokenRow(Base):
@@ -211,6 +212,12 @@ class TurnEnd:
 
 
 LEAD_ROLES = ("lead", "admin")
+
+
+def is_lead_review(role: str | None, score: int | None, verdict: str | None, correction: str | None) -> bool:
+    """A rating that reviews the answer (not a thumb or a note), by someone allowed to: the
+    kind that marks a turn reviewed and that training learns from."""
+    return role in LEAD_ROLES and (score is not None or bool(verdict) or bool(correction))
 SLOW_TURN_MS = 10_000
 
 
@@ -380,8 +387,8 @@ class Ledger:
                 if owner_check and turn.user_key != data["rater_key"]:
                     raise LookupError(f"a spooled rating of turn {data['turn_id']} by someone it was not for")
                 session.add(FeedbackRow(**{**data, "created_at": datetime.fromisoformat(data["created_at"])}))
-                if data.get("rater_role") in LEAD_ROLES and (data.get("score") or data.get("verdict")
-                                                            or data.get("correction")):
+                if is_lead_review(data.get("rater_role"), data.get("score"), data.get("verdict"),
+                                  data.get("correction")):
                     turn.reviewed = True
                 if data.get("thumb") == -1:
                     turn.risk = (turn.risk or 0) + 3
@@ -421,6 +428,7 @@ class Ledger:
             self.spool_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.spool_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"kind": kind, "data": data}, default=str) + "\n")
+            metrics.LEDGER_SPOOLED.inc()
 
     def spooled(self) -> int:
         """How many writes wait in the spool."""
@@ -447,6 +455,7 @@ class Ledger:
                     log.error("ledger.spool_entry_dropped reason=%s", exc)
                 done += 1
             rest = lines[done:]
+            metrics.LEDGER_SPOOLED.set(len(rest))
             if rest:
                 tmp = self.spool_path.with_suffix(".tmp")
                 tmp.write_text("\n".join(rest) + "\n", encoding="utf-8")

@@ -51,7 +51,7 @@ class Source:
 
 
 Outcome = Literal[
-    "answered", "unknown", "cached", "rate_limited", "invalid", "failed",
+    "answered", "unknown", "rate_limited", "invalid", "failed",
 ]
 
 

@@ -349,4 +349,3 @@ class Orchestrator:
         except Exception:  # noqa: BLE001
             metrics.ERRORS.labels("ledger").inc()
             log.exception("ledger.write_failed what=%s", what)
-        metrics.LEDGER_SPOOLED.set(self.ledger.spooled())

@@ -22,8 +22,17 @@ VERDICTS = {
     "unsafe": "Unsafe",
     "should_not_answer": "Should not have answered",
 }
+LEADS_ONLY = "Only support leads and admins can review answers."
+NOT_ON_RECORD = "That answer is not on record (it may have been forgotten on request)."
+CORRECTION_PREFIX = "Correction from a support lead:"
 MAX_NOTE_CHARS = 4_000
 MAX_CORRECTION_CHARS = 8_000
+
+
+def unchanged(correction: str | None, answer: str | None, limit: int | None = None) -> bool:
+    """Review forms start with the answer in the correction box (cut to the form's `limit`):
+    left as it was, it is no correction."""
+    return bool((correction or "").strip()) and (correction or "").strip() == (answer or "")[:limit].strip()
 
 
 class RatingRefused(ValueError):
@@ -72,7 +81,7 @@ async def submit(ledger: Ledger, rating: Rating) -> None:
     rating = clean(rating)
     if rating.is_review and rating.role < Role.lead:
         log.warning("rating.refused reason=not_a_lead rater=%s turn=%s", rating.rater_key, rating.turn_id)
-        raise RatingRefused("Only support leads and admins can review answers.")
+        raise RatingRefused(LEADS_ONLY)
     try:
         turn = await ledger.get_turn(rating.turn_id)
     except LEDGER_ERRORS:
@@ -82,7 +91,7 @@ async def submit(ledger: Ledger, rating: Rating) -> None:
         await _store(ledger, rating, owner_check=rating.role < Role.lead)
         return
     if turn is None:
-        raise RatingRefused("That answer is not on record (it may have been forgotten on request).")
+        raise RatingRefused(NOT_ON_RECORD)
     if rating.role < Role.lead and turn.user_key != rating.rater_key:
         log.warning("rating.refused reason=not_their_answer rater=%s turn=%s", rating.rater_key, rating.turn_id)
         raise RatingRefused("You can rate only the answers you were given.")

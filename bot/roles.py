@@ -19,8 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 
 class Role(IntEnum):
@@ -93,6 +97,5 @@ class Roles:
         return out
 
 
-def roles_from_settings(settings: object) -> Roles:
-    return Roles.load(getattr(settings, "roles_file", None), getattr(settings, "admins", ()),
-                      getattr(settings, "leads", ()))
+def roles_from_settings(settings: Settings) -> Roles:
+    return Roles.load(settings.roles_file, settings.admins, settings.leads)

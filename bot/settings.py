@@ -21,7 +21,8 @@ class ChannelRule(BaseModel):
 
 
 def _env(name: str, *aliases: str) -> AliasChoices:
-    """The DESKMATE_ name plus the platform's own conventional variable names."""
+    """The DESKMATE_ name, the bare name (Slack's own `SLACK_BOT_TOKEN`: names match in any case)
+    and any other conventional names."""
     return AliasChoices(f"DESKMATE_{name}", name.lower(), *aliases)
 
 
@@ -101,13 +102,13 @@ class Settings(BaseSettings):
 
     # --- the platforms ---------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(
-        None, validation_alias=_env("SLACK_BOT_TOKEN", "SLACK_BOT_TOKEN"),
+        None, validation_alias=_env("SLACK_BOT_TOKEN"),
         description="Bot token (xoxb-…). Without it Slack is off.")
     slack_signing_secret: SecretStr | None = Field(
-        None, validation_alias=_env("SLACK_SIGNING_SECRET", "SLACK_SIGNING_SECRET"),
+        None, validation_alias=_env("SLACK_SIGNING_SECRET"),
         description="Verifies requests to /slack/events (HTTP mode).")
     slack_app_token: SecretStr | None = Field(
-        None, validation_alias=_env("SLACK_APP_TOKEN", "SLACK_APP_TOKEN"),
+        None, validation_alias=_env("SLACK_APP_TOKEN"),
         description="App-level token (xapp-…): connect over Socket Mode, no public URL needed.")
     slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL.")
     slack_streaming: bool = Field(True, description="Stream with chat.startStream where the "

@@ -160,8 +160,8 @@ def build(records: list[dict[str, Any]], config: DatasetConfig, names: list[str]
             if own and others:
                 user = prompt[-1]["content"].replace(own.group(1), rng.choice(others), 1)
                 splits["train"].append(Example("sft_unknown", record["turn_id"], record.get("created_at", ""), [
-                    *[{"role": m["role"], "content": scrub(m["content"])} for m in prompt[:-1]],
-                    {"role": "user", "content": scrub(user)}, {"role": "assistant", "content": UNKNOWN_TARGET}]))
+                    *clean_prompt[:-1], {"role": "user", "content": scrub(user)},
+                    {"role": "assistant", "content": UNKNOWN_TARGET}]))
                 card.examples["sft_unknown"] += 1
 
     good = sum(1 for e in splits["kto_train"] if e.label)
@@ -189,8 +189,3 @@ def write(splits: dict[str, list[Example]], card: DatasetCard, folder: Path) -> 
             f.writelines(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in examples)
     (folder / "card.json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     (folder / "card.md").write_text(card.markdown())
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

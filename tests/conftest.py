@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +127,27 @@ async def fresh_pg_database() -> AsyncIterator[str]:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    async with fresh_pg_database() as url:
-        yield url
+@contextlib.asynccontextmanager
+async def missing_pg_database(suffix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """A real outage: the URL of a PostgreSQL database that does not exist yet, and a function
+    that creates it (bringing the ledger back). Dropped at the end."""
+    name = f"deskmate_test_{RUN_ID}_{suffix}"
+
+    async def create() -> None:
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}", create
+    finally:
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,9 +4,10 @@ and work that outlives the HTTP request. No platform SDK is imported here."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.messages import AnswerEvent, Delta, Done, Status
@@ -18,6 +19,7 @@ from retrieval.users import user_key
 log = logging.getLogger(__name__)
 
 IDENTITY_TTL_SECONDS = 24 * 3600
+IDENTITY_MISS_TTL_SECONDS = 60  # a failed lookup is asked again soon: it splits a person's history
 ANSWER_MESSAGE_TTL_SECONDS = 30 * 24 * 3600
 DEDUP_TTL_SECONDS = 3600
 
@@ -37,7 +39,6 @@ class Person:
     key: str
     name: str
     groups: tuple[str, ...]
-    known: bool  # found in the imported directory
 
 
 async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str, email: str | None,
@@ -48,8 +49,28 @@ async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str,
     key = user_key(email, platform, platform_id)
     profile = await store.get_user(key)
     if profile is None:
-        return Person(key, name, (), known=False)
-    return Person(profile.key, profile.name or name, profile.groups, known=True)
+        return Person(key, name, ())
+    return Person(profile.key, profile.name or name, profile.groups)
+
+
+async def identify(cache: Cache, store: KnowledgeStore, *, platform: str, platform_id: str,
+                   lookup: Callable[[], Awaitable[tuple[str | None, str]]], fallback_name: str = "",
+                   cache_id: str | None = None) -> Person:
+    """A platform user as a Deskmate person: `lookup()` asks the platform for (email, name);
+    the answer is cached for a day, a failure (which raises) for a minute."""
+    cache_key = f"{platform}-user:{cache_id or platform_id}"
+    raw = await cache.get(cache_key)
+    if raw is not None:
+        email, name = json.loads(raw)
+    else:
+        ttl = IDENTITY_TTL_SECONDS
+        try:
+            email, name = await lookup()
+        except Exception as exc:  # noqa: BLE001 (each platform's SDK raises its own kinds)
+            log.warning("%s.identity_lookup_failed user=%s error=%s", platform, platform_id, exc)
+            email, name, ttl = None, fallback_name, IDENTITY_MISS_TTL_SECONDS
+        await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=ttl)
+    return await find_person(store, platform=platform, platform_id=platform_id, email=email, name=name)
 
 
 def channel_rule(settings: Settings, platform: str, channel: str) -> ChannelRule:
@@ -126,9 +147,6 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             log.error("channel.task_failed task=%s error=%r", task.get_name(), task.exception(),
                       exc_info=task.exception())
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Let answers in flight finish (up to `timeout`, including work they start), then cancel

@@ -33,18 +33,27 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.channels.common import (
     DEDUP_TTL_SECONDS,
     HELP_TEXT,
-    IDENTITY_TTL_SECONDS,
     Background,
     Person,
     Update,
     answer_groups,
     batched,
     channel_rule,
-    find_person,
     first_time,
+    identify,
 )
 from bot.messages import Answer, Done, IncomingMessage, Source, Status
-from bot.ratings import VERDICTS, Rating, RatingRefused, clean, submit
+from bot.ratings import (
+    CORRECTION_PREFIX,
+    LEADS_ONLY,
+    NOT_ON_RECORD,
+    VERDICTS,
+    Rating,
+    RatingRefused,
+    clean,
+    submit,
+    unchanged,
+)
 from bot.roles import Role
 
 if TYPE_CHECKING:
@@ -62,17 +71,14 @@ SUGGESTED_PROMPTS = [
     {"title": "Get new hardware", "message": "How do I request a new laptop or monitor?"},
 ]
 STREAMING_MISSING = {"unknown_method", "feature_not_enabled"}
-IDENTITY_MISS_TTL_SECONDS = 60
 USERGROUP_TTL_SECONDS = 10 * 60
 INPUT_MAX_CHARS = 3000  # Slack's cap on a plain_text_input's max_length
 SCORES = {"1": "1 · wrong or harmful", "2": "2 · mostly unhelpful", "3": "3 · partly right",
           "4": "4 · good", "5": "5 · excellent"}
 REVIEW_FIELDS = ("score", "verdict", "note", "correction")
-LEADS_ONLY = "Only support leads and admins can review answers."
 THANKS_GOOD = "Thanks, glad it helped."
 THANKS_BAD = ("Thanks for telling me. A support lead will review this answer; reply in the thread "
               "with what was wrong and it helps even more.")
-CORRECTION_PREFIX = "Correction from a support lead:"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
@@ -426,25 +432,16 @@ class SlackChannel:
 
     async def person(self, team: str, user: str) -> Person:
         """The Slack user as a Deskmate person: their email is the key Teams shares."""
-        cache = self.deskmate.retrieval.cache
-        cache_key = f"slack-user:{team}:{user}"
-        raw = await cache.get(cache_key)
-        if raw is not None:
-            email, name = json.loads(raw)
-        else:
-            email, name, ttl = None, "", IDENTITY_TTL_SECONDS
+        async def lookup() -> tuple[str | None, str]:
             try:
                 info = (await self.client.users_info(user=user))["user"]
-                profile = info.get("profile") or {}
-                email = profile.get("email")
-                name = info.get("real_name") or profile.get("real_name") or info.get("name") or ""
             except SlackApiError as exc:
-                log.warning("slack.users_info_failed user=%s error=%s (is users:read.email granted?)",
-                            user, exc.response.get("error"))
-                ttl = IDENTITY_MISS_TTL_SECONDS  # ask again soon: a failed lookup splits a person's history
-            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=ttl)
-        return await find_person(self.deskmate.retrieval.store, platform="slack", platform_id=user,
-                                 email=email, name=name)
+                raise RuntimeError(f"users.info: {exc.response.get('error')} (is users:read.email granted?)") from exc
+            profile = info.get("profile") or {}
+            return profile.get("email"), info.get("real_name") or profile.get("real_name") or info.get("name") or ""
+
+        return await identify(self.deskmate.retrieval.cache, self.deskmate.retrieval.store, platform="slack",
+                              platform_id=user, cache_id=f"{team}:{user}", lookup=lookup)
 
     async def role_of(self, team: str, user: str) -> Role:
         """What the Slack user may do: by their email (settings, roles file) or by membership of
@@ -664,7 +661,7 @@ class SlackChannel:
             return
         row = await self.deskmate.ledger.get_turn(turn_id)
         if row is None:
-            await self._tell(body, user, "That answer is not on record (it may have been forgotten on request).")
+            await self._tell(body, user, NOT_ON_RECORD)
             return
         message = body.get("message") or {}
         container = body.get("container") or {}
@@ -696,14 +693,15 @@ class SlackChannel:
         if await self._already_stored(view):
             await ack()  # the first delivery of this submission was stored
             return
-        rating, errors = await self._review_from(view, turn_id, person.key, role)
+        row = await self.deskmate.ledger.get_turn(turn_id) if turn_id else None
+        rating, errors = self._review_from(view, row, turn_id, person.key, role)
         if not errors:
             try:
                 await submit(self.deskmate.ledger, rating)
             except RatingRefused as exc:
-                errors = _field_error(rating) or {"score": str(exc)}
+                errors = {"score": str(exc)}
             except LookupError:
-                errors = {"score": "That answer is not on record (it may have been forgotten on request)."}
+                errors = {"score": NOT_ON_RECORD}
         if errors:
             log.info("slack.review_invalid turn=%s fields=%s", turn_id, ",".join(errors))
             await ack(response_action="errors", errors=errors)
@@ -713,10 +711,11 @@ class SlackChannel:
         log.info("slack.review turn=%s role=%s score=%s verdict=%s correction=%s", turn_id, role.name,
                  rating.score, rating.verdict, rating.correction is not None)
         if rating.correction and "post" in (_state_value(view, "post") or []):
-            self.background.spawn(self._post_correction(meta, rating.correction), f"slack-correction-{turn_id}")
+            self.background.spawn(self._post_correction(meta, row, rating.correction), f"slack-correction-{turn_id}")
 
-    async def _review_from(self, view: dict, turn_id: str, rater_key: str,
-                           role: Role) -> tuple[Rating, dict[str, str]]:
+    @staticmethod
+    def _review_from(view: dict, row: Any, turn_id: str, rater_key: str,
+                     role: Role) -> tuple[Rating, dict[str, str]]:
         """The rating a submitted review modal describes, or the errors to show under its fields."""
         errors: dict[str, str] = {}
         raw_score = _state_value(view, "score")
@@ -732,29 +731,20 @@ class SlackChannel:
         if verdict is None:
             errors["verdict"] = "Choose a verdict."
         correction = _state_value(view, "correction") or ""
-        row = await self.deskmate.ledger.get_turn(turn_id) if turn_id else None
-        if row is not None and correction.strip() == (row.answer or "")[:INPUT_MAX_CHARS].strip():
-            correction = ""  # the answer as it was shown: nothing corrected
+        if row is not None and unchanged(correction, row.answer, INPUT_MAX_CHARS):
+            correction = ""
         rating = Rating(turn_id, rater_key, role, "slack", score=score, verdict=verdict,
                         note=_state_value(view, "note"), correction=correction)
         for name, message in _field_error(rating).items():
             errors.setdefault(name, message)
         return rating, errors
 
-    async def _post_correction(self, meta: dict, correction: str) -> None:
+    async def _post_correction(self, meta: dict, row: Any, correction: str) -> None:
         """The corrected answer in the conversation, only where that answer was given."""
-        turn_id = str(meta.get("turn") or "")
-        row = await self.deskmate.ledger.get_turn(turn_id)
-        channel = meta.get("channel")
-        if row is None or not channel or channel != row.channel:
-            log.warning("slack.correction_not_posted turn=%s reason=channel_mismatch", turn_id)
+        if row is None or not meta.get("channel") or meta.get("channel") != row.channel:
+            log.warning("slack.correction_not_posted turn=%s reason=channel_mismatch", meta.get("turn"))
             return
-        text = f"{CORRECTION_PREFIX}\n{_mrkdwn_escape(correction)}\n_ref `{row.reference}`_"
-        try:
-            await self.client.chat_postMessage(channel=channel, thread_ts=meta.get("thread_ts"), text=text)
-        except SlackApiError as exc:
-            log.warning("slack.correction_failed turn=%s channel=%s error=%s", turn_id, channel,
-                        exc.response.get("error"))
+        await _post_correction_for(self, row, correction)
 
     async def _on_share(self, ack: Any, body: dict, action: dict, respond: Any) -> None:
         await ack()

@@ -35,27 +35,30 @@ from msrest.universal_http.requests import ClientRetryPolicy
 from bot.channels.common import (
     ANSWER_MESSAGE_TTL_SECONDS,
     HELP_TEXT,
-    IDENTITY_TTL_SECONDS,
     Background,
     Person,
     Update,
     answer_groups,
     batched,
     channel_rule,
-    find_person,
     first_time,
+    identify,
     remember_answer_message,
     turn_of_message,
 )
 from bot.ledger import TurnRow
 from bot.messages import Answer, Done, IncomingMessage, Status
 from bot.ratings import (
+    CORRECTION_PREFIX,
+    LEADS_ONLY,
     MAX_CORRECTION_CHARS,
     MAX_NOTE_CHARS,
+    NOT_ON_RECORD,
     VERDICTS,
     Rating,
     RatingRefused,
     submit,
+    unchanged,
 )
 from bot.roles import Role
 
@@ -66,7 +69,6 @@ log = logging.getLogger(__name__)
 
 TAGS = re.compile(r"<[^>]+>")
 STREAM_MIN_GAP_SECONDS = 1.5  # Teams throttles (429) streaming updates sent more often than this
-IDENTITY_MISS_TTL_SECONDS = 60
 CHANNELS = {"msteams"}
 
 # botbuilder builds two msrest clients per activity, and each scans a 500-item list 999 times
@@ -74,9 +76,6 @@ CHANNELS = {"msteams"}
 # as a set make it free; msrest only ever tests membership.
 ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)  # type: ignore[assignment]
 REVIEW_ACTION = "review"
-ONLY_LEADS = "Only support leads and admins can review answers."
-NOT_ON_RECORD = "That answer is not on record (it may have been forgotten on request)."
-CORRECTION_PREFIX = "Correction from a support lead:"
 SCORES = {1: "1 - wrong or harmful", 2: "2 - mostly wrong", 3: "3 - partly right",
           4: "4 - right, could be better", 5: "5 - right and complete"}
 WELCOME = ("Hi, I'm Deskmate. " + HELP_TEXT.replace("• ", "- ")
@@ -219,10 +218,16 @@ def review_from_form(data: dict[str, Any], turn: TurnRow, rater_key: str, role: 
             raise RatingRefused("The score must be a whole number from 1 to 5.") from None
     verdict = _text_field(data, "verdict") or None
     correction = _text_field(data, "correction")
-    if correction is not None and correction.strip() == (turn.answer or "").strip():
+    if unchanged(correction, turn.answer):
         correction = None
     return Rating(turn_id=turn.id, rater_key=rater_key, role=role, platform="teams", score=score,
                   verdict=verdict, note=_text_field(data, "note"), correction=correction)
+
+
+def correction_reply(turn: TurnRow, correction: str) -> Activity:
+    reply = MessageFactory.text(f"{CORRECTION_PREFIX} (ref {turn.reference})\n\n{correction}")
+    reply.text_format = "markdown"
+    return reply
 
 
 def task_message(text: str) -> InvokeResponse:
@@ -287,15 +292,14 @@ class DeskmateTeamsBot(ActivityHandler):
             groups=answer_groups(person, private=conversation.private, rule=rule),
             private=conversation.private,
         )
-        events = self.deskmate.orchestrator.handle(message)
         if conversation.private and conversation.id not in self._streaming:
             self._streaming.add(conversation.id)
             try:
-                await self._stream(turn_context, events)
+                await self._stream(turn_context, self.deskmate.orchestrator.handle(message))
             finally:
                 self._streaming.discard(conversation.id)
         else:
-            await self._reply_once(turn_context, events)
+            await self._reply_once(turn_context, message)
 
     async def _stream(self, turn_context: TurnContext, events: Any) -> None:
         """1:1 chats: informative → streaming → final `streaminfo` activities, at least
@@ -335,17 +339,13 @@ class DeskmateTeamsBot(ActivityHandler):
                     entities.insert(0, StreamInfo(stream_type="final", stream_id=stream_id))
                 await self._send_answer(turn_context, item.answer, entities, stream_id)
 
-    async def _reply_once(self, turn_context: TurnContext, events: Any) -> None:
+    async def _reply_once(self, turn_context: TurnContext, message: IncomingMessage) -> None:
         """Group chats and channels: a typing indicator while working, then one message."""
-        answer: Answer | None = None
         typing = asyncio.create_task(self._keep_typing(turn_context))
         try:
-            async for item in events:
-                if isinstance(item, Done):
-                    answer = item.answer
+            answer = await self.deskmate.orchestrator.ask(message)
         finally:
             typing.cancel()
-        assert answer is not None
         await self._send_answer(turn_context, answer, [AiMessage(answer)], None)
 
     @staticmethod
@@ -378,23 +378,14 @@ class DeskmateTeamsBot(ActivityHandler):
     async def person(self, turn_context: TurnContext) -> Person:
         """The Teams user as a Deskmate person: email or UPN, the key Slack shares."""
         sender: ChannelAccount = turn_context.activity.from_property
-        cache = self.deskmate.retrieval.cache
-        cache_key = f"teams-user:{sender.aad_object_id or sender.id}"
-        raw = await cache.get(cache_key)
-        if raw is not None:
-            email, name = json.loads(raw)
-        else:
-            email, name, ttl = None, sender.name or "", IDENTITY_TTL_SECONDS
-            try:
-                member = await TeamsInfo.get_member(turn_context, sender.id)
-                email = member.email or member.user_principal_name
-                name = member.name or name
-            except Exception as exc:  # noqa: BLE001 (the connector raises several kinds)
-                log.warning("teams.get_member_failed user=%s error=%s", sender.id, type(exc).__name__)
-                ttl = IDENTITY_MISS_TTL_SECONDS  # ask again soon: a failed lookup splits a person's history
-            await cache.set(cache_key, json.dumps([email, name]).encode(), ttl=ttl)
-        return await find_person(self.deskmate.retrieval.store, platform="teams",
-                                 platform_id=sender.aad_object_id or sender.id, email=email, name=name)
+
+        async def lookup() -> tuple[str | None, str]:
+            member = await TeamsInfo.get_member(turn_context, sender.id)
+            return member.email or member.user_principal_name, member.name or sender.name or ""
+
+        return await identify(self.deskmate.retrieval.cache, self.deskmate.retrieval.store, platform="teams",
+                              platform_id=sender.aad_object_id or sender.id, lookup=lookup,
+                              fallback_name=sender.name or "")
 
     # --- installs ----------------------------------------------------------------------------
     async def on_members_added_activity(self, members_added: list[ChannelAccount],
@@ -460,7 +451,7 @@ class DeskmateTeamsBot(ActivityHandler):
         person = await self.person(turn_context)
         if self.role_of(person) < Role.lead:
             log.info("teams.review_refused reason=not_a_lead action=fetch")
-            return task_message(ONLY_LEADS)
+            return task_message(LEADS_ONLY)
         turn_id = data.get("turn_id")
         turn = await self.deskmate.ledger.get_turn(turn_id) if isinstance(turn_id, str) and turn_id else None
         if turn is None:
@@ -477,7 +468,7 @@ class DeskmateTeamsBot(ActivityHandler):
         role = self.role_of(person)
         if role < Role.lead:
             log.warning("teams.review_refused reason=not_a_lead action=submit")
-            return task_message(ONLY_LEADS)
+            return task_message(LEADS_ONLY)
         turn_id = data.get("turn_id")
         turn = await self.deskmate.ledger.get_turn(turn_id) if isinstance(turn_id, str) and turn_id else None
         if turn is None:
@@ -502,8 +493,7 @@ class DeskmateTeamsBot(ActivityHandler):
         Only into the answer's own conversation, so a correction never lands in an unrelated chat."""
         if turn.platform != "teams" or turn.thread_id != conversation_of(turn_context.activity).id:
             return "The correction was not posted: the answer was given in another conversation."
-        reply = MessageFactory.text(f"{CORRECTION_PREFIX} (ref {turn.reference})\n\n{correction}")
-        reply.text_format = "markdown"
+        reply = correction_reply(turn, correction)
         try:
             await turn_context.send_activity(reply)
         except Exception as exc:  # noqa: BLE001 (the connector raises its own error types; the review is saved)
@@ -594,8 +584,7 @@ async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str
         log.warning("teams.correction_not_posted turn=%s reason=no_conversation_reference", turn.id)
         return False
     reference = ConversationReference().deserialize(json.loads(raw))
-    reply = MessageFactory.text(f"{CORRECTION_PREFIX} (ref {turn.reference})\n\n{correction}")
-    reply.text_format = "markdown"
+    reply = correction_reply(turn, correction)
 
     async def send(turn_context: TurnContext) -> None:
         await turn_context.send_activity(reply)

@@ -89,21 +89,20 @@ class Sessions:
     def __init__(self, secret: str, hours: float, roles: Roles) -> None:
         self._serializer = URLSafeTimedSerializer(secret, salt="deskmate-console-session")
         self._secret = secret.encode()
-        self._max_age = int(hours * 3600)
+        self.max_age = int(hours * 3600)
         self.roles = roles
 
-    def cookie_for(self, user_key: str, fixed_role: str | None, groups: list[str] | None = None) -> str:
-        return self._serializer.dumps({"u": user_key, "r": fixed_role, "g": groups or [],
-                                       "n": secrets.token_urlsafe(12)})
+    def cookie_for(self, user_key: str, fixed_role: str | None) -> str:
+        return self._serializer.dumps({"u": user_key, "r": fixed_role, "n": secrets.token_urlsafe(12)})
 
     def viewer_from_cookie(self, cookie: str | None) -> Viewer | None:
         if not cookie:
             return None
         try:
-            data = self._serializer.loads(cookie, max_age=self._max_age)
+            data = self._serializer.loads(cookie, max_age=self.max_age)
         except (BadSignature, SignatureExpired):
             return None
-        return self._viewer(data["u"], data.get("r"), data.get("g") or [], data.get("n", ""))
+        return self._viewer(data["u"], data.get("r"), [], data.get("n", ""))
 
     def viewer_from_proxy(self, email: str, groups: list[str]) -> Viewer:
         return self._viewer(email.strip().lower(), None, groups, "proxy")

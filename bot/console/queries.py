@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, exists, func, or_, select
 
-from bot.ledger import LEAD_ROLES, FeedbackRow, Ledger, TurnRow
+from bot.ledger import LEAD_ROLES, FeedbackRow, Ledger, TurnRow, is_lead_review
 from bot.orchestrator import normalise_question
 
 PAGE_SIZE = 50
@@ -97,13 +97,13 @@ async def queue(ledger: Ledger, filters: Filters, page: int = 0) -> tuple[list[Q
         if rows:
             ratings = await session.execute(
                 select(FeedbackRow.turn_id, FeedbackRow.thumb, FeedbackRow.score, FeedbackRow.verdict,
-                       FeedbackRow.rater_role)
+                       FeedbackRow.rater_role, FeedbackRow.correction)
                 .where(FeedbackRow.turn_id.in_(list(rows))).order_by(FeedbackRow.created_at, FeedbackRow.id))
             for r in ratings:
                 row = rows[r.turn_id]
                 row.thumbs_up += r.thumb == 1
                 row.thumbs_down += r.thumb == -1
-                if r.rater_role in LEAD_ROLES and (r.score is not None or r.verdict):
+                if is_lead_review(r.rater_role, r.score, r.verdict, r.correction):
                     row.last_score, row.last_verdict = r.score, r.verdict
     return list(rows.values()), more
 
@@ -127,12 +127,16 @@ async def turn_view(ledger: Ledger, turn_id: str) -> TurnView | None:
                                   TurnRow.channel == turn.channel, TurnRow.thread_id == turn.thread_id,
                                   TurnRow.created_at < turn.created_at, TurnRow.id != turn.id)
             .order_by(TurnRow.created_at.desc()).limit(5)))
-        ratings = list(await session.scalars(
-            select(FeedbackRow).where(FeedbackRow.turn_id == turn_id).order_by(FeedbackRow.created_at, FeedbackRow.id)))
-        next_id = await session.scalar(
-            select(TurnRow.id).where(TurnRow.reviewed.is_(False), TurnRow.status != "pending", TurnRow.id != turn_id)
+    return TurnView(turn, list(reversed(before)), await ledger.ratings_of(turn_id),
+                    await next_unreviewed(ledger, turn_id))
+
+
+async def next_unreviewed(ledger: Ledger, after: str) -> str | None:
+    """The riskiest unreviewed turn other than `after`: where "save and next" goes."""
+    async with ledger.sessions() as session:
+        return await session.scalar(
+            select(TurnRow.id).where(TurnRow.reviewed.is_(False), TurnRow.status != "pending", TurnRow.id != after)
             .order_by(TurnRow.risk.desc(), TurnRow.created_at.desc()).limit(1))
-    return TurnView(turn, list(reversed(before)), ratings, next_id)
 
 
 # --- the dashboard ---------------------------------------------------------------------------
@@ -164,9 +168,9 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
     examples: dict[str, str] = {}
     async with ledger.sessions() as session:
         turns = await session.execute(
-            select(TurnRow.created_at, TurnRow.platform, TurnRow.status, TurnRow.latency_ms, TurnRow.question)
+            select(TurnRow.created_at, TurnRow.platform, TurnRow.latency_ms)
             .where(TurnRow.created_at >= start, TurnRow.status != "pending"))
-        for created, platform, status, latency, question in turns:
+        for created, platform, latency in turns:
             day = _day(created)
             if day not in index:
                 continue
@@ -174,10 +178,12 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
             total = (latency or {}).get("total")
             if total is not None:
                 latencies[day].append(float(total))
-            if status == "unknown":
-                key = normalise_question(question)[:120]
-                unanswered[key] += 1
-                examples.setdefault(key, question[:200])
+        questions = await session.scalars(
+            select(TurnRow.question).where(TurnRow.created_at >= start, TurnRow.status == "unknown"))
+        for question in questions:
+            key = normalise_question(question)[:120]
+            unanswered[key] += 1
+            examples.setdefault(key, question[:200])
         ratings = await session.execute(
             select(FeedbackRow.created_at, FeedbackRow.thumb, FeedbackRow.score, FeedbackRow.rater_role,
                    TurnRow.adapter_version)
@@ -203,11 +209,8 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
     for adapter, per_day in scores.items():
         out.score_by_adapter[adapter] = [round(statistics.mean(per_day[d]), 2) if per_day.get(d) else None
                                          for d in labels]
+    per_day = [sorted(latencies.get(d, [])) for d in labels]
     for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
-        series: list[float | None] = []
-        for d in labels:
-            values = sorted(latencies.get(d, []))
-            series.append(round(values[min(len(values) - 1, int(len(values) * q / 100))], 1) if values else None)
-        out.latency[name] = series
+        out.latency[name] = [round(v[min(len(v) - 1, int(len(v) * q / 100))], 1) if v else None for v in per_day]
     out.unanswered = [(examples[k], n) for k, n in unanswered.most_common(10)]
     return out

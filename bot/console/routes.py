@@ -14,9 +14,10 @@ import jinja2
 from aiohttp import web
 
 from bot.console.auth import COOKIE, Sessions, Viewer, console_secret, redeem_token
-from bot.console.queries import Filters, dashboard, queue, turn_view
+from bot.console.queries import Filters, dashboard, next_unreviewed, queue, turn_view
 from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-from bot.ratings import VERDICTS, Rating, RatingRefused, submit
+from bot.ledger import TurnRow
+from bot.ratings import VERDICTS, Rating, RatingRefused, submit, unchanged
 
 if TYPE_CHECKING:
     from bot.app import Deskmate
@@ -100,7 +101,7 @@ class Console:
         response = web.HTTPFound("/console/queue")
         response.set_cookie(COOKIE, self.sessions.cookie_for(user_key, fixed_role), httponly=True,
                             samesite="Strict", secure=request.secure, path="/console",
-                            max_age=int(self.deskmate.settings.console_session_hours * 3600))
+                            max_age=self.sessions.max_age)
         log.info("console.login user=%s", user_key)
         raise response
 
@@ -111,7 +112,8 @@ class Console:
 
     async def queue_page(self, request: web.Request) -> web.Response:
         filters = Filters.from_query(request.query)
-        page = max(0, int(request.query.get("page", "0") or 0)) if request.query.get("page", "0").isdigit() else 0
+        raw_page = request.query.get("page", "")
+        page = int(raw_page) if raw_page.isdigit() else 0
         rows, more = await queue(self.deskmate.ledger, filters, page)
         return self.render(request, "queue.html", rows=rows, filters=filters, page=page, more=more,
                            query=filters.as_query())
@@ -131,8 +133,8 @@ class Console:
         turn_id = request.match_info["turn_id"]
         turn = await self.deskmate.ledger.get_turn(turn_id)
         correction = str(form.get("correction", ""))
-        if turn is not None and correction.strip() == (turn.answer or "").strip():
-            correction = ""  # the form starts with the answer: left as it was, it is no correction
+        if turn is not None and unchanged(correction, turn.answer):
+            correction = ""
         try:
             score_text = str(form.get("score", "")).strip()
             rating = Rating(turn_id=turn_id, rater_key=viewer.user_key, role=viewer.role, platform="console",
@@ -144,21 +146,18 @@ class Console:
             message = str(exc) if isinstance(exc, RatingRefused) else "The score must be a whole number from 1 to 5."
             return await self.turn_page(request, error=message, status=400)
         log.info("console.rated turn=%s by=%s", turn_id, viewer.user_key)
-        posted = await self._post_correction(turn_id, rating, form.get("post_correction") == "on")
+        posted = await self._post_correction(turn, rating, form.get("post_correction") == "on")
         if posted is False:
             return await self.turn_page(request, saved=True, error="Saved, but the correction could not be "
                                         "posted in the conversation (see the server log).")
-        if form.get("then") == "next":
-            view = await turn_view(self.deskmate.ledger, turn_id)
-            if view and view.next_id:
-                raise web.HTTPSeeOther(f"/console/turns/{view.next_id}?saved=1")
+        if form.get("then") == "next" and (next_id := await next_unreviewed(self.deskmate.ledger, turn_id)):
+            raise web.HTTPSeeOther(f"/console/turns/{next_id}?saved=1")
         raise web.HTTPSeeOther(f"/console/turns/{turn_id}?saved=1")
 
-    async def _post_correction(self, turn_id: str, rating: Rating, wanted: bool) -> bool | None:
+    async def _post_correction(self, turn: TurnRow | None, rating: Rating, wanted: bool) -> bool | None:
         """Post a changed answer where it was asked, through the platform's adapter; None when
-        there was nothing to post (no change, not wanted, or a platform without a thread)."""
-        turn = await self.deskmate.ledger.get_turn(turn_id)
-        if not wanted or not rating.correction or turn is None or rating.correction.strip() == (turn.answer or "").strip():
+        there was nothing to post (no correction, not wanted, or a platform without a thread)."""
+        if not wanted or not rating.correction or turn is None:
             return None
         corrector = self.deskmate.correctors.get(turn.platform)
         if corrector is None:

@@ -71,12 +71,11 @@ def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> 
 
 
 def test_serve_without_platform_credentials_starts_and_says_so(tmp_path: Path, example_store_url: str) -> None:
-    import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.conftest import free_port
+
+    port = free_port()
     environment = {k: v for k, v in os.environ.items() if "SLACK" not in k and "TEAMS" not in k
                    and "MICROSOFT" not in k}
     environment.update({"DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": example_store_url,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 from bot.generation import (
     AdapterNotServed,
     Generator,
@@ -33,11 +35,6 @@ QUESTION = [
 ]
 ALIAS = "smollm2-base"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -90,26 +90,24 @@ async def test_migrate_twice_is_harmless(ledger: Ledger) -> None:
 
 async def test_ledger_down_spools_and_replays_in_order(tmp_path: Path) -> None:
     """PostgreSQL without the database yet is a real outage; creating it brings the ledger back."""
-    from tests.conftest import PG_ADMIN_DSN, RUN_ID, _pg_admin
+    from tests.conftest import missing_pg_database
 
-    name = f"deskmate_test_{RUN_ID}_spool"
-    url = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    ledger = Ledger(url, tmp_path / "spool.jsonl")
-    try:
-        assert not await ledger.ping()
-        s = start("question asked while the ledger was down")
-        await ledger.begin_turn(s)
-        await ledger.finish_turn(s.id, TurnEnd(status="answered", answer="still answered"))
-        assert ledger.spooled() == 2 and not ledger.available
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-        await ledger.migrate()
-        assert await ledger.ping()  # ping flushes the spool
-        assert ledger.spooled() == 0 and ledger.available
-        row = await ledger.get_turn(s.id)
-        assert row.status == "answered" and row.answer == "still answered"
-    finally:
-        await ledger.close()
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with missing_pg_database("spool") as (url, create):
+        ledger = Ledger(url, tmp_path / "spool.jsonl")
+        try:
+            assert not await ledger.ping()
+            s = start("question asked while the ledger was down")
+            await ledger.begin_turn(s)
+            await ledger.finish_turn(s.id, TurnEnd(status="answered", answer="still answered"))
+            assert ledger.spooled() == 2 and not ledger.available
+            await create()
+            await ledger.migrate()
+            assert await ledger.ping()  # ping flushes the spool
+            assert ledger.spooled() == 0 and ledger.available
+            row = await ledger.get_turn(s.id)
+            assert row.status == "answered" and row.answer == "still answered"
+        finally:
+            await ledger.close()
 
 
 async def test_a_finished_turn_is_recorded_in_one_write(ledger: Ledger) -> None:

@@ -186,21 +186,20 @@ async def test_redis_down_still_answers(example_store, embedder, sqlite_ledger) 
 
 
 async def test_ledger_down_answers_and_spools_until_it_is_back(example_store, embedder, tmp_path) -> None:  # noqa: ANN001
-    from tests.conftest import PG_ADMIN_DSN, RUN_ID, _pg_admin
+    from tests.conftest import missing_pg_database
 
-    name = f"deskmate_test_{RUN_ID}_down"
-    ledger = Ledger(f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}", tmp_path / "spool.jsonl")
-    bot = orchestrator(example_store, embedder, ledger, EchoGenerator())
-    try:
-        answer = await bot.ask(msg("How do I claim expenses?"))
-        assert answer.outcome == "answered" and ledger.spooled() == 2
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-        assert await ledger.ping() and ledger.spooled() == 0  # ping migrates the new database too
-        row = await ledger.get_turn(answer.turn_id)
-        assert row.status == "answered" and row.question == "How do I claim expenses?"
-    finally:
-        await ledger.close()
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with missing_pg_database("down") as (url, create):
+        ledger = Ledger(url, tmp_path / "spool.jsonl")
+        bot = orchestrator(example_store, embedder, ledger, EchoGenerator())
+        try:
+            answer = await bot.ask(msg("How do I claim expenses?"))
+            assert answer.outcome == "answered" and ledger.spooled() == 2
+            await create()
+            assert await ledger.ping() and ledger.spooled() == 0  # ping migrates the new database too
+            row = await ledger.get_turn(answer.turn_id)
+            assert row.status == "answered" and row.question == "How do I claim expenses?"
+        finally:
+            await ledger.close()
 
 
 async def test_an_abandoned_answer_is_recorded(example_store, embedder, sqlite_ledger) -> None:  # noqa: ANN001

@@ -40,23 +40,22 @@ async def test_what_each_role_may_give(ledger: Ledger) -> None:
 
 
 async def test_a_click_during_a_ledger_outage_is_spooled_and_its_owner_checked_on_replay(tmp_path) -> None:  # noqa: ANN001
-    from tests.conftest import PG_ADMIN_DSN, RUN_ID, _pg_admin
+    from tests.conftest import missing_pg_database
 
-    name = f"deskmate_test_{RUN_ID}_ratings_down"
-    ledger = Ledger(f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}", tmp_path / "spool.jsonl")
-    s = turn_start()
-    try:
-        await ledger.record_turn(s, TurnEnd(status="answered", answer="…"))  # spooled: no database yet
-        await submit(ledger, Rating(s.id, OWNER, Role.employee, "slack", thumb=1))
-        await submit(ledger, Rating(s.id, "someone.else@northwind.example", Role.employee, "teams", thumb=-1))
-        assert ledger.spooled() == 3
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-        assert await ledger.ping() and ledger.spooled() == 0
-        [kept] = await ledger.ratings_of(s.id)
-        assert (kept.rater_key, kept.thumb) == (OWNER, 1)  # the stranger's click was dropped on replay
-    finally:
-        await ledger.close()
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with missing_pg_database("ratings_down") as (url, create):
+        ledger = Ledger(url, tmp_path / "spool.jsonl")
+        s = turn_start()
+        try:
+            await ledger.record_turn(s, TurnEnd(status="answered", answer="…"))  # spooled: no database yet
+            await submit(ledger, Rating(s.id, OWNER, Role.employee, "slack", thumb=1))
+            await submit(ledger, Rating(s.id, "someone.else@northwind.example", Role.employee, "teams", thumb=-1))
+            assert ledger.spooled() == 3
+            await create()
+            assert await ledger.ping() and ledger.spooled() == 0
+            [kept] = await ledger.ratings_of(s.id)
+            assert (kept.rater_key, kept.thumb) == (OWNER, 1)  # the stranger's click was dropped on replay
+        finally:
+            await ledger.close()
 
 
 def test_roles_from_users_slack_groups_and_entra_groups(tmp_path) -> None:  # noqa: ANN001

@@ -221,9 +221,12 @@ async def test_channel_rules_decide_mentions_and_access_groups(chat_server, reco
     # COPEN answers without a mention; CGEN does not.
     await slack_event(chat_server.url, event_callback(message(VPN_QUESTION, channel="COPEN", channel_type="channel")))
     await slack_event(chat_server.url, event_callback(message(VPN_QUESTION, channel="CGEN", channel_type="channel")))
-    turns = await wait_for_turns(chat_server, "slack", 4)
-    await asyncio.sleep(0.5)
+    await wait_for_turns(chat_server, "slack", 4)
+    await asyncio.sleep(0.5)  # time enough for a fifth, wrong answer to show up
     turns = await wait_for_turns(chat_server, "slack", 5, timeout=0.5)
+    assert sorted((t.channel, t.question) for t in turns) == [
+        ("CGEN", "What are the salary bands?"), ("CHR", "What are the salary bands?"),
+        ("COPEN", VPN_QUESTION), ("D1", "What are the salary bands?")]  # CGEN without a mention: not answered
     by_channel = {t.channel: t for t in turns}
     assert set(by_channel) == {"D1", "CGEN", "CHR", "COPEN"}
     assert by_channel["D1"].groups == ["hr"] and by_channel["CHR"].groups == ["hr"]

@@ -177,27 +177,23 @@ async def test_forget_removes_a_person_everywhere(tmp_path, private_store_url, e
     from tests.console.conftest import seed
 
     # A private store copy: forgetting deletes from the store, which other tests share.
-    async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as server:
-        server.turn_ids = await seed(server)  # type: ignore[attr-defined]
-        await _forget_and_check(server, forget)
+    async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as console_server:
+        ids = await seed(console_server)
+        deskmate = console_server.deskmate
+        turn_id = ids[0]
+        await deskmate.ledger.record_feedback(turn_id, LEAD, platform="console", rater_role="lead", score=3)
+        assert await deskmate.retrieval.cache.keys("hist:*")
+        report = await forget(deskmate, EMPLOYEE)
+        assert report["turns"] == 2 and report["ratings_of_their_turns"] == 1
+        assert report["cached_histories"] == 2 and report["directory_entries_and_facts"] > 0
+        assert await deskmate.ledger.get_turn(turn_id) is None
+        assert await deskmate.retrieval.store.get_user(EMPLOYEE) is None
+        assert [t.user_key for t in await deskmate.ledger.recent_turns()] == ["ana.ribeiro@northwind.example"]
 
-
-async def _forget_and_check(console_server, forget) -> None:  # noqa: ANN001
-    deskmate = console_server.deskmate
-    turn_id = console_server.turn_ids[0]
-    await deskmate.ledger.record_feedback(turn_id, LEAD, platform="console", rater_role="lead", score=3)
-    assert await deskmate.retrieval.cache.keys("hist:*")
-    report = await forget(deskmate, EMPLOYEE)
-    assert report["turns"] == 2 and report["ratings_of_their_turns"] == 1
-    assert report["cached_histories"] == 2 and report["directory_entries_and_facts"] > 0
-    assert await deskmate.ledger.get_turn(turn_id) is None
-    assert await deskmate.retrieval.store.get_user(EMPLOYEE) is None
-    assert [t.user_key for t in await deskmate.ledger.recent_turns()] == ["ana.ribeiro@northwind.example"]
-
-    lead = await signed_in(console_server, LEAD)
-    async with lead:
-        async with lead.get(f"{console_server.url}/console/turns/{turn_id}") as r:
-            assert r.status == 404 and "forgotten" in await r.text()
+        lead = await signed_in(console_server, LEAD)
+        async with lead:
+            async with lead.get(f"{console_server.url}/console/turns/{turn_id}") as r:
+                assert r.status == 404 and "forgotten" in await r.text()
 
 
 def test_roles_list_shows_every_rule(tmp_path: Path) -> None:

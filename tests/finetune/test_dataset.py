@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from finetune.dataset import UNKNOWN_TARGET, DatasetConfig, build, read_records, write
+from finetune.dataset import UNKNOWN_TARGET, DatasetConfig, build, write
 from finetune.scrub import Scrubber
 
 SYSTEM = {"role": "system", "content": "You are Deskmate. Answer only from the context."}
@@ -91,9 +91,3 @@ def test_scrubber_plants() -> None:
                     "hunter2", "dmt_abc", "Hannah"):
         assert planted not in out, planted
     assert "version 1.2" in out and "order 12345" in out  # not everything with digits is personal
-
-
-def test_reads_what_the_export_writes(tmp_path: Path) -> None:
-    path = tmp_path / "ratings.jsonl"
-    path.write_text("\n".join(json.dumps(record(i, f"q{i}", score=5)) for i in range(3)) + "\n\n")
-    assert [r["turn_id"] for r in read_records(path)] == ["t0", "t1", "t2"]

@@ -28,8 +28,10 @@ def upgrade() -> None:
     op.create_index('ix_turns_thread', 'turns', ['platform', 'workspace', 'channel', 'thread_id', 'created_at'])
     op.drop_index('ix_turns_platform', table_name='turns')
     with op.batch_alter_table('ratings', schema=None) as batch_op:
+        # Every lookup of a turn's ratings reads them in order: this index serves both, so the
+        # turn-only one from 0001 goes.
         batch_op.create_index('ix_ratings_turn_created', ['turn_id', 'created_at'], unique=False)
-        batch_op.create_index('ix_ratings_created_at_role', ['rater_role', 'created_at'], unique=False)
+        batch_op.drop_index('ix_ratings_turn_id')
     op.create_table('console_tokens',
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('user_key', sa.String(length=320), nullable=False),
@@ -47,7 +49,7 @@ def downgrade() -> None:
     op.drop_index('ix_turns_thread', table_name='turns')
     op.drop_index('ix_turns_queue', table_name='turns')
     with op.batch_alter_table('ratings', schema=None) as batch_op:
-        batch_op.drop_index('ix_ratings_created_at_role')
+        batch_op.create_index('ix_ratings_turn_id', ['turn_id'], unique=False)
         batch_op.drop_index('ix_ratings_turn_created')
     with op.batch_alter_table('turns', schema=None) as batch_op:
         batch_op.drop_column('reviewed')
