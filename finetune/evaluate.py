@@ -55,6 +55,83 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def best_of(metric, prediction: str, references: Iterable[str]) -> float:  # noqa: ANN001
+def best_of(metric, prediction: str, references: Iterable[str]) -> float:
     """The best score against any of several acceptable references."""
     return max((metric(prediction, r) for r in references), default=0.0)
+
+
+# --- the promotion gate ----------------------------------------------------------------------
+# The bot has the candidate and the live adapter answer the same held-out turns through its real
+# orchestrator; these functions score the answers and decide. They see only plain dicts, so a
+# GPU batch job can call them too.
+
+def score_answers(rows: list[dict]) -> dict:
+    """Means over answered rows. Each row: `answer`, `reference` (lead's answer; '' for a turn
+    that should not be answered), `outcome`, `cited` and `gold` (document ids),
+    `should_not_answer` (bool)."""
+    scored = [r for r in rows if r.get("reference") and not r.get("should_not_answer")]
+    with_gold = [r for r in scored if r.get("gold")]
+    refuse = [r for r in rows if r.get("should_not_answer")]
+
+    def mean(values: list[float]) -> float | None:
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {
+        "turns": len(rows),
+        "token_f1": mean([token_f1(r["answer"], r["reference"]) for r in scored]),
+        "rouge_l": mean([rouge_l(r["answer"], r["reference"]) for r in scored]),
+        "citation_rate": mean([float(bool(set(r["gold"]) & set(r.get("cited") or []))) for r in with_gold]),
+        "declined_rate": mean([float(r.get("outcome") in ("unknown", "refused")) for r in refuse]),
+    }
+
+
+def guard_passed(guard: dict, answer: str, cited: list[str]) -> bool:
+    """A guard question stays right when its answer holds every required phrase and, if one is
+    named, cites the expected document."""
+    text = answer.lower()
+    phrases = guard.get("must_include") or []
+    doc = guard.get("doc")
+    return all(p.lower() in text for p in phrases) and (not doc or doc in cited)
+
+
+def decide(candidate: dict, live: dict, guards: list[dict], margin: float) -> dict:
+    """Promote only when the candidate beats the live adapter's token F1 by `margin`, handles
+    "should not answer" turns no worse, and gets right every guard the live one got right."""
+    reasons: list[str] = []
+    c_f1, l_f1 = candidate.get("token_f1"), live.get("token_f1")
+    if c_f1 is None or l_f1 is None:
+        reasons.append("no held-out turn with a reference answer to compare on")
+    elif c_f1 < l_f1 + margin:
+        reasons.append(f"token F1 {c_f1:.3f} does not beat the live {l_f1:.3f} by the margin {margin:.3f}")
+    c_dec, l_dec = candidate.get("declined_rate"), live.get("declined_rate")
+    if c_dec is not None and l_dec is not None and c_dec < l_dec:
+        reasons.append(f"declines fewer should-not-answer turns ({c_dec:.2f} vs {l_dec:.2f})")
+    regressed = [g["question"] for g in guards if g.get("live_passed") and not g.get("candidate_passed")]
+    if regressed:
+        reasons.append(f"regresses on {len(regressed)} guard question(s): " + "; ".join(q[:80] for q in regressed))
+    return {"promote": not reasons, "margin": margin, "reasons": reasons or ["beats the live adapter on every check"]}
+
+
+def plot(report: dict, path) -> None:
+    """A bar chart of candidate vs live on each figure, saved as PNG next to the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["token_f1", "rouge_l", "citation_rate", "declined_rate"]
+    labels = ["token F1", "ROUGE-L", "cites right doc", "declines when it should"]
+    live = [report["live"].get(m) or 0.0 for m in metrics]
+    cand = [report["candidate"].get(m) or 0.0 for m in metrics]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+    xs = range(len(metrics))
+    ax.bar([x - 0.2 for x in xs], live, width=0.4, label=f"live: {report.get('live_adapter') or 'base model'}", color="#9aa5b1")
+    ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=f"candidate: {report.get('candidate_adapter', '')}", color="#2f6fde")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylim(0, 1)
+    verdict = "promoted" if report.get("decision", {}).get("promote") else "not promoted"
+    ax.set_title(f"Held-out turns: {report['candidate'].get('turns', 0)} · {verdict}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -66,7 +66,7 @@ class Scrubber:
         ordered = sorted(words | parts, key=len, reverse=True)
         self._names = re.compile(r"\b(?:" + "|".join(map(re.escape, ordered)) + r")\b", re.IGNORECASE) if ordered else None
 
-    def _sub(self, pattern: re.Pattern, text: str, kind: str, check=None) -> str:  # noqa: ANN001
+    def _sub(self, pattern: re.Pattern, text: str, kind: str, check=None) -> str:
         def replace(match: re.Match) -> str:
             if check is not None and not check(match.group(0)):
                 return match.group(0)
