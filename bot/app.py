@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -94,6 +95,13 @@ class Deskmate:
     # platform -> posts a lead's correction into the conversation a turn came from (set by the
     # Slack and Teams adapters; the console calls it without importing either)
     correctors: dict[str, Callable[[TurnRow, str], Awaitable[bool]]] = field(default_factory=dict)
+    # runs retraining jobs: in this process, or on the Redis queue for `deskmate worker`
+    jobs: Any = None
+
+    def retrainer(self) -> Any:
+        from bot.retrain import Retrainer
+
+        return Retrainer(self.settings, self.ledger, self.retrieval, self.generator)
 
     async def close(self) -> None:
         await self.generator.close()
@@ -143,7 +151,22 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
             log.error("adapter.refused name=%s reason=%s; serving the base model", settings.adapter, exc)
     orchestrator = Orchestrator(retrieval.searcher, generator, ledger, retrieval.cache,
                                 turn_policy(settings))
-    return Deskmate(settings, retrieval, ledger, generator, orchestrator, roles_from_settings(settings))
+    deskmate = Deskmate(settings, retrieval, ledger, generator, orchestrator, roles_from_settings(settings))
+    deskmate.jobs = job_runner(settings, lambda job_id: deskmate.retrainer().run(job_id))
+    return deskmate
+
+
+def job_runner(settings: Settings, body: Callable[[str], Awaitable[Any]]) -> Any:
+    """Where retraining runs: this process, or the Redis queue (`job_queue`)."""
+    from bot.jobs import InProcessRunner, RedisRunner
+
+    if settings.job_queue == "redis":
+        if not settings.cache_url.startswith(("redis://", "rediss://")):
+            raise ValueError("DESKMATE_JOB_QUEUE=redis needs DESKMATE_CACHE_URL to be a redis:// URL")
+        return RedisRunner(settings.cache_url)
+    if settings.job_queue != "inprocess":
+        raise ValueError(f"DESKMATE_JOB_QUEUE is `inprocess` or `redis`, not {settings.job_queue!r}")
+    return InProcessRunner(body)
 
 
 # --- the web server --------------------------------------------------------------------------
@@ -211,5 +234,25 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
     async def finish_answers(_app: web.Application) -> None:
         await background.drain()
 
+    async def follow_adapters(_app: web.Application):
+        from bot import adapters
+        from bot.jobs import InProcessRunner
+        from bot.retrain import resume_orphans
+
+        registry = deskmate.retrainer().registry
+        try:
+            await adapters.apply_live(deskmate.ledger, registry, deskmate.generator)
+            if isinstance(deskmate.jobs, InProcessRunner):
+                await resume_orphans(deskmate.ledger, deskmate.jobs)
+        except Exception as exc:  # noqa: BLE001 (a ledger outage at start must not stop the server)
+            log.warning("adapter.startup_check_failed error=%s", exc)
+        task = asyncio.create_task(adapters.follow_live(deskmate.ledger, registry, deskmate.generator,
+                                                        deskmate.settings.adapter_poll_seconds))
+        yield
+        task.cancel()
+        if isinstance(deskmate.jobs, InProcessRunner):
+            await deskmate.jobs.stop()
+
     app.on_shutdown.append(finish_answers)
+    app.cleanup_ctx.append(follow_adapters)
     return app

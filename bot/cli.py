@@ -8,14 +8,23 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.app import Deskmate, Records, Retrieval, build_web_app, open_deskmate, open_ledger, open_records, open_retrieval
+from bot.app import (
+    Deskmate,
+    Records,
+    Retrieval,
+    build_web_app,
+    open_deskmate,
+    open_ledger,
+    open_records,
+    open_retrieval,
+)
 from bot.ledger import Ledger
 from bot.messages import Delta, Done, IncomingMessage, Status
 from bot.settings import Settings
@@ -34,6 +43,10 @@ app.add_typer(users_app, name="users")
 app.add_typer(roles_app, name="roles")
 app.add_typer(console_app, name="console")
 app.add_typer(export_app, name="export")
+jobs_app = typer.Typer(help="Background jobs (retraining).", no_args_is_help=True)
+adapters_app = typer.Typer(help="Adapter versions: list, show, promote, roll back.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(adapters_app, name="adapters")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -82,7 +95,7 @@ def ingest(
         err.print(f"[red]error:[/] no such file or folder: {path}")
         raise typer.Exit(2)
 
-    async def work(r: Retrieval):  # noqa: ANN202
+    async def work(r: Retrieval):
         with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TextColumn("{task.description}"),
                       console=err, transient=True) as bar:
@@ -178,7 +191,7 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Documents, chunks and users in the knowledge store."""
     settings = Settings()
 
-    async def work(r: Retrieval):  # noqa: ANN202
+    async def work(r: Retrieval):
         return await r.store.stats()
 
     stats = _run(work)
@@ -388,29 +401,164 @@ def retrain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and show the training set only.")] = False,
     include_restricted: Annotated[bool, typer.Option(help="Keep turns whose context held a document "
                                                           "restricted to an access group.")] = False,
+    steps: Annotated[int, typer.Option(help="Stop training after this many steps (0: the configured epochs).")] = 0,
+    actor: Annotated[str, typer.Option(help="Who is asking (recorded with the job and the adapter).")] = "cli",
 ) -> None:
-    """Build a training set from the rated turns (and, once training lands, train and evaluate)."""
-    from datetime import UTC, datetime
+    """Retrain from the rated turns, here and now: training set, LoRA training, the evaluation
+    gate against the live adapter, and promotion if it wins. Progress is shown and recorded."""
+    from bot import jobs
+    from bot.admin import describe_job
+    from bot.retrain import KIND, Retrainer
 
-    from bot.export import rated_turns
-    from finetune.dataset import DatasetConfig, build, write
+    settings = Settings()
+    params: dict[str, Any] = {"dataset": {"include_restricted": include_restricted}}
+    if steps:
+        params["train"] = {"max_steps": steps}
 
-    if not dry_run:
-        err.print("[yellow]Training, the evaluation gate and promotion are not built yet (issue 6 is in "
-                  "progress).[/] `deskmate retrain --dry-run` builds and shows the training set.")
+    async def work(d: Records) -> Any:
+        try:
+            job = await jobs.create_job(d.ledger, KIND, actor, {"dry_run": dry_run, **params})
+        except jobs.JobBusy as exc:
+            err.print(f"[red]Not started:[/] {exc}")
+            raise typer.Exit(1) from None
+        task = asyncio.create_task(Retrainer(settings, d.ledger, d.retrieval).run(job.id))
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=err, transient=True) as bar:
+            shown = bar.add_task("queued", total=1.0)
+            while not task.done():
+                await asyncio.wait([task], timeout=1.0)
+                row = await jobs.get_job(d.ledger, job.id)
+                if row is not None:
+                    bar.update(shown, completed=row.progress, description=row.stage or row.status)
+        return await task
+
+    job = _run_with(open_records, work)
+    out.print(describe_job(job), highlight=False)
+    folder = (job.result or {}).get("folder") or str(settings.resolved_jobs_dir() / job.id)
+    if dry_run and (Path(folder) / "dataset" / "card.md").is_file():
+        out.print((Path(folder) / "dataset" / "card.md").read_text(), highlight=False)
+    out.print(f"job folder: {folder}", highlight=False)
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """Recent jobs, newest first."""
+    from bot.admin import describe_job
+    from bot.jobs import list_jobs
+
+    rows = _run_with(open_ledger, lambda ledger: list_jobs(ledger))
+    if not rows:
+        out.print("No jobs yet.")
+    for job in rows:
+        out.print(f"{job.created_at:%Y-%m-%d %H:%M} {describe_job(job)}", highlight=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id (or its first 8 characters).")]) -> None:
+    """Stop a job at its next training step; its checkpoint is kept."""
+    from bot.jobs import request_cancel
+
+    job = _run_with(open_ledger, lambda ledger: request_cancel(ledger, job_id))
+    if job is None:
+        err.print(f"[red]No job {job_id!r}.[/]")
+        raise typer.Exit(1)
+    out.print(f"job {job.id[:8]}: {job.status}", highlight=False)
+
+
+def _adapter_call(action: Callable[[Records, Any, Any], Awaitable[T]]) -> T:
+    """Run an adapters action with the ledger, the registry and a generator of the serving kind."""
+    from bot.adapters import PromotionRefused
+    from bot.app import make_generator
+    from finetune.registry import Registry
+
+    settings = Settings()
+
+    async def work(d: Records) -> T:
+        generator = make_generator(settings)
+        try:
+            return await action(d, Registry(settings.resolved_adapters_dir()), generator)
+        finally:
+            await generator.close()
+
+    try:
+        return _run_with(open_records, work)
+    except PromotionRefused as exc:
+        err.print(f"[red]Refused, nothing changed:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """Every adapter version: live, candidate (passed the gate), rejected or retired."""
+    from bot.adapters import list_adapters, live_adapter
+    from bot.admin import describe_adapters
+
+    async def work(d: Records, _registry: Any, _generator: Any) -> str:
+        return describe_adapters(await list_adapters(d.ledger), await live_adapter(d.ledger))
+
+    out.print(_adapter_call(work), highlight=False)
+
+
+@adapters_app.command("show")
+def adapters_show(name: Annotated[str, typer.Argument(help="Adapter version.")]) -> None:
+    """Its metadata: base model, dataset card, training config and evaluation report."""
+    from finetune.registry import AdapterInvalid, Registry
+
+    try:
+        info = Registry(Settings().resolved_adapters_dir()).get(name)
+    except AdapterInvalid as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    out.print_json(json.dumps(info.metadata, default=str))
+
+
+@adapters_app.command("promote")
+def adapters_promote(
+    name: Annotated[str, typer.Argument(help="Adapter version.")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even though the gate rejected it.")] = False,
+    actor: Annotated[str, typer.Option(help="Who is promoting (recorded).")] = "cli",
+) -> None:
+    """Put an adapter live (running servers pick it up within seconds)."""
+    from bot.adapters import promote
+
+    async def work(d: Records, registry: Any, generator: Any) -> str:
+        info = await promote(d.ledger, registry, name, actor=actor, generator=generator, force=force)
+        return info.name
+
+    out.print(f"{_adapter_call(work)} is live.", highlight=False)
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(actor: Annotated[str, typer.Option(help="Who is rolling back (recorded).")] = "cli") -> None:
+    """Put back what was live before the current adapter."""
+    from bot.adapters import rollback
+
+    async def work(d: Records, registry: Any, generator: Any) -> str:
+        return await rollback(d.ledger, registry, actor=actor, generator=generator)
+
+    target = _adapter_call(work)
+    out.print(f"Rolled back: {target or 'the base model'} is live.", highlight=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run retraining jobs from the Redis queue (DESKMATE_JOB_QUEUE=redis)."""
+    from redis import Redis
+    from rq import Queue, Worker
+
+    from bot.jobs import RQ_QUEUE, RedisRunner
+    from bot.retrain import resume_orphans
+
+    settings = Settings()
+    if not settings.cache_url.startswith(("redis://", "rediss://")):
+        err.print("[red]deskmate worker needs DESKMATE_CACHE_URL=redis://…[/] (the queue lives in Redis)")
         raise typer.Exit(2)
-
-    async def work(d: Records) -> tuple[Path, str]:
-        records = [r async for r in rated_turns(d.ledger)]
-        names = [p.name for p in await d.retrieval.store.users() if p.name]
-        splits, card = build(records, DatasetConfig(include_restricted=include_restricted), names)
-        folder = Path(d.retrieval.settings.data_dir) / "jobs" / f"dry-run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-        write(splits, card, folder / "dataset")
-        return folder, card.markdown()
-
-    folder, card = _run_with(open_records, work)
-    out.print(card, highlight=False)
-    out.print(f"written to {folder / 'dataset'}", highlight=False)
+    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url)))
+    connection = Redis.from_url(settings.cache_url)
+    out.print(f"deskmate worker: waiting for jobs on the '{RQ_QUEUE}' queue", highlight=False)
+    Worker([Queue(RQ_QUEUE, connection=connection)], connection=connection).work(with_scheduler=False)
 
 
 @app.command()

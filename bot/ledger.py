@@ -149,6 +149,7 @@ class AdapterEventRow(Base):
     action: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(320), default="")
     note: Mapped[str] = mapped_column(Text, default="")
+    previous: Mapped[str] = mapped_column(String(200), default="")  # what was live before ('' = base)
 
 
 class JobRow(Base):
@@ -167,6 +168,11 @@ class JobRow(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     result: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    active_slot: Mapped[str | None] = mapped_column(String(32))  # = kind while queued/running
+    runner: Mapped[str] = mapped_column(String(200), default="")  # host:pid running it
+    stage: Mapped[str] = mapped_column(String(32), default="")
+
+    __table_args__ = (Index("ux_jobs_active_slot", "active_slot", unique=True),)
 
 
 # --- the turn record -------------------------------------------------------------------------

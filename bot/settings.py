@@ -145,6 +145,26 @@ class Settings(BaseSettings):
     console_pseudonymous: bool = Field(False, description="Show people in the console as stable "
                                        "pseudonyms instead of their email and name.")
     console_session_hours: float = Field(12, gt=0, description="How long a console sign-in lasts.")
+    # --- retraining ----------------------------------------------------------------------------
+    adapters_dir: Path | None = Field(None, description="The adapter registry (a shared volume in "
+                                      "production); empty = data_dir/adapters.")
+    jobs_dir: Path | None = Field(None, description="Job folders (dataset, checkpoints, report); "
+                                  "empty = data_dir/jobs.")
+    model_cache_dir: Path | None = Field(None, description="The base model converted for training "
+                                         "(made once, ~0.5 GB); empty = data_dir/cache.")
+    job_queue: str = Field("inprocess", description="`inprocess`: retraining runs inside the bot; "
+                           "`redis`: queued in Redis (cache_url) for `deskmate worker`.")
+    promotion_margin: float = Field(0.02, ge=0.0, le=1.0, description="Token F1 a candidate must "
+                                    "gain over the live adapter on held-out turns to go live.")
+    auto_promote: bool = Field(True, description="Put a candidate live as soon as it passes the gate "
+                               "(off: an admin promotes it).")
+    guard_questions: Path | None = Field(None, description="JSONL of questions that must stay right "
+                                         "(`question`, `must_include`, optional `doc`); empty = none.")
+    train_config: dict = Field(default_factory=dict, description="JSON overrides of the dataset and "
+                               "training settings: {\"dataset\": {...}, \"train\": {...}} (finetune/).")
+    eval_max_turns: int = Field(200, ge=1, description="Held-out turns the gate replays at most.")
+    adapter_poll_seconds: float = Field(5.0, gt=0, description="How often a server checks the ledger "
+                                        "for a newly promoted adapter.")
     host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
 
@@ -160,6 +180,15 @@ class Settings(BaseSettings):
     def resolved_ledger_url(self) -> str:
         """The ledger URL with the embedded default filled in."""
         return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+
+    def resolved_adapters_dir(self) -> Path:
+        return (self.adapters_dir or self.data_dir / "adapters").resolve()
+
+    def resolved_model_cache(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "cache").resolve()
+
+    def resolved_jobs_dir(self) -> Path:
+        return (self.jobs_dir or self.data_dir / "jobs").resolve()
 
     def resolved_store_url(self) -> str:
         """The store URL with the embedded default filled in."""

@@ -774,13 +774,18 @@ class SlackChannel:
 
     # --- the slash command -------------------------------------------------------------------
     async def _on_command(self, ack: Any, command: dict, respond: Any) -> None:
-        """`/deskmate help`, `/deskmate ask <question>`; later issues add admin subcommands."""
+        """`/deskmate help`, `/deskmate ask <question>`, and for admins `retrain …`, `adapters …`."""
         words = (command.get("text") or "").strip()
         name, _, rest = words.partition(" ")
         name = name.lower()
         if name in ("", "help"):
             await ack(text=f"{HELP_TEXT}\n\nCommands: `/deskmate ask <question>` (only you see the "
-                      "answer, with a button to share it), `/deskmate help`.")
+                      "answer, with a button to share it), `/deskmate help`. Admins: `/deskmate retrain "
+                      "[dry-run|status|cancel]`, `/deskmate adapters [list|show NAME|promote NAME|rollback]`.")
+            return
+        if name in ("retrain", "adapters"):
+            await ack(text=f"`/deskmate {_mrkdwn_escape(words[:100])}`: checking…")
+            self.background.spawn(self._admin(command, words.split(), respond), "slack-admin")
             return
         if name == "ask":
             if not rest.strip():
@@ -793,6 +798,14 @@ class SlackChannel:
             self.background.spawn(self._answer_privately(where, rest, respond), "slack-command")
             return
         await ack(text=f"I don't know `/deskmate {_mrkdwn_escape(name)}`. Try `/deskmate help`.")
+
+    async def _admin(self, command: dict, words: list[str], respond: Any) -> None:
+        """Retraining and adapters for admins (the role is checked here, after the ack)."""
+        from bot import admin
+
+        person, role = await self._rater(command.get("team_id", ""), command.get("user_id", ""))
+        reply = await admin.command(self.deskmate, person.key, role, words)
+        await respond(text=reply, response_type="ephemeral", replace_original=False)
 
     async def _answer_privately(self, where: Where, text: str, respond: Any) -> None:
         person = await self.person(where.team, where.user)

@@ -284,6 +284,13 @@ class DeskmateTeamsBot(ActivityHandler):
             await turn_context.send_activity(MessageFactory.text(WELCOME))
             return
         person = await self.person(turn_context)
+        words = text.split()
+        if words[0].lower() in ("retrain", "adapters") and len(words) <= 4:
+            from bot import admin
+
+            reply = await admin.command(self.deskmate, person.key, self.role_of(person), words)
+            await turn_context.send_activity(MessageFactory.text(reply))
+            return
         rule = channel_rule(self.settings, "teams", conversation.channel)
         message = IncomingMessage(
             platform="teams", user_key=person.key, user_name=person.name, text=text,

@@ -1,0 +1,366 @@
+"""One retraining job, start to finish: the bot's half of the loop.
+
+    rated turns (ledger) ─▶ export ─▶ finetune.pipeline (child process: dataset, training,
+    GGUF LoRA) ─▶ evaluation gate (the candidate and the live adapter answer the held-out turns
+    through the real orchestrator) ─▶ registry ─▶ promotion (when it passed) ─▶ servers swap
+
+Training runs in a child process so that the server keeps answering (the GIL and two cores are
+shared, but the event loop is not blocked), so that a crash or a full disk cannot take the bot
+down, and so that cancel and resume are a file and a rerun. Every stage writes its state to the
+job's row, so the console, Slack and Teams show the same progress, and a restart finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot import adapters, jobs
+from bot.generation import Generator, LlamaCppGenerator
+from bot.ledger import JobRow, Ledger, TurnRow
+from bot.messages import IncomingMessage
+from bot.settings import Settings
+from finetune import evaluate
+from finetune.registry import Registry, new_name
+
+log = logging.getLogger(__name__)
+
+KIND = "retrain"
+EVAL_PLATFORM = "eval"
+
+
+@dataclass
+class Retrainer:
+    """What a job needs: settings, the ledger, retrieval (for the gate), and the serving
+    generator (to prove a promoted adapter loads, and to swap it in at once in-process)."""
+
+    settings: Settings
+    ledger: Ledger
+    retrieval: Any
+    serving: Generator | None = None
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.settings.resolved_adapters_dir())
+
+    async def run(self, job_id: str) -> JobRow | None:
+        job = await jobs.get_job(self.ledger, job_id)
+        if job is not None and job.status == "cancelling":  # cancelled while its runner was down
+            await jobs.finish_job(self.ledger, job.id, "cancelled", error="cancelled")
+            return await jobs.get_job(self.ledger, job.id)
+        if job is None or job.status not in ("queued", "running"):
+            return job
+        folder = self.settings.resolved_jobs_dir() / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        resumed = job.status == "running"
+        await jobs.update_job(self.ledger, job.id, status="running", runner=jobs.runner_id(), stage="export",
+                              started_at=job.started_at or datetime.now(UTC))
+        log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
+        try:
+            result = await self._stages(job, folder)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (recorded: the job row is how people learn of it)
+            log.exception("job.failed id=%s", job.id)
+            _forget_raw(folder)
+            await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            return await jobs.get_job(self.ledger, job.id)
+        _forget_raw(folder)
+        status = result.pop("_status", "succeeded")
+        await jobs.finish_job(self.ledger, job.id, status, result=result, error=result.get("error"))
+        log.info("job.finished id=%s status=%s", job.id, status)
+        return await jobs.get_job(self.ledger, job.id)
+
+    # --- the stages -------------------------------------------------------------------------
+    async def _stages(self, job: JobRow, folder: Path) -> dict[str, Any]:
+        from bot.export import rated_turns, to_jsonl
+
+        export = folder / "export.jsonl"
+        if not export.is_file():
+            records = [r async for r in rated_turns(self.ledger)]
+            if not records:
+                return {"_status": "failed", "error": "No rated turns yet: nothing to learn from. Leads rate and "
+                        "correct answers in the review console (or with the Review button in Slack and Teams) first."}
+            tmp = export.with_suffix(".part")
+            tmp.write_text("".join(to_jsonl(r) for r in records), encoding="utf-8")
+            tmp.replace(export)
+            names = [p.name for p in await self.retrieval.store.users() if p.name]
+            (folder / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+        config = {"dataset": {**self.settings.train_config.get("dataset", {}), **job.params.get("dataset", {})},
+                  "train": {**self.settings.train_config.get("train", {}), **job.params.get("train", {})}}
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        if job.params.get("dry_run"):
+            from finetune.dataset import DatasetConfig
+            from finetune.pipeline import _config, make_dataset
+
+            names = (folder / "names.txt").read_text(encoding="utf-8").split("\n")
+            card = make_dataset(export, [n for n in names if n], folder / "dataset", _config(DatasetConfig, config["dataset"]))
+            return {"dry_run": True, "dataset_card": card, "folder": str(folder)}
+
+        outcome = await self._train(job, folder)
+        if outcome.get("exit") != 0:
+            status = "cancelled" if outcome.get("exit") == 4 else "failed"
+            return {"_status": status, "error": outcome.get("error") or "training failed", "folder": str(folder)}
+
+        await jobs.update_job(self.ledger, job.id, stage="evaluating", progress=0.85)
+        live = await adapters.live_adapter(self.ledger)
+        candidate_dir = Path(outcome["adapter"])
+        report = await self.evaluate(folder, candidate_dir / "adapter.gguf", live)
+        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        evaluate.plot(report, folder / "report.png")
+
+        await jobs.update_job(self.ledger, job.id, stage="registering", progress=0.95)
+        name = report["candidate_adapter"]
+        info = self.registry.register(name, candidate_dir, {
+            "base_model": outcome["base_model"], "base_revision": outcome["base_revision"],
+            "started_by": job.actor, "job_id": job.id, "dataset_card": outcome["dataset_card"],
+            "train_config": outcome["train_config"], "training": outcome["training"], "evaluation": report,
+        })
+        passed = bool(report["decision"]["promote"])
+        await adapters.record_candidate(self.ledger, info, "candidate" if passed else "rejected")
+        result: dict[str, Any] = {"adapter": name, "passed_gate": passed, "promoted": False,
+                                  "reasons": report["decision"]["reasons"], "candidate": report["candidate"],
+                                  "live": report["live"], "live_adapter": live, "folder": str(folder),
+                                  "dataset": outcome["dataset_card"].get("train", {})}
+        if passed and self.settings.auto_promote:
+            try:
+                await adapters.promote(self.ledger, self.registry, name, actor=f"gate (job {job.id[:8]}, {job.actor})",
+                                       generator=self._serving_kind(), note="passed the evaluation gate")
+                result["promoted"] = True
+                if self.serving is not None:
+                    await adapters.apply_live(self.ledger, self.registry, self.serving)
+            except adapters.PromotionRefused as exc:
+                result["reasons"] = [*result["reasons"], f"passed, but could not go live: {exc}"]
+        return result
+
+    def _serving_kind(self) -> Generator:
+        if self.serving is not None:
+            return self.serving
+        from bot.app import make_generator
+
+        return make_generator(self.settings)
+
+    async def _train(self, job: JobRow, folder: Path) -> dict[str, Any]:
+        """Run finetune.pipeline as a child process, mirroring its progress into the job row."""
+        outcome_file = folder / "outcome.json"
+        outcome_file.unlink(missing_ok=True)
+        (folder / "training" / "CANCEL").unlink(missing_ok=True)
+        cache = self.settings.resolved_model_cache()
+        log_file = open(folder / "training.log", "ab")  # noqa: SIM115, ASYNC230 (handed to the child)
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "finetune.pipeline", "--export", str(folder / "export.jsonl"),
+            "--names", str(folder / "names.txt"), "--job-dir", str(folder), "--cache", str(cache),
+            "--config", str(folder / "config.json"), stdout=log_file, stderr=log_file, env=env,
+        )
+        log_file.close()
+        await jobs.update_job(self.ledger, job.id, stage="training", result={"pid": process.pid})
+        last = None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=1.0)
+                    break
+                except TimeoutError:
+                    pass
+                last = await self._mirror_progress(job.id, folder, last)
+        except asyncio.CancelledError:
+            # The bot is shutting down: stop training; the job stays "running" with a runner that
+            # is gone, and the next start resumes it from its newest checkpoint.
+            process.terminate()
+            await process.wait()
+            raise
+        await self._mirror_progress(job.id, folder, last)
+        if outcome_file.is_file():
+            return json.loads(outcome_file.read_text())
+        return {"exit": process.returncode or 1,
+                "error": f"training stopped without an outcome (exit {process.returncode}); see {folder / 'training.log'}"}
+
+    async def _mirror_progress(self, job_id: str, folder: Path, last: Any) -> Any:
+        current = await jobs.get_job(self.ledger, job_id)
+        if current is not None and current.status == "cancelling":
+            (folder / "training").mkdir(parents=True, exist_ok=True)
+            (folder / "training" / "CANCEL").touch()
+        for file in (folder / "training" / "progress.json", folder / "progress.json"):
+            try:
+                state = json.loads(file.read_text())
+            except (OSError, ValueError):
+                continue
+            if state != last:
+                stage = state.get("stage", "training")
+                await jobs.update_job(self.ledger, job_id, stage=stage if stage != "trained" else "training",
+                                      progress=round(0.05 + 0.8 * float(state.get("progress", 0.0)), 4))
+            return state
+        return last
+
+    # --- the gate ---------------------------------------------------------------------------
+    def _eval_turn_ids(self, folder: Path) -> list[str]:
+        """The held-out turns: the dataset's eval split, plus turns a lead marked "should not
+        answer" in the same (newest) period, which the SFT split cannot hold."""
+        ids: list[str] = []
+        first = None
+        for name in ("eval.jsonl", "kto_eval.jsonl"):
+            path = folder / "dataset" / name
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    example = json.loads(line)
+                    if example["turn_id"] not in ids and example["kind"] != "sft_unknown":
+                        ids.append(example["turn_id"])
+                        first = min(first or example["created_at"], example["created_at"])
+        for line in (folder / "export.jsonl").read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("verdict") == "should_not_answer" and first and record["created_at"] >= first \
+                    and record["turn_id"] not in ids:
+                ids.append(record["turn_id"])
+        return ids[: self.settings.eval_max_turns]
+
+    async def evaluate(self, folder: Path, candidate_gguf: Path, live: str) -> dict[str, Any]:
+        """Both adapters answer the held-out turns and the guard questions; scores and decision."""
+        from finetune.model import BASE_MODEL_ID, base_gguf_path
+
+        records = {r["turn_id"]: r for r in map(json.loads, (folder / "export.jsonl").read_text(encoding="utf-8").splitlines())}
+        turns: list[tuple[TurnRow, dict[str, Any]]] = []
+        for turn_id in self._eval_turn_ids(folder):
+            row = await self.ledger.get_turn(turn_id)
+            if row is not None and turn_id in records:
+                turns.append((row, records[turn_id]))
+        guards = _read_guards(self.settings.guard_questions)
+        name = new_name(BASE_MODEL_ID)
+        setups: dict[str, Generator] = {}
+        candidate = LlamaCppGenerator(base_gguf_path(), n_threads=self.settings.generator_threads)
+        await candidate.use_adapter(name, candidate_gguf)
+        setups["candidate"] = candidate
+        current = LlamaCppGenerator(base_gguf_path(), n_threads=self.settings.generator_threads)
+        if live:
+            await current.use_adapter(live, self.registry.get(live).gguf)
+        setups["live"] = current
+        scores: dict[str, Any] = {}
+        guard_rows = [dict(g) for g in guards]
+        try:
+            for label, generator in setups.items():
+                rows, guard_results = await self._answer_all(folder, label, generator, turns, guards)
+                scores[label] = evaluate.score_answers(rows)
+                for g, passed in zip(guard_rows, guard_results, strict=True):
+                    g[f"{label}_passed"] = passed
+        finally:
+            for generator in setups.values():
+                await generator.close()
+        decision = evaluate.decide(scores["candidate"], scores["live"], guard_rows, self.settings.promotion_margin)
+        return {"candidate_adapter": name, "live_adapter": live, "held_out_turns": len(turns),
+                "candidate": scores["candidate"], "live": scores["live"], "guards": guard_rows,
+                "decision": decision, "evaluated_at": datetime.now(UTC).isoformat()}
+
+    async def _answer_all(self, folder: Path, label: str, generator: Generator,
+                          turns: list[tuple[TurnRow, dict[str, Any]]], guards: list[dict[str, Any]]
+                          ) -> tuple[list[dict[str, Any]], list[bool]]:
+        from bot.app import turn_policy
+        from bot.orchestrator import Orchestrator
+        from retrieval.cache import MemoryCache
+
+        # Eval turns go to a scratch ledger in the job folder, never into the review queue.
+        scratch = Ledger(f"sqlite:///{folder / f'eval-{label}.db'}", folder / f"eval-{label}-spool.jsonl")
+        await scratch.migrate()
+        policy = turn_policy(self.settings)
+        policy.answer_cache_ttl, policy.rate_limit_per_minute, policy.history_turns = 0, 0, 0
+        bot = Orchestrator(self.retrieval.searcher, generator, scratch, MemoryCache(), policy)
+        rows: list[dict[str, Any]] = []
+        try:
+            for row, record in turns:
+                answer = await bot.ask(IncomingMessage(platform=EVAL_PLATFORM, user_key=row.user_key, text=row.question,
+                                                       groups=tuple(row.groups or ()), private=row.private))
+                rows.append({"turn_id": row.id, "answer": answer.text, "outcome": answer.outcome,
+                             "cited": [s.doc_id for s in answer.sources], "gold": _gold_docs(row, record),
+                             "reference": _reference(record),
+                             "should_not_answer": record.get("verdict") == "should_not_answer"})
+            guard_results = []
+            for guard in guards:
+                answer = await bot.ask(IncomingMessage(platform=EVAL_PLATFORM, user_key="eval:guard", text=guard["question"]))
+                guard_results.append(evaluate.guard_passed(guard, answer.text, [s.doc_id for s in answer.sources]))
+        finally:
+            await scratch.close()
+        with open(folder / f"answers-{label}.jsonl", "w", encoding="utf-8") as f:  # noqa: ASYNC230
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return rows, guard_results
+
+
+def _forget_raw(folder: Path) -> None:
+    """The export and the names are unscrubbed: they leave the job folder once the job is over
+    (a resume exports again). Scratch ledgers of the gate hold the questions as asked: same."""
+    for pattern in ("export.jsonl", "export.part", "names.txt", "eval-*.db*", "eval-*-spool.jsonl"):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _reference(record: dict[str, Any]) -> str:
+    """What the lead says the answer is: the correction, or the answer they approved."""
+    if record.get("verdict") == "should_not_answer":
+        return ""
+    if record.get("correction"):
+        return str(record["correction"])
+    if (record.get("score") or 0) >= 4 or record.get("verdict") == "correct":
+        return str(record.get("answer") or "")
+    return ""
+
+
+def _gold_docs(row: TurnRow, record: dict[str, Any]) -> list[str]:
+    """The document the answer should cite: the one the approved answer cited; for a correction,
+    the served passage closest to the lead's text."""
+    if record.get("correction"):
+        best = max(row.retrieved or [], default=None,
+                   key=lambda c: evaluate.token_f1(c.get("text") or "", record["correction"]))
+        return [best["doc_id"]] if best else []
+    return sorted({c.get("doc_id") for c in row.cited or [] if isinstance(c, dict) and c.get("doc_id")})
+
+
+def _read_guards(path: Path | None) -> list[dict[str, Any]]:
+    if not path:
+        return []
+    guards = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for g in guards:
+        if not g.get("question"):
+            raise ValueError(f"guard question without a question in {path}")
+    return guards
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, dry_run: bool = False,
+                params: dict[str, Any] | None = None) -> JobRow:
+    """Queue a retraining job (or raise `jobs.JobBusy`) and hand it to the runner."""
+    job = await jobs.create_job(ledger, KIND, actor, {"dry_run": dry_run, **(params or {})})
+    await runner.submit(job.id)
+    return job
+
+
+async def resume_orphans(ledger: Ledger, runner: Any) -> list[str]:
+    """Jobs whose runner died: back to the runner, which resumes from their checkpoints."""
+    resumed = []
+    for job in await jobs.orphaned_jobs(ledger):
+        log.warning("job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner)
+        await jobs.update_job(ledger, job.id, status="running", runner="")
+        await runner.submit(job.id)
+        resumed.append(job.id)
+    return resumed
+
+
+def run_job_sync(job_id: str) -> str:
+    """The RQ entry point (`deskmate worker`): open what the job needs and run it."""
+    from bot.app import open_records
+
+    async def main() -> str:
+        settings = Settings()
+        records = await open_records(settings)
+        try:
+            job = await Retrainer(settings, records.ledger, records.retrieval).run(job_id)
+            return job.status if job else "missing"
+        finally:
+            await records.close()
+
+    return asyncio.run(main())
