@@ -107,7 +107,7 @@ class Orchestrator:
         try:
             async for event in self._answer(turn):
                 yield event
-        except Exception as exc:  # noqa: BLE001 (the user gets an apology, the turn its error)
+        except Exception as exc:
             log.exception("turn.internal_error turn=%s", turn_id)
             metrics.ERRORS.labels("internal").inc()
             answer = self._apology(turn)
@@ -346,6 +346,6 @@ class Orchestrator:
         catches what it could not)."""
         try:
             await write  # type: ignore[misc]
-        except Exception:  # noqa: BLE001
+        except Exception:
             metrics.ERRORS.labels("ledger").inc()
             log.exception("ledger.write_failed what=%s", what)

@@ -67,7 +67,7 @@ class Retrainer:
             result = await self._stages(job, folder)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 (recorded: the job row is how people learn of it)
+        except Exception as exc:
             log.exception("job.failed id=%s", job.id)
             _forget_raw(folder)
             await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")

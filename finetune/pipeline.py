@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, fields
@@ -85,11 +86,30 @@ def run(export: Path, names: list[str], job_dir: Path, *, cache_root: Path,
         return _outcome(job_dir, EXIT_NOTHING, error=str(exc))
     except TrainingCancelled as exc:
         return _outcome(job_dir, EXIT_CANCELLED, error=str(exc))
-    except OSError as exc:
-        if exc.errno in DISK_ERRORS:
-            return _outcome(job_dir, EXIT_DISK, error=f"the disk filled up during {stage} ({exc.strerror}); "
-                            "free space and retrain: it resumes from the last checkpoint")
+    except Exception as exc:
+        why = disk_full(exc)
+        if why:
+            return _outcome(job_dir, EXIT_DISK, error=f"the disk filled up during {stage} ({why}); free space "
+                            "and retrain: the live adapter is untouched")
         raise
+
+
+DISK_MESSAGES = re.compile(r"No space left on device|File too large|Disk quota exceeded|os error (28|27|122)\b"
+                           r"|file write failed", re.IGNORECASE)
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """Why, if this failure was the disk (or a file-size limit) running out. The writers involved
+    say so differently: OSError's errno, safetensors' Rust `os error 27`, torch's `file write failed`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRORS:
+            return seen.strerror or errno.errorcode.get(seen.errno or 0, "disk full")
+        found = DISK_MESSAGES.search(str(seen))
+        if found:
+            return found.group(0)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _config(cls: type, raw: dict[str, Any]) -> Any:

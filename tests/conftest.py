@@ -19,9 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrieval.cache import Cache, MemoryCache, RedisCache  # noqa: E402
-from retrieval.embeddings import Embedder  # noqa: E402
-from retrieval.store import KnowledgeStore, open_store  # noqa: E402
+from retrieval.cache import Cache, MemoryCache, RedisCache
+from retrieval.embeddings import Embedder
+from retrieval.store import KnowledgeStore, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_KB = REPO / "examples" / "kb"
@@ -161,7 +161,7 @@ async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 
 @pytest.fixture
-async def ledger(ledger_url: str, tmp_path: Path):  # noqa: ANN201
+async def ledger(ledger_url: str, tmp_path: Path):
     """A migrated ledger on every backend."""
     from bot.ledger import Ledger
 
@@ -214,7 +214,40 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-async def local_generator(gguf_path: Path):  # noqa: ANN201
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the base model converted for training, shared by the run (~20 s once)."""
+    from finetune.model import hf_base_folder
+
+    folder = tmp_path_factory.mktemp("model-cache")
+    hf_base_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def blank_adapter(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, untrained LoRA adapter (B = 0: it answers exactly as the base model) in the
+    registry's file layout: PEFT files plus the GGUF LoRA. For tests of promotion mechanics
+    that do not need a trained one."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from finetune.gguf_lora import convert
+    from finetune.model import hf_base_folder
+    from finetune.train import LORA_TARGETS
+
+    base = hf_base_folder(model_cache)
+    folder = tmp_path_factory.mktemp("blank-adapter")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    model.save_pretrained(str(folder))
+    convert(folder, json.loads((base / "config.json").read_text()), folder / "adapter.gguf")
+    return folder
+
+
+@pytest.fixture(scope="session")
+async def local_generator(gguf_path: Path):
     """One llama.cpp model for the whole run, as `deskmate serve` holds one."""
     from bot.generation import LlamaCppGenerator
 
@@ -253,3 +286,20 @@ async def running_server(embedder: Embedder, **overrides: object) -> AsyncIterat
     finally:
         await runner.cleanup()
         await deskmate.close()
+
+
+async def register_adapter(deskmate: object, source: Path, *, status: str = "candidate",
+                           base_model: str | None = None, started_by: str = "tests") -> str:
+    """Put an adapter folder into the running Deskmate's registry and ledger, as a finished
+    retraining job would; returns its new version name."""
+    from bot import adapters
+    from finetune.model import BASE_MODEL_ID
+    from finetune.registry import new_name
+
+    name = new_name(BASE_MODEL_ID)
+    info = deskmate.retrainer().registry.register(name, source, {  # type: ignore[attr-defined]
+        "base_model": base_model or BASE_MODEL_ID, "started_by": started_by,
+        "evaluation": {"candidate": {"token_f1": 0.5}, "live": {"token_f1": 0.4},
+                       "decision": {"promote": status != "rejected", "reasons": ["set by the test"]}}})
+    await adapters.record_candidate(deskmate.ledger, info, status)  # type: ignore[attr-defined]
+    return name
