@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from bot.generation import AdapterNotServed, Generator, LlamaCppGenerator, RemoteGenerator
+from bot.generation import AdapterNotServed, EchoGenerator, Generator, LlamaCppGenerator, RemoteGenerator
 from bot.ledger import AdapterEventRow, AdapterRow, Ledger
 from finetune.registry import AdapterInfo, AdapterInvalid, BaseModelMismatch, Registry
 
@@ -42,10 +42,13 @@ class AdapterView:
 
 
 def serving_base(generator: Generator) -> str:
-    """The base model id adapters must match: the bundled one locally, the configured one remotely."""
+    """The base model id adapters must match: the bundled one locally (echo stands in for it in
+    tests and load runs), the configured one remotely."""
     from finetune.model import BASE_MODEL_ID
 
-    return BASE_MODEL_ID if isinstance(generator, LlamaCppGenerator) else (generator.model or BASE_MODEL_ID)
+    if isinstance(generator, LlamaCppGenerator | EchoGenerator):
+        return BASE_MODEL_ID
+    return generator.model or BASE_MODEL_ID
 
 
 async def live_adapter(ledger: Ledger) -> str:
@@ -124,7 +127,8 @@ async def promote(ledger: Ledger, registry: Registry, name: str, *, actor: str, 
     if row is None:
         raise PromotionRefused(f"no adapter version {name!r} in the ledger (see `deskmate adapters list`)")
     if row.status == "rejected" and not force:
-        raise PromotionRefused(f"{name} did not pass the evaluation gate; promote it anyway with --force")
+        raise PromotionRefused(f"{name} did not pass the evaluation gate; promoting it anyway needs force "
+                               "(--force in the CLI, the force box in the console)")
     current = await live_adapter(ledger)
     if current == name:
         raise PromotionRefused(f"{name} is already live")

@@ -101,7 +101,8 @@ class Retrainer:
             from finetune.pipeline import _config, make_dataset
 
             names = (folder / "names.txt").read_text(encoding="utf-8").split("\n")
-            card = make_dataset(export, [n for n in names if n], folder / "dataset", _config(DatasetConfig, config["dataset"]))
+            card = await asyncio.to_thread(make_dataset, export, [n for n in names if n], folder / "dataset",
+                                           _config(DatasetConfig, config["dataset"]))
             return {"dry_run": True, "dataset_card": card, "folder": str(folder)}
 
         outcome = await self._train(job, folder)
