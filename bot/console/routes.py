@@ -1,6 +1,7 @@
 """The review console at `/console`: sign-in, the review queue, one turn with the review form,
-the dashboard and the export. Server-rendered (Jinja2); the only script is our own small
-`console.js` (keyboard shortcuts, plots) and the vendored uPlot."""
+the dashboard, the export, and the retraining pages (jobs, their reports, adapter versions).
+Server-rendered (Jinja2); the only script is our own small `console.js` (keyboard shortcuts,
+live job progress), `dashboard.js` (plots) and the vendored uPlot."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 from aiohttp import web
 
+from bot import adapters, jobs, retrain
+from bot.admin import describe_job
 from bot.console.auth import COOKIE, Sessions, Viewer, console_secret, redeem_token
 from bot.console.queries import Filters, dashboard, next_unreviewed, queue, turn_view
 from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-from bot.ledger import TurnRow
+from bot.ledger import JobRow, TurnRow
 from bot.ratings import VERDICTS, Rating, RatingRefused, submit, unchanged
+from bot.roles import Role
 
 if TYPE_CHECKING:
     from bot.app import Deskmate
@@ -25,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 VIEWER = web.RequestKey("console_viewer", Viewer)
+# Posts that change what the bot learns or serves: admins only, whatever the page shows.
+ADMIN_POSTS = ("/console/jobs", "/console/adapters")
+# A job id as the routes accept it: a full UUID or a prefix of one (chat replies show 8
+# characters). Nothing else, so no id can name a path outside the jobs folder.
+JOB_ID = r"[0-9a-f-]{6,36}"
+FIGURES = {"token_f1": "token F1", "rouge_l": "ROUGE-L", "citation_rate": "cites the right document",
+           "declined_rate": "declines when it should"}
+NOTICES = {"promoted": "Promoted: the next answers come from it. Roll back undoes this.",
+           "rolled_back": "Rolled back: what was live before is serving again."}
 
 
 class Console:
@@ -36,6 +49,7 @@ class Console:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=jinja2.select_autoescape(["html"]))
         self.templates.filters["when"] = lambda d: d.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if d else ""
+        self.templates.filters["figure"] = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "n/a"
 
     # --- who is asking -----------------------------------------------------------------------
     def viewer(self, request: web.Request) -> Viewer | None:
@@ -57,7 +71,7 @@ class Console:
         viewer = request.get(VIEWER)
         html = self.templates.get_template(template).render(
             viewer=viewer, csrf=self.sessions.csrf_token(viewer) if viewer else "", verdicts=VERDICTS,
-            person=self.person, **context)
+            person=self.person, is_admin=bool(viewer and viewer.role is Role.admin), **context)
         return web.Response(text=html, content_type="text/html", status=status,
                             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                      "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
@@ -65,7 +79,8 @@ class Console:
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Sign-in for everything under /console except the sign-in page and static files; a
-        lead role for everything else; a CSRF token on every form post."""
+        lead role for everything else; a CSRF token on every form post; the admin role for
+        posts that retrain or change the live adapter."""
         path = request.path
         if not path.startswith("/console") or path.startswith(("/console/static/", "/console/login")):
             return await handler(request)
@@ -83,6 +98,11 @@ class Console:
                 return self.render(request, "error.html", status=403,
                                    message="This form has expired or did not come from the console. "
                                            "Reload the page and try again.")
+            if path.startswith(ADMIN_POSTS) and viewer.role is not Role.admin:
+                log.warning("console.admin_refused user=%s path=%s", viewer.user_key, path)
+                return self.render(request, "error.html", status=403,
+                                   message="Only admins can retrain Deskmate or change its adapters. "
+                                           "Ask an admin (`deskmate roles list` shows who).")
         return await handler(request)
 
     # --- pages -------------------------------------------------------------------------------
@@ -191,6 +211,96 @@ class Console:
         log.info("console.export user=%s format=%s records=%d", request[VIEWER].user_key, fmt, count)
         return response
 
+    # --- retraining ----------------------------------------------------------------------------
+    async def jobs_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
+        recent = await jobs.list_jobs(self.deskmate.ledger, limit=30)
+        return self.render(request, "jobs.html", jobs=recent, active_states=jobs.ACTIVE, describe=describe_job,
+                           error=error, status=status)
+
+    async def start_job(self, request: web.Request) -> web.Response:
+        viewer: Viewer = request[VIEWER]
+        form = await request.post()
+        d = self.deskmate
+        try:
+            job = await retrain.start(d.settings, d.ledger, d.jobs, viewer.user_key, dry_run=bool(form.get("dry_run")))
+        except jobs.JobBusy as exc:
+            return await self.jobs_page(request, error=f"Not started: {exc}.", status=409)
+        log.info("console.retrain job=%s by=%s dry_run=%s", job.id, viewer.user_key, job.params.get("dry_run"))
+        raise web.HTTPSeeOther(f"/console/jobs/{job.id}")
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        job = await jobs.request_cancel(self.deskmate.ledger, request.match_info["job_id"])
+        if job is None:
+            return self._no_job(request)
+        log.info("console.cancel job=%s by=%s status=%s", job.id, request[VIEWER].user_key, job.status)
+        raise web.HTTPSeeOther(f"/console/jobs/{job.id}")
+
+    async def job_page(self, request: web.Request) -> web.Response:
+        job = await jobs.get_job(self.deskmate.ledger, request.match_info["job_id"])
+        if job is None:
+            return self._no_job(request)
+        folder = self._folder(job)
+        report = _read_json(folder / "report.json")
+        return self.render(request, "job.html", job=job, active_states=jobs.ACTIVE, summary=describe_job(job),
+                           params=json.dumps(job.params or {}, indent=2, sort_keys=True),
+                           card=_read_text(folder / "dataset" / "card.md"), report=report,
+                           plot=(folder / "report.png").is_file(), figures=FIGURES)
+
+    async def job_json(self, request: web.Request) -> web.Response:
+        """What the page's progress bar polls while a job runs."""
+        job = await jobs.get_job(self.deskmate.ledger, request.match_info["job_id"])
+        if job is None:
+            return web.json_response({"error": "no such job"}, status=404)
+        return web.json_response({"id": job.id, "status": job.status, "stage": job.stage, "progress": job.progress,
+                                  "active": job.status in jobs.ACTIVE}, headers={"Cache-Control": "no-store"})
+
+    async def job_plot(self, request: web.Request) -> web.StreamResponse:
+        job = await jobs.get_job(self.deskmate.ledger, request.match_info["job_id"])
+        path = self._folder(job) / "report.png" if job else None
+        if path is None or not path.is_file():
+            raise web.HTTPNotFound(text="No plot for this job.")
+        return web.FileResponse(path, headers={"Content-Type": "image/png", "Cache-Control": "no-store"})
+
+    def _folder(self, job: JobRow) -> Path:
+        """The job's own folder; an id that would lead anywhere else is no job at all."""
+        root = self.deskmate.settings.resolved_jobs_dir()
+        folder = (root / job.id).resolve()
+        if folder.parent != root:
+            raise web.HTTPNotFound()
+        return folder
+
+    def _no_job(self, request: web.Request) -> web.Response:
+        return self.render(request, "error.html", status=404, message="No such retraining job.")
+
+    async def adapters_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
+        ledger = self.deskmate.ledger
+        return self.render(request, "adapters.html", adapters=await adapters.list_adapters(ledger),
+                           live=await adapters.live_adapter(ledger), events=await adapters.history(ledger),
+                           notice=NOTICES.get(request.query.get("done", ""), ""), error=error, status=status)
+
+    async def promote(self, request: web.Request) -> web.Response:
+        viewer: Viewer = request[VIEWER]
+        form = await request.post()
+        d = self.deskmate
+        registry = d.retrainer().registry
+        try:
+            await adapters.promote(d.ledger, registry, request.match_info["name"], actor=viewer.user_key,
+                                   generator=d.generator, force=bool(form.get("force")))
+        except adapters.PromotionRefused as exc:
+            return await self.adapters_page(request, error=f"Not promoted, nothing changed: {exc}", status=409)
+        await adapters.apply_live(d.ledger, registry, d.generator)
+        raise web.HTTPSeeOther("/console/adapters?done=promoted")
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        d = self.deskmate
+        registry = d.retrainer().registry
+        try:
+            await adapters.rollback(d.ledger, registry, actor=request[VIEWER].user_key, generator=d.generator)
+        except adapters.PromotionRefused as exc:
+            return await self.adapters_page(request, error=f"Not rolled back, nothing changed: {exc}", status=409)
+        await adapters.apply_live(d.ledger, registry, d.generator)
+        raise web.HTTPSeeOther("/console/adapters?done=rolled_back")
+
     async def root(self, _request: web.Request) -> web.Response:
         raise web.HTTPFound("/console/queue")
 
@@ -207,5 +317,31 @@ def add_routes(app: web.Application, deskmate: Deskmate) -> Console:
     app.router.add_post("/console/turns/{turn_id}/rate", console.rate)
     app.router.add_get("/console/dashboard", console.dashboard_page)
     app.router.add_get(r"/console/export.{fmt:jsonl|csv}", console.export)
+    app.router.add_get("/console/jobs", console.jobs_page)
+    app.router.add_post("/console/jobs", console.start_job)
+    app.router.add_get(f"/console/jobs/{{job_id:{JOB_ID}}}", console.job_page)
+    app.router.add_get(f"/console/jobs/{{job_id:{JOB_ID}}}.json", console.job_json)
+    app.router.add_get(f"/console/jobs/{{job_id:{JOB_ID}}}/report.png", console.job_plot)
+    app.router.add_post(f"/console/jobs/{{job_id:{JOB_ID}}}/cancel", console.cancel_job)
+    app.router.add_get("/console/adapters", console.adapters_page)
+    app.router.add_post("/console/adapters/rollback", console.rollback)
+    app.router.add_post("/console/adapters/{name}/promote", console.promote)
     app.router.add_static("/console/static/", HERE / "static")
     return console
+
+
+def _read_text(path: Path) -> str | None:
+    """A job file, or None while the job has not written it (or wrote it only half)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    text = _read_text(path)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

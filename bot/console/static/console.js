@@ -34,6 +34,8 @@
       pendingG = false;
       if (event.key === "q") { location.href = "/console/queue"; return; }
       if (event.key === "d") { location.href = "/console/dashboard"; return; }
+      if (event.key === "j") { location.href = "/console/jobs"; return; }
+      if (event.key === "a") { location.href = "/console/adapters"; return; }
     }
     if (event.key === "g") { pendingG = true; return; }
     if (queue) {
@@ -57,4 +59,29 @@
       }
     }
   });
+})();
+
+// Retraining jobs: while one is active its progress is polled every 2 s; when it ends the page
+// reloads once, so the outcome, the dataset card and the report appear.
+(function () {
+  "use strict";
+  const watched = Array.from(document.querySelectorAll("[data-poll]"));
+  if (!watched.length) return;
+  const set = (el, field, text) => { const f = el.querySelector(`[data-field="${field}"]`); if (f) f.textContent = text; };
+  const timer = setInterval(() => {
+    watched.forEach((el) => {
+      fetch(el.dataset.poll, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+        .then((job) => {
+          if (!job.active) { clearInterval(timer); location.reload(); return; }
+          const status = el.querySelector('[data-field="status"]');
+          if (status) { status.textContent = job.status; status.className = `tag ${job.status}`; }
+          set(el, "stage", job.stage || "–");
+          set(el, "percent", `${Math.round(job.progress * 100)}%`);
+          const bar = el.querySelector("progress");
+          if (bar) bar.value = job.progress;
+        })
+        .catch(() => clearInterval(timer));  // signed out or gone: stop asking
+    });
+  }, 2000);
 })();
