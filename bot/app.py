@@ -158,12 +158,12 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
 
 def job_runner(settings: Settings, body: Callable[[str], Awaitable[Any]]) -> Any:
     """Where retraining runs: this process, or the Redis queue (`job_queue`)."""
-    from bot.jobs import InProcessRunner, RedisRunner
+    from bot.jobs import InProcessRunner, RedisRunner, queue_name
 
     if settings.job_queue == "redis":
         if not settings.cache_url.startswith(("redis://", "rediss://")):
             raise ValueError("DESKMATE_JOB_QUEUE=redis needs DESKMATE_CACHE_URL to be a redis:// URL")
-        return RedisRunner(settings.cache_url)
+        return RedisRunner(settings.cache_url, queue_name(settings.cache_prefix))
     if settings.job_queue != "inprocess":
         raise ValueError(f"DESKMATE_JOB_QUEUE is `inprocess` or `redis`, not {settings.job_queue!r}")
     return InProcessRunner(body)

@@ -548,17 +548,18 @@ def worker() -> None:
     from redis import Redis
     from rq import Queue, Worker
 
-    from bot.jobs import RQ_QUEUE, RedisRunner
+    from bot.jobs import RedisRunner, queue_name
     from bot.retrain import resume_orphans
 
     settings = Settings()
     if not settings.cache_url.startswith(("redis://", "rediss://")):
         err.print("[red]deskmate worker needs DESKMATE_CACHE_URL=redis://…[/] (the queue lives in Redis)")
         raise typer.Exit(2)
-    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url)))
+    queue = queue_name(settings.cache_prefix)
+    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url, queue)))
     connection = Redis.from_url(settings.cache_url)
-    out.print(f"deskmate worker: waiting for jobs on the '{RQ_QUEUE}' queue", highlight=False)
-    Worker([Queue(RQ_QUEUE, connection=connection)], connection=connection).work(with_scheduler=False)
+    out.print(f"deskmate worker: waiting for jobs on the '{queue}' queue", highlight=False)
+    Worker([Queue(queue, connection=connection)], connection=connection).work(with_scheduler=False)
 
 
 @app.command()

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running", "cancelling")
 FINAL = ("succeeded", "failed", "cancelled")
-RQ_QUEUE = "deskmate"
 
 
 class JobBusy(RuntimeError):
@@ -170,11 +169,17 @@ class InProcessRunner:
         await self.drain()
 
 
+def queue_name(cache_prefix: str) -> str:
+    """The RQ queue, named after the cache prefix so deployments sharing a Redis stay apart."""
+    return f"{cache_prefix}jobs"
+
+
 class RedisRunner:
     """Puts the job on an RQ queue for `deskmate worker`."""
 
-    def __init__(self, redis_url: str, *, timeout_s: int = 6 * 3600) -> None:
+    def __init__(self, redis_url: str, queue: str, *, timeout_s: int = 6 * 3600) -> None:
         self.redis_url = redis_url
+        self.queue = queue
         self.timeout_s = timeout_s
 
     async def submit(self, job_id: str) -> None:
@@ -182,7 +187,7 @@ class RedisRunner:
             from redis import Redis
             from rq import Queue
 
-            queue = Queue(RQ_QUEUE, connection=Redis.from_url(self.redis_url))
+            queue = Queue(self.queue, connection=Redis.from_url(self.redis_url))
             queue.enqueue("bot.retrain.run_job_sync", job_id, job_id=f"deskmate-{job_id}",
                           job_timeout=self.timeout_s, result_ttl=7 * 86400, failure_ttl=30 * 86400)
 

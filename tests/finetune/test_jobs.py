@@ -1,0 +1,82 @@
+"""Retraining jobs outlive the process that ran them, and `deskmate worker` runs them from Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bot import jobs, retrain
+from bot.jobs import RedisRunner, queue_name
+from bot.ledger import Ledger
+from tests.conftest import REDIS_URL, running_server
+
+DESKMATE = str(Path(sys.executable).parent / "deskmate")
+
+
+async def until_finished(ledger: Ledger, job_id: str, timeout: float = 120) -> jobs.JobRow:
+    for _ in range(int(timeout * 4)):
+        job = await jobs.get_job(ledger, job_id)
+        if job is not None and job.status not in jobs.ACTIVE:
+            return job
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"job {job_id} still {job.status if job else 'missing'} after {timeout} s")
+
+
+async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path: Path, example_store_url: str,
+                                                                      embedder: Any, redis_prefix: str) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
+    await ledger.migrate()
+    job = await jobs.create_job(ledger, "retrain", "sofia.martins@northwind.example", {})
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs: the bot that had the job was killed
+    await jobs.update_job(ledger, job.id, status="running", stage="sft", progress=0.4,
+                          runner=f"{socket.gethostname()}:{gone.pid}")
+    async with running_server(embedder, data_dir=tmp_path, store_url=example_store_url, ledger_url=ledger_url,
+                              cache_url=REDIS_URL, cache_prefix=f"{redis_prefix}orphan:", generator_url="echo://"):
+        done = await until_finished(ledger, job.id)
+    # Resumed from where the ledger said it was: nothing is rated here, so it ends saying so.
+    assert done.status == "failed" and "No rated turns yet" in (done.error or "")
+    assert done.runner.endswith(f":{os.getpid()}") and done.active_slot is None
+    await ledger.close()
+
+
+async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example_store_url: str,
+                                                         redis_prefix: str) -> None:
+    from redis import Redis
+    from rq import Queue
+
+    prefix = f"{redis_prefix}worker{uuid.uuid4().hex[:6]}:"
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
+           "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_LEDGER_URL": ledger_url,
+           "DESKMATE_STORE_URL": example_store_url, "DESKMATE_CACHE_URL": REDIS_URL,
+           "DESKMATE_CACHE_PREFIX": prefix, "DESKMATE_JOB_QUEUE": "redis", "DESKMATE_GENERATOR_URL": "echo://"}
+    ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
+    await ledger.migrate()
+    worker = subprocess.Popen([DESKMATE, "worker"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        from bot.settings import Settings
+
+        settings = Settings(_env_file=None, data_dir=tmp_path, ledger_url=ledger_url, cache_url=REDIS_URL,
+                            cache_prefix=prefix, job_queue="redis", store_url=example_store_url)
+        job = await retrain.start(settings, ledger, RedisRunner(REDIS_URL, queue_name(prefix)), "cli")
+        done = await until_finished(ledger, job.id)
+        assert done.status == "failed" and "No rated turns yet" in (done.error or "")
+        assert not done.runner.endswith(f":{os.getpid()}")  # another process ran it
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0].decode()
+        queue = Queue(queue_name(prefix), connection=Redis.from_url(REDIS_URL))
+        for rq_job in queue.finished_job_registry.get_job_ids() + queue.failed_job_registry.get_job_ids():
+            queue.fetch_job(rq_job).delete()
+        queue.delete(delete_jobs=True)
+        await ledger.close()
+    assert f"queue '{queue_name(prefix)}'" in output.replace("\n", " ") or "waiting for jobs" in output
