@@ -21,7 +21,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from bot.generation import AdapterNotServed, EchoGenerator, Generator, LlamaCppGenerator, RemoteGenerator
+from bot.generation import (
+    AdapterNotServed,
+    EchoGenerator,
+    Generator,
+    LlamaCppGenerator,
+    RemoteGenerator,
+)
 from bot.ledger import AdapterEventRow, AdapterRow, Ledger
 from finetune.registry import AdapterInfo, AdapterInvalid, BaseModelMismatch, Registry
 

@@ -18,8 +18,21 @@ import pytest
 from bot import adapters, admin, jobs, retrain
 from bot.messages import IncomingMessage
 from bot.roles import Role
-from tests.conftest import REDIS_URL, RunningServer, fresh_pg_database, register_adapter, running_server
-from tests.finetune.rated import ASKER, LEAD, PLANTED_EMAIL, PLANTED_TOKEN, RESTRICTED_QUESTION, seed_rated_turns
+from tests.conftest import (
+    REDIS_URL,
+    RunningServer,
+    fresh_pg_database,
+    register_adapter,
+    running_server,
+)
+from tests.finetune.rated import (
+    ASKER,
+    LEAD,
+    PLANTED_EMAIL,
+    PLANTED_TOKEN,
+    RESTRICTED_QUESTION,
+    seed_rated_turns,
+)
 
 ADMIN = "sofia.martins@northwind.example"
 
