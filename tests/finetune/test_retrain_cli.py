@@ -31,6 +31,7 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(tmp_path: Path, exam
     assert done.returncode == 0, done.stderr
     assert "# Dataset card" in done.stdout and "sft_correction" in done.stdout
     [folder] = (tmp_path / "jobs").iterdir()
+    assert not (folder / "export.jsonl").exists()  # unscrubbed: gone with the job
     examples = [json.loads(line) for name in ("train.jsonl", "eval.jsonl")
                 for line in (folder / "dataset" / name).read_text().splitlines()]
     [example] = [e for e in examples if e["kind"] == "sft_correction"]
@@ -38,6 +39,21 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(tmp_path: Path, exam
     assert example["messages"][-1]["content"] == "Reset it in the portal; [NAME] ([EMAIL]) can help."
     assert json.loads((folder / "dataset" / "card.json").read_text())["records"] == 1
 
+    assert "training set built: " in done.stdout
+
+    # One retraining at a time, whoever started the other one.
+    from bot import jobs
+    from bot.ledger import Ledger
+
+    ledger = Ledger(str(settings["ledger_url"]), tmp_path / "spool.jsonl")
+    running = await jobs.create_job(ledger, "retrain", "someone@northwind.example", {})
     refused = subprocess.run([DESKMATE, "retrain"], env=env, cwd=tmp_path, capture_output=True, text=True,
                              timeout=120)
-    assert refused.returncode == 2 and "--dry-run" in refused.stderr
+    assert refused.returncode == 1 and "Not started" in refused.stderr and running.id[:8] in refused.stderr
+    listed = subprocess.run([DESKMATE, "jobs", "list"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert running.id[:8] in listed.stdout and "queued" in listed.stdout
+    adapters = subprocess.run([DESKMATE, "adapters", "list"], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+    assert adapters.returncode == 0 and "No adapters yet" in adapters.stdout
+    await ledger.close()
