@@ -138,3 +138,18 @@ def test_thumbs_train_kto_after_sft_when_there_are_enough_of_both(tmp_path: Path
     done = outcome(tmp_path / "job")
     assert done["training"]["kto"]["steps"] == 2 and done["training"]["kto_examples"] == 8
     assert "4 desirable and 4 undesirable" in done["dataset_card"]["kto"]
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_stops_at_the_next_step_and_keeps_its_checkpoint(tmp_path: Path, model_cache: Path) -> None:
+    export, config = write_export(tmp_path, [corrected(i) for i in range(8)], {"max_steps": 200, "save_steps": 1})
+    job = tmp_path / "job"
+    run = pipeline(export, config, job, model_cache)
+    deadline = time.time() + 300
+    while not (job / "training" / "progress.json").exists():
+        assert run.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    (job / "training" / "CANCEL").touch()
+    assert run.wait(timeout=300) == 4
+    assert "cancelled at step" in outcome(job)["error"]
+    assert list((job / "training" / "sft").glob("checkpoint-*/trainer_state.json"))
