@@ -45,6 +45,10 @@ def references(question: dict[str, Any]) -> list[str]:
     return [r if isinstance(r, str) else str(r.get("text", "")) for r in refs if r]
 
 
+#: Alembic's migration context is process-global: ledgers in one process migrate one at a time.
+MIGRATING = asyncio.Lock()
+
+
 def unanswerable(question: dict[str, Any]) -> bool:
     return str(question.get("answerability", "")).upper().startswith("UNANSWERABLE")
 
@@ -57,7 +61,8 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
         docs = [Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in corpus]
         await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(docs, finish=True)
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
-        await ledger.migrate()
+        async with MIGRATING:
+            await ledger.migrate()
         cache = MemoryCache()
         policy = TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0,
                             use_retrieval=not args.no_retrieval, max_answer_tokens=args.max_tokens,
