@@ -134,6 +134,7 @@ class Generator(ABC):
 # --- local: llama.cpp ------------------------------------------------------------------------
 
 _END = object()
+_LOADING = threading.Lock()
 
 
 class LlamaCppGenerator(Generator):
@@ -160,10 +161,14 @@ class LlamaCppGenerator(Generator):
 
         if not self.model_path.is_file():
             raise GeneratorUnavailable(f"model file not found: {self.model_path}")
-        return Llama(
-            model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-            lora_path=str(lora_path) if lora_path else None, verbose=False,
-        )
+        # One load at a time in the process: with verbose=False llama-cpp-python points the
+        # process's stdout/stderr at /dev/null while it loads, and two overlapping loads can
+        # leave them there.
+        with _LOADING:
+            return Llama(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
+                lora_path=str(lora_path) if lora_path else None, verbose=False,
+            )
 
     def _loaded(self) -> Any:
         with self._load_lock:
