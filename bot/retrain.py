@@ -162,7 +162,7 @@ class Retrainer:
             "--config", str(folder / "config.json"), stdout=log_file, stderr=log_file, env=env,
         )
         log_file.close()
-        await jobs.update_job(self.ledger, job.id, stage="training", result={"pid": process.pid})
+        await jobs.update_job(self.ledger, job.id, stage="training")
         last = None
         try:
             while True:
@@ -202,7 +202,7 @@ class Retrainer:
         return last
 
     # --- the gate ---------------------------------------------------------------------------
-    def _eval_turn_ids(self, folder: Path) -> list[str]:
+    def _eval_turn_ids(self, folder: Path, records: dict[str, dict[str, Any]]) -> list[str]:
         """The held-out turns: the dataset's eval split, plus turns a lead marked "should not
         answer" in the same (newest) period, which the SFT split cannot hold."""
         ids: list[str] = []
@@ -215,8 +215,7 @@ class Retrainer:
                     if example["turn_id"] not in ids and example["kind"] != "sft_unknown":
                         ids.append(example["turn_id"])
                         first = min(first or example["created_at"], example["created_at"])
-        for line in (folder / "export.jsonl").read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
+        for record in records.values():
             if record.get("verdict") == "should_not_answer" and first and record["created_at"] >= first \
                     and record["turn_id"] not in ids:
                 ids.append(record["turn_id"])
@@ -228,7 +227,7 @@ class Retrainer:
 
         records = {r["turn_id"]: r for r in map(json.loads, (folder / "export.jsonl").read_text(encoding="utf-8").splitlines())}
         turns: list[tuple[TurnRow, dict[str, Any]]] = []
-        for turn_id in self._eval_turn_ids(folder):
+        for turn_id in self._eval_turn_ids(folder, records):
             row = await self.ledger.get_turn(turn_id)
             if row is not None and turn_id in records:
                 turns.append((row, records[turn_id]))
