@@ -85,6 +85,25 @@ async def list_adapters(ledger: Ledger) -> list[AdapterView]:
     return [AdapterView(r.name, r.status, r.created_at, r.name == live, r.meta or {}) for r in rows]
 
 
+async def to_serve(ledger: Ledger, *, previous: int = 2, candidates: int = 2) -> list[str]:
+    """The versions a model server that loads adapters only at start-up (TGI) should list: the
+    live one, the ones live before it (so `rollback` needs no restart) and the newest candidates
+    that passed the gate (so `promote` needs none either). Newest first, no duplicates."""
+    names: list[str] = []
+    for event in await history(ledger, limit=50):
+        for name in (event.adapter, event.previous):
+            if name and name not in names and len(names) < 1 + previous:
+                names.append(name)
+    waiting = [a.name for a in await list_adapters(ledger) if a.status == "candidate"]
+    names += [n for n in waiting if n not in names][:candidates]
+    return names
+
+
+def lora_adapters_value(names: list[str], root: str) -> str:
+    """TGI's `LORA_ADAPTERS`: `id=path` pairs, comma-separated, paths as the server mounts them."""
+    return ",".join(f"{name}={root.rstrip('/')}/{name}" for name in names)
+
+
 async def get_adapter(ledger: Ledger, name: str) -> AdapterRow | None:
     async with ledger.sessions() as session:
         return await session.get(AdapterRow, name)

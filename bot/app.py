@@ -95,6 +95,9 @@ class Deskmate:
     # platform -> posts a lead's correction into the conversation a turn came from (set by the
     # Slack and Teams adapters; the console calls it without importing either)
     correctors: dict[str, Callable[[TurnRow, str], Awaitable[bool]]] = field(default_factory=dict)
+    # platform -> posts a notice into a turn's conversation (an answer interrupted by a replica
+    # that died: bot/replicas.py)
+    notifiers: dict[str, Callable[[TurnRow, str], Awaitable[bool]]] = field(default_factory=dict)
     # runs retraining jobs: in this process, or on the Redis queue for `deskmate worker`
     jobs: Any = None
 
@@ -253,6 +256,20 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
         if isinstance(deskmate.jobs, InProcessRunner):
             await deskmate.jobs.stop()
 
+    async def announce_replica(_app: web.Application):
+        from bot import replicas
+
+        deskmate.ledger.replica = replicas.new_replica_id()
+        task = asyncio.create_task(replicas.keep_alive(deskmate.ledger, deskmate.notifiers,
+                                                       deskmate.settings.replica_heartbeat_seconds))
+        yield
+        task.cancel()
+        try:  # runs after the answers in flight were drained (on_shutdown comes first)
+            await replicas.leave(deskmate.ledger)
+        except Exception as exc:  # noqa: BLE001 (the row then goes stale and is swept: harmless)
+            log.info("replica.leave_failed error=%s", type(exc).__name__)
+
     app.on_shutdown.append(finish_answers)
     app.cleanup_ctx.append(follow_adapters)
+    app.cleanup_ctx.append(announce_replica)
     return app

@@ -514,6 +514,22 @@ def adapters_show(name: Annotated[str, typer.Argument(help="Adapter version.")])
     out.print_json(json.dumps(info.metadata, default=str))
 
 
+@adapters_app.command("lora-env")
+def adapters_lora_env(
+    root: Annotated[str, typer.Option(help="Where the model server mounts the adapter registry.")] = "/shared/adapters",
+    previous: Annotated[int, typer.Option(help="Earlier live versions to keep loaded (for rollback).")] = 2,
+    candidates: Annotated[int, typer.Option(help="Newest gate-passing candidates to preload.")] = 2,
+) -> None:
+    """Print the LORA_ADAPTERS value for TGI (which loads adapters only at start-up): feed it to
+    the TGI deployment's ConfigMap, roll TGI, then promote (deploy/README.md)."""
+    from bot.adapters import lora_adapters_value, to_serve
+
+    async def work(d: Records, _registry: Any, _generator: Any) -> list[str]:
+        return await to_serve(d.ledger, previous=previous, candidates=candidates)
+
+    print(lora_adapters_value(_adapter_call(work), root))
+
+
 @adapters_app.command("promote")
 def adapters_promote(
     name: Annotated[str, typer.Argument(help="Adapter version.")],

@@ -86,6 +86,7 @@ class TurnRow(Base):
     latency_ms: Mapped[dict] = mapped_column(JSON, default=dict)
     risk: Mapped[int] = mapped_column(Integer, default=0)  # review-queue order: see turn_risk()
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
+    replica: Mapped[str] = mapped_column(String(80), default="")  # the server process answering it
 
     __table_args__ = (Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),
                       Index("ix_turns_thread", "platform", "workspace", "channel", "thread_id", "created_at"))
@@ -150,6 +151,16 @@ class AdapterEventRow(Base):
     actor: Mapped[str] = mapped_column(String(320), default="")
     note: Mapped[str] = mapped_column(Text, default="")
     previous: Mapped[str] = mapped_column(String(200), default="")  # what was live before ('' = base)
+
+
+class ReplicaRow(Base):
+    """A running `deskmate serve` process and its last heartbeat (see bot/replicas.py)."""
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class JobRow(Base):
@@ -288,6 +299,9 @@ class Ledger:
         self._spool_lock = asyncio.Lock()
         self._migrated = False
         self.available = True
+        # Set by a serving process (bot/replicas.py): stamped on every turn it begins, so that
+        # another replica can close the turn if this process dies mid-answer.
+        self.replica = ""
 
     # --- schema ----------------------------------------------------------------------------
     async def migrate(self) -> None:
@@ -299,13 +313,18 @@ class Ledger:
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
+            if self.url.startswith("postgresql"):
+                # Replicas starting together would otherwise race to create the same tables;
+                # the lock is released with this transaction.
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7405110)")
             await conn.run_sync(upgrade)
         self._migrated = True
 
     # --- turns -----------------------------------------------------------------------------
     async def begin_turn(self, start: TurnStart) -> None:
         """Record the question before generation starts (spooled when the database is down)."""
-        await self._write("begin", {**asdict(start), "created_at": start.created_at.isoformat()})
+        await self._write("begin", {**asdict(start), "created_at": start.created_at.isoformat(),
+                                    "replica": self.replica})
 
     async def finish_turn(self, turn_id: str, end: TurnEnd) -> None:
         """Record the outcome (spooled when the database is down)."""

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     eval_max_turns: int = Field(200, ge=1, description="Held-out turns the gate replays at most.")
     adapter_poll_seconds: float = Field(5.0, gt=0, description="How often a server checks the ledger "
                                         "for a newly promoted adapter.")
+    replica_heartbeat_seconds: float = Field(5.0, gt=0, description="How often a server records that "
+                                             "it is alive; after 4 missed beats another replica closes "
+                                             "its unfinished turns and tells their users.")
     host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
 

@@ -824,17 +824,22 @@ class SlackChannel:
         await respond(text=answer.text, blocks=blocks, response_type="ephemeral", replace_original=False)
 
 
-async def _post_correction_for(channel: SlackChannel, turn: Any, correction: str) -> bool:
-    """A correction from the console, into the turn's own conversation: its thread in a channel
-    or an assistant thread, the top of the DM when the turn was asked there."""
+async def _post_into_conversation(channel: SlackChannel, turn: Any, text: str) -> bool:
+    """A message into the turn's own conversation: its thread in a channel or an assistant
+    thread, the top of the DM when the turn was asked there."""
     thread = turn.thread_id if turn.thread_id and turn.thread_id != turn.channel else None
-    text = f"{CORRECTION_PREFIX}\n{_mrkdwn_escape(correction)}\n_ref `{turn.reference}`_"
     try:
         await channel.client.chat_postMessage(channel=turn.channel, thread_ts=thread, text=text)
     except SlackApiError as exc:
-        log.warning("slack.correction_failed turn=%s error=%s", turn.id, exc.response.get("error"))
+        log.warning("slack.post_failed turn=%s error=%s", turn.id, exc.response.get("error"))
         return False
     return True
+
+
+async def _post_correction_for(channel: SlackChannel, turn: Any, correction: str) -> bool:
+    """A correction from the console, where the employee asked."""
+    text = f"{CORRECTION_PREFIX}\n{_mrkdwn_escape(correction)}\n_ref `{turn.reference}`_"
+    return await _post_into_conversation(channel, turn, text)
 
 
 def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> SlackChannel | None:
@@ -851,6 +856,7 @@ def add_routes(app: web.Application, deskmate: Deskmate, background: Background)
     channel = SlackChannel(deskmate, background)
     app.router.add_post("/slack/events", channel.http_endpoint)
     deskmate.correctors["slack"] = lambda turn, correction: _post_correction_for(channel, turn, correction)
+    deskmate.notifiers["slack"] = lambda turn, text: _post_into_conversation(channel, turn, _mrkdwn_escape(text))
 
     async def start(_app: web.Application) -> None:
         if settings.slack_app_token is not None:

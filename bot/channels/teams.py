@@ -291,6 +291,7 @@ class DeskmateTeamsBot(ActivityHandler):
             reply = await admin.command(self.deskmate, person.key, self.role_of(person), words)
             await turn_context.send_activity(MessageFactory.text(reply))
             return
+        await self._remember_conversation(turn_context)
         rule = channel_rule(self.settings, "teams", conversation.channel)
         message = IncomingMessage(
             platform="teams", user_key=person.key, user_name=person.name, text=text,
@@ -376,7 +377,11 @@ class DeskmateTeamsBot(ActivityHandler):
         response = await turn_context.send_activity(reply)
         for message_id in {stream_id, response.id if response else None} - {None}:
             await remember_answer_message(self.deskmate.retrieval.cache, "teams", message_id, answer.turn_id)
-        # Where to post a lead's correction later, from the console (a proactive message).
+        await self._remember_conversation(turn_context)  # a fresh TTL for a lead's correction
+
+    async def _remember_conversation(self, turn_context: TurnContext) -> None:
+        """Where to post proactively later: a lead's correction from the console, or, when the
+        replica answering dies mid-answer, another replica's apology (bot/replicas.py)."""
         reference = TurnContext.get_conversation_reference(turn_context.activity)
         await self.deskmate.retrieval.cache.set(
             f"teams-conversation:{reference.conversation.id}", json.dumps(reference.serialize()).encode(),
@@ -583,15 +588,14 @@ class TeamsChannel:
         return web.Response(status=202)
 
 
-async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str) -> bool:
-    """A correction from the console, as a proactive message into the turn's conversation
-    (its reference was kept when the answer was sent)."""
+async def _post_into_conversation(channel: TeamsChannel, turn: Any, reply: Activity) -> bool:
+    """A proactive message into the turn's conversation (its reference was kept in the cache
+    when the question arrived)."""
     raw = await channel.bot.deskmate.retrieval.cache.get(f"teams-conversation:{turn.thread_id}")
     if raw is None:
-        log.warning("teams.correction_not_posted turn=%s reason=no_conversation_reference", turn.id)
+        log.warning("teams.not_posted turn=%s reason=no_conversation_reference", turn.id)
         return False
     reference = ConversationReference().deserialize(json.loads(raw))
-    reply = correction_reply(turn, correction)
 
     async def send(turn_context: TurnContext) -> None:
         await turn_context.send_activity(reply)
@@ -599,14 +603,20 @@ async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str
     try:
         await channel.adapter.continue_conversation(reference, send, channel.app_id or None)
     except Exception as exc:  # noqa: BLE001 (the connector raises its own error types)
-        log.warning("teams.correction_failed turn=%s error=%s", turn.id, type(exc).__name__)
+        log.warning("teams.post_failed turn=%s error=%s", turn.id, type(exc).__name__)
         return False
     return True
+
+
+async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str) -> bool:
+    """A correction from the console, where the employee asked."""
+    return await _post_into_conversation(channel, turn, correction_reply(turn, correction))
 
 
 def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> TeamsChannel:
     channel = TeamsChannel(deskmate, background)
     deskmate.correctors["teams"] = lambda turn, correction: _post_correction_for(channel, turn, correction)
+    deskmate.notifiers["teams"] = lambda turn, text: _post_into_conversation(channel, turn, MessageFactory.text(text))
     if channel.open:
         log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests because no "
                     "Teams app id is set: fine on a laptop, never on a reachable host "

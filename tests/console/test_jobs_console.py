@@ -21,7 +21,7 @@ async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def lead_csrf(server, lead: aiohttp.ClientSession) -> str:  # noqa: ANN001
+async def lead_csrf(server, lead: aiohttp.ClientSession) -> str:
     """A lead's pages on the retraining side carry no form, so take the token from a review form."""
     return csrf_of((await get(lead, f"{server.url}/console/turns/{server.turn_ids[0]}"))[1])
 
@@ -37,7 +37,7 @@ async def finished(http: aiohttp.ClientSession, url: str, timeout: float = 120) 
     raise AssertionError(f"job still {state} after {timeout} s")
 
 
-async def test_an_admin_starts_a_dry_run_and_sees_its_dataset_card(console_server) -> None:  # noqa: ANN001
+async def test_an_admin_starts_a_dry_run_and_sees_its_dataset_card(console_server) -> None:
     url, deskmate = console_server.url, console_server.deskmate
     await deskmate.ledger.record_feedback(console_server.turn_ids[0], ADMIN, platform="console", rater_role="admin",
                                           score=5, verdict="correct")
@@ -64,7 +64,7 @@ async def test_an_admin_starts_a_dry_run_and_sees_its_dataset_card(console_serve
     assert job.actor == ADMIN and job.params["dry_run"] is True
 
 
-async def test_one_job_at_a_time_and_only_admins_start_or_cancel_one(console_server) -> None:  # noqa: ANN001
+async def test_one_job_at_a_time_and_only_admins_start_or_cancel_one(console_server) -> None:
     url, ledger = console_server.url, console_server.deskmate.ledger
     busy = await jobs.create_job(ledger, "retrain", "someone@northwind.example", {})
     admin, lead = await signed_in(console_server, ADMIN), await signed_in(console_server, LEAD)
@@ -95,7 +95,7 @@ async def test_one_job_at_a_time_and_only_admins_start_or_cancel_one(console_ser
     assert await jobs.active_job(ledger, "retrain") is None  # the next one may start
 
 
-async def test_the_job_page_shows_the_report_its_plot_and_only_that(console_server) -> None:  # noqa: ANN001
+async def test_the_job_page_shows_the_report_its_plot_and_only_that(console_server) -> None:
     url, ledger = console_server.url, console_server.deskmate.ledger
     job = await jobs.create_job(ledger, "retrain", ADMIN, {})
     folder: Path = console_server.settings.resolved_jobs_dir() / job.id
@@ -136,7 +136,7 @@ async def test_the_job_page_shows_the_report_its_plot_and_only_that(console_serv
                 assert b"candidate" not in await r.read()
 
 
-async def test_an_admin_promotes_and_rolls_back_and_the_server_follows(console_server, blank_adapter) -> None:  # noqa: ANN001
+async def test_an_admin_promotes_and_rolls_back_and_the_server_follows(console_server, blank_adapter) -> None:
     url, deskmate = console_server.url, console_server.deskmate
     name = await register_adapter(deskmate, blank_adapter)
     admin = await signed_in(console_server, ADMIN)
@@ -159,7 +159,7 @@ async def test_an_admin_promotes_and_rolls_back_and_the_server_follows(console_s
     assert deskmate.generator.adapter == ""
 
 
-async def test_refused_promotions_say_why_and_change_nothing(console_server, blank_adapter) -> None:  # noqa: ANN001
+async def test_refused_promotions_say_why_and_change_nothing(console_server, blank_adapter) -> None:
     url, deskmate = console_server.url, console_server.deskmate
     rejected = await register_adapter(deskmate, blank_adapter, status="rejected")
     foreign = await register_adapter(deskmate, blank_adapter, base_model="someone/other-model")
@@ -189,3 +189,27 @@ async def test_refused_promotions_say_why_and_change_nothing(console_server, bla
         async with admin.post(f"{url}/console/adapters/{rejected}/promote", data={"csrf": csrf, "force": "on"}) as r:
             assert r.status == 200
     assert await adapters.live_adapter(deskmate.ledger) == rejected  # forced: the admin's call
+
+
+async def test_lora_env_names_what_tgi_must_load_before_a_promotion_or_rollback(console_server, blank_adapter) -> None:
+    import os
+    import subprocess
+    import sys
+
+    deskmate = console_server.deskmate
+    first, second, waiting = [await register_adapter(deskmate, blank_adapter) for _ in range(3)]
+    rejected = await register_adapter(deskmate, blank_adapter, status="rejected")
+    for name in (first, second):
+        await adapters.promote(deskmate.ledger, deskmate.retrainer().registry, name, actor="t",
+                               generator=deskmate.generator)
+    settings = console_server.settings
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
+           "DESKMATE_DATA_DIR": str(settings.data_dir), "DESKMATE_LEDGER_URL": settings.ledger_url,
+           "DESKMATE_STORE_URL": settings.store_url, "DESKMATE_GENERATOR_URL": "echo://"}
+    done = await asyncio.to_thread(subprocess.run, [str(Path(sys.executable).parent / "deskmate"), "adapters",
+                                   "lora-env", "--root", "/mnt/adapters/"], env=env, capture_output=True,
+                                   text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    # live first, then what rollback would need, then the candidate an admin may promote next
+    assert done.stdout.strip() == ",".join(f"{n}=/mnt/adapters/{n}" for n in (second, first, waiting))
+    assert rejected not in done.stdout
