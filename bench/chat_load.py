@@ -12,8 +12,14 @@ twice.
 Figures: Slack ack and Teams response latency p50/p99 per N and phase (over real HTTP, timed by
 the client), answers lost and answered twice.
 
-    python bench/chat_load.py            # N = 1, 10, 50
-    python bench/chat_load.py --n 1 10   # a quicker run
+With `--stores` the server runs as in production: its ledger in a PostgreSQL database of its own
+and its cache in a Redis server of its own (started here on a free port), so that the load each
+puts on them can be counted from their own statistics (Redis `INFO commandstats`, PostgreSQL
+`pg_stat_database`) and reported per 1,000 turns (docs/scaling.md).
+
+    python bench/chat_load.py                                # N = 1, 10, 50
+    python bench/chat_load.py --n 1 10                       # a quicker run
+    python bench/chat_load.py --stores --n 50 100 200 400    # how many conversations one replica holds
 """
 
 from __future__ import annotations
@@ -66,6 +72,88 @@ def start_recorder() -> Recorder:
     threading.Thread(target=run, daemon=True).start()
     ready.wait(10)
     return recorder
+
+
+class Stores:
+    """A Redis server and a PostgreSQL database used by nothing but the benchmarked server, so
+    their statistics are its load alone."""
+
+    def __init__(self, pg_admin: str) -> None:
+        import shutil
+
+        self.pg_admin = pg_admin
+        self.database = f"deskmate_bench_{uuid.uuid4().hex[:8]}"
+        self._admin(f'CREATE DATABASE "{self.database}"')
+        self.ledger_url = f"{pg_admin.rsplit('/', 1)[0]}/{self.database}"
+        port = free_port()
+        server = shutil.which("redis-server")
+        if server is None:
+            raise SystemExit("--stores needs redis-server on PATH (apt-get install redis-server)")
+        self._redis = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                        "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        self.redis = redis.Redis.from_url(self.redis_url)
+        for _ in range(50):
+            try:
+                self.redis.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+
+    def _admin(self, sql: str, fetch: bool = False) -> list:
+        import asyncpg
+
+        async def run() -> list:
+            conn = await asyncpg.connect(self.pg_admin)
+            try:
+                return list(await conn.fetch(sql)) if fetch else [await conn.execute(sql)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def snapshot(self) -> dict:
+        """Counters now: Redis calls per command and memory; the database's transactions, rows
+        written and read, and size; how many turns the ledger holds."""
+        commands = {name.removeprefix("cmdstat_"): stats["calls"]
+                    for name, stats in self.redis.info("commandstats").items()}
+        [row] = self._admin(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched, tup_returned, "
+            f"pg_database_size('{self.database}') AS size FROM pg_stat_database WHERE datname = '{self.database}'",
+            fetch=True)
+        import asyncpg
+
+        async def turns() -> int:
+            conn = await asyncpg.connect(self.ledger_url)
+            try:
+                return await conn.fetchval("SELECT count(*) FROM turns")
+            finally:
+                await conn.close()
+
+        return {"redis": commands, "redis_memory": self.redis.info("memory")["used_memory"],
+                "pg": dict(row), "turns": asyncio.run(turns())}
+
+    @staticmethod
+    def per_thousand_turns(before: dict, after: dict) -> dict:
+        turns = after["turns"] - before["turns"]
+        scale = 1000 / max(1, turns)
+        commands = {name: round((calls - before["redis"].get(name, 0)) * scale)
+                    for name, calls in sorted(after["redis"].items())
+                    if calls - before["redis"].get(name, 0) > 0 and name not in ("info", "ping")}
+        pg = {f"pg_{k}": round((after["pg"][k] - before["pg"][k]) * scale) for k in after["pg"] if k != "size"}
+        # pg_stat_database is updated asynchronously (at transaction end, flushed about every
+        # second): the 2 s pause before the last snapshot lets the counts settle.
+        return {"turns_measured": turns, "redis_commands": sum(commands.values()),
+                "redis_memory_bytes": round((after["redis_memory"] - before["redis_memory"]) * scale),
+                **pg, "pg_size_bytes": round((after["pg"]["size"] - before["pg"]["size"]) * scale),
+                "redis_commands_per_1000_turns": commands}
+
+    def close(self) -> None:
+        self._redis.terminate()
+        self._redis.wait(10)
+        self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
 
 
 def redis_or_memory(url: str) -> str:
@@ -205,15 +293,23 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=2.0, help="Seconds the generator takes per answer.")
     parser.add_argument("--probe-seconds", type=float, default=1.5)
     parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--stores", action="store_true", help="Ledger in a PostgreSQL database and cache "
+                        "in a Redis of their own, and count the load on each.")
+    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="Where --stores creates (and drops) its database.")
+    parser.add_argument("--name", default="chat_load", help="Result file name (bench/results/NAME.json).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     recorder = start_recorder()
-    cache_url = redis_or_memory(args.cache_url)
+    stores = Stores(args.pg_admin) if args.stores else None
+    cache_url = stores.redis_url if stores else redis_or_memory(args.cache_url)
     prefix = f"deskmate-bench-{uuid.uuid4().hex[:8]}:"
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
+        ledger = {"DESKMATE_LEDGER_URL": stores.ledger_url} if stores else {}
         env = server_env(
+            **ledger,
             DESKMATE_DATA_DIR=tmp, DESKMATE_PORT=str(port), DESKMATE_CACHE_URL=cache_url,
             DESKMATE_CACHE_PREFIX=prefix, DESKMATE_GENERATOR_URL=f"echo://?delay={args.delay}",
             DESKMATE_RATE_LIMIT_PER_MINUTE="0", DESKMATE_ANSWER_CACHE_TTL="0",
@@ -228,10 +324,15 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, server)
             asyncio.run(load_round(url, recorder, 1, 0))  # warm-up: first-request costs are not load
+            before = stores.snapshot() if stores else None
             rows = [asyncio.run(load_round(url, recorder, n, args.probe_seconds)) for n in args.n]
+            time.sleep(2)  # the last ledger writes land
+            load = stores.per_thousand_turns(before, stores.snapshot()) if stores else None
         finally:
             stop_server(server, Path(tmp) / "serve.log")
-        if cache_url.startswith("redis://"):
+            if stores:
+                stores.close()
+        if cache_url.startswith("redis://") and not stores:  # a Redis of our own is gone already
             import redis
 
             client = redis.Redis.from_url(cache_url)
@@ -249,9 +350,14 @@ def main() -> None:
     print_table(headers, table)
     print_table(["N", "answers expected", "lost", "answered twice", "non-2xx"],
                 [[r["n"], r["answers_expected"], r["lost"], r["answered_twice"], r["non_2xx"]] for r in rows])
-    path = write_result("chat_load", {"generator_delay_s": args.delay, "cache": cache_url.split(":")[0],
-                                      "target": "p99 <= 100 ms at N=50, none lost, none twice", "rounds": rows},
-                        args.out)
+    figures = {"generator_delay_s": args.delay, "cache": cache_url.split(":")[0],
+               "ledger": "postgresql" if stores else "sqlite",
+               "target": "p99 <= 100 ms at N=50, none lost, none twice", "rounds": rows}
+    if load:
+        figures["store_load"] = load
+        print_table(["per 1,000 turns", "value"], [[k, v] for k, v in load.items() if not isinstance(v, dict)])
+        print("Redis commands per 1,000 turns:", load["redis_commands_per_1000_turns"])
+    path = write_result(args.name, figures, args.out)
     print(f"written to {path}")
 
 

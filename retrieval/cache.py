@@ -11,12 +11,15 @@ import asyncio
 import fnmatch
 import logging
 import time
+import uuid
 from abc import ABC, abstractmethod
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
 from cachetools import TLRUCache
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +174,36 @@ class RedisCache(Cache):
         self._recovered()
 
     async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """A claim that survives a slow Redis. Under a burst a SET NX can time out on our side
+        after Redis applied it; treating that as "Redis is down" switched deduplication off
+        exactly when Slack's retries arrived (measured: two answers given twice at 800 answers
+        in flight). So a timed-out claim is retried, and the stored value carries a token that
+        tells "I set it before the timeout" from "someone else set it"."""
         if not self._available():
             return True  # without the cache we cannot deduplicate; answering beats dropping
-        try:
-            result = await self._client.set(
-                self._k(key), value, px=int(ttl * 1000) if ttl else None, nx=True
-            )
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return True
-        self._recovered()
-        return bool(result)
+        token = value + b"#" + uuid.uuid4().hex.encode()
+        for attempt in range(3):
+            try:
+                if await self._client.set(self._k(key), token, px=int(ttl * 1000) if ttl else None, nx=True):
+                    self._recovered()
+                    return True
+                if attempt == 0:
+                    self._recovered()
+                    return False
+                # a retry: the key may be ours, set by the attempt that timed out
+                return await self._client.get(self._k(key)) == token
+            except (RedisTimeoutError, TimeoutError, RedisConnectionError) as exc:
+                # A busy pool (no free connection within its timeout) is a slow Redis too;
+                # a refused connection fails the same way on the next attempt.
+                last: Exception = exc
+                if isinstance(exc, RedisConnectionError) and "No connection available" not in str(exc):
+                    break
+                continue
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                return True
+        self._failed(last)
+        return True
 
     async def incr(self, key: str, ttl: float | None = None) -> int:
         if not self._available():

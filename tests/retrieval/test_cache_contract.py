@@ -89,3 +89,30 @@ async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis
     finally:
         await small.delete("seen:Ev1")
         await small.close()
+
+
+async def test_a_claim_answered_late_by_redis_stays_one_claim(redis_prefix: str) -> None:
+    """Redis applies a SET NX but its reply arrives after the client's 1 s socket timeout (a
+    burst): the claimer must still own the key, a second replica must be refused, and the
+    cache must not switch deduplication off."""
+    import uuid
+
+    from tests.conftest import REDIS_URL
+    from tests.scale.cluster import Forwarder
+
+    slow = Forwarder(6379, late_reply=b"+OK\r\n", late_by=1.5)
+    await slow.start()
+    prefix = f"{redis_prefix}late{uuid.uuid4().hex[:6]}:"
+    first = RedisCache(f"redis://127.0.0.1:{slow.port}/0", prefix=prefix)
+    other = RedisCache(REDIS_URL, prefix=prefix)
+    try:
+        assert await first.add("seen:Ev1", b"1", ttl=60) is True  # its reply came too late, yet it is ours
+        assert not slow.late_reply  # the late reply really happened
+        assert await other.add("seen:Ev1", b"1", ttl=60) is False
+        assert await first.add("seen:Ev1", b"1", ttl=60) is False  # still deduplicating
+        assert await first.add("seen:Ev2", b"1", ttl=60) is True
+    finally:
+        await other.clear()
+        await first.close()
+        await other.close()
+        await slow.stop()
