@@ -24,6 +24,7 @@ from bot.app import (
     open_ledger,
     open_records,
     open_retrieval,
+    stale_after,
 )
 from bot.ledger import Ledger
 from bot.messages import Delta, Done, IncomingMessage, Status
@@ -572,7 +573,8 @@ def worker() -> None:
         err.print("[red]deskmate worker needs DESKMATE_CACHE_URL=redis://…[/] (the queue lives in Redis)")
         raise typer.Exit(2)
     queue = queue_name(settings.cache_prefix)
-    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url, queue)))
+    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url, queue),
+                                                         stale_after(settings)))
     connection = Redis.from_url(settings.cache_url)
     out.print(f"deskmate worker: waiting for jobs on the '{queue}' queue", highlight=False)
     Worker([Queue(queue, connection=connection)], connection=connection).work(with_scheduler=False)

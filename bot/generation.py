@@ -317,6 +317,7 @@ class RemoteGenerator(Generator):
         self.retries = retries
         self.backoff = backoff
         self.model = model_name
+        self._listed_name = ""  # the server's own model name, asked for when no adapter is live
         self._api_key = api_key
         _allow_model_server(self.base_url)
         self._client = AsyncInferenceClient(base_url=self.base_url, api_key=api_key, timeout=timeout)
@@ -363,6 +364,22 @@ class RemoteGenerator(Generator):
                 )
         self.adapter = name
 
+    async def _base_name(self) -> str | None:
+        """The name to ask for when no adapter is live. Left empty, huggingface_hub sends
+        `"model": "dummy"`, which TGI and llama.cpp ignore but vLLM answers with 404; so ask
+        for the configured name, else the first model the server lists."""
+        if self.model:
+            return self.model
+        if not self._listed_name:
+            try:
+                models = await self._get_json("/v1/models")
+            except Exception:  # noqa: BLE001 (the chat call itself will report the outage)
+                return None
+            ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)] \
+                if isinstance(models, dict) else []
+            self._listed_name = next((str(i) for i in ids if i), "")
+        return self._listed_name or None
+
     async def ping(self) -> bool:
         try:
             await self.served_models()
@@ -377,7 +394,7 @@ class RemoteGenerator(Generator):
             started = False
             try:
                 chunks = await self._client.chat_completion(
-                    list(messages), model=self.adapter or None, stream=True,
+                    list(messages), model=self.adapter or await self._base_name(), stream=True,
                     max_tokens=max_tokens, temperature=temperature,
                 )
                 async for chunk in chunks:

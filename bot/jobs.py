@@ -21,7 +21,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -127,12 +127,43 @@ def _alive(runner: str) -> bool:
     return True
 
 
-async def orphaned_jobs(ledger: Ledger) -> list[JobRow]:
-    """Active jobs whose runner process on this machine is gone (the bot was restarted or
-    killed mid-job). Their status is still in the ledger; their folder holds the checkpoint."""
+async def orphaned_jobs(ledger: Ledger, stale_after: timedelta = timedelta(seconds=30)) -> list[JobRow]:
+    """Active jobs whose runner is gone (a bot or worker restarted, a pod replaced, a node
+    lost). Their status is still in the ledger; their folder holds the checkpoint.
+
+    A runner is a replica id with a heartbeat row (bot/replicas.py): gone when the row is stale
+    or was removed. Pids cannot tell: a replaced pod has a new hostname and a restarted container
+    is pid 1 again. Runner ids of the older host:pid form are still judged by their pid."""
+    from bot.ledger import ReplicaRow
+
+    cutoff = datetime.now(UTC) - stale_after
     async with ledger.sessions() as session:
         active = list(await session.scalars(select(JobRow).where(JobRow.active_slot.is_not(None))))
-    return [j for j in active if j.status != "queued" and j.runner and not _alive(j.runner)]
+        beats = {r.id: r.seen_at for r in await session.scalars(select(ReplicaRow))}
+    orphans = []
+    for job in active:
+        if job.status == "queued" or not job.runner:
+            continue
+        if job.runner.count(":") >= 2:  # a replica id
+            seen = beats.get(job.runner)
+            if seen is None or _aware(seen) < cutoff:
+                orphans.append(job)
+        elif not _alive(job.runner):
+            orphans.append(job)
+    return orphans
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+async def claim_orphan(ledger: Ledger, job: JobRow) -> bool:
+    """Take an orphan over for resuming; False when another replica already did."""
+    async with ledger.sessions.begin() as session:
+        result = await session.execute(
+            update(JobRow).where(JobRow.id == job.id, JobRow.runner == job.runner)
+            .values(runner="", status="running").execution_options(synchronize_session=False))
+        return result.rowcount == 1
 
 
 # --- running jobs ----------------------------------------------------------------------------
@@ -188,7 +219,8 @@ class RedisRunner:
             from rq import Queue
 
             queue = Queue(self.queue, connection=Redis.from_url(self.redis_url))
-            queue.enqueue("bot.retrain.run_job_sync", job_id, job_id=f"deskmate-{job_id}",
+            # A resumed job is a new RQ job: the old one may sit in RQ's failed registry.
+            queue.enqueue("bot.retrain.run_job_sync", job_id, job_id=f"deskmate-{job_id}-{uuid.uuid4().hex[:6]}",
                           job_timeout=self.timeout_s, result_ttl=7 * 86400, failure_ttl=30 * 86400)
 
         await asyncio.to_thread(enqueue)

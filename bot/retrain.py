@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +60,24 @@ class Retrainer:
         folder = self.settings.resolved_jobs_dir() / job.id
         folder.mkdir(parents=True, exist_ok=True)
         resumed = job.status == "running"
-        await jobs.update_job(self.ledger, job.id, status="running", runner=jobs.runner_id(), stage="export",
-                              started_at=job.started_at or datetime.now(UTC))
-        log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
+        beating = await self._heartbeat()
         try:
-            result = await self._stages(job, folder)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("job.failed id=%s", job.id)
-            _forget_raw(folder)
-            await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
-            return await jobs.get_job(self.ledger, job.id)
+            await jobs.update_job(self.ledger, job.id, status="running", runner=self.ledger.replica,
+                                  stage="export", started_at=job.started_at or datetime.now(UTC))
+            log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
+            try:
+                result = await self._stages(job, folder)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("job.failed id=%s", job.id)
+                _forget_raw(folder)
+                await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+                return await jobs.get_job(self.ledger, job.id)
+        finally:
+            if beating is not None:
+                beating.cancel()
+                await _leave(self.ledger)
         _forget_raw(folder)
         status = result.pop("_status", "succeeded")
         await jobs.finish_job(self.ledger, job.id, status, result=result, error=result.get("error"))
@@ -79,6 +85,26 @@ class Retrainer:
         return await jobs.get_job(self.ledger, job.id)
 
     # --- the stages -------------------------------------------------------------------------
+    async def _heartbeat(self) -> asyncio.Task | None:
+        """The job's runner is a replica id with a heartbeat, so any replica can tell when it
+        died. A serving process beats already; a worker or the CLI beats while the job runs."""
+        from bot import replicas
+
+        if self.ledger.replica:
+            return None
+        self.ledger.replica = replicas.new_replica_id()
+        await replicas.heartbeat(self.ledger)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.replica_heartbeat_seconds)
+                try:
+                    await replicas.heartbeat(self.ledger)
+                except Exception as exc:  # noqa: BLE001 (a missed beat is retried next time)
+                    log.info("job.heartbeat_skipped error=%s", type(exc).__name__)
+
+        return asyncio.create_task(beat())
+
     async def _stages(self, job: JobRow, folder: Path) -> dict[str, Any]:
         from bot.export import rated_turns, to_jsonl
 
@@ -329,6 +355,16 @@ def _read_guards(path: Path | None) -> list[dict[str, Any]]:
     return guards
 
 
+async def _leave(ledger: Ledger) -> None:
+    from bot import replicas
+
+    try:
+        await replicas.leave(ledger)
+    except Exception as exc:  # noqa: BLE001 (the row goes stale instead: harmless once the job is final)
+        log.info("job.leave_failed error=%s", type(exc).__name__)
+    ledger.replica = ""
+
+
 # --- entry points ----------------------------------------------------------------------------
 
 async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, dry_run: bool = False,
@@ -339,12 +375,14 @@ async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, 
     return job
 
 
-async def resume_orphans(ledger: Ledger, runner: Any) -> list[str]:
-    """Jobs whose runner died: back to the runner, which resumes from their checkpoints."""
+async def resume_orphans(ledger: Ledger, runner: Any, stale_after: timedelta = timedelta(seconds=30)) -> list[str]:
+    """Jobs whose runner died: back to the runner, which resumes from their checkpoints. Every
+    replica checks now and then; the claim makes sure one of them resubmits each job."""
     resumed = []
-    for job in await jobs.orphaned_jobs(ledger):
+    for job in await jobs.orphaned_jobs(ledger, stale_after):
+        if not await jobs.claim_orphan(ledger, job):
+            continue
         log.warning("job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner)
-        await jobs.update_job(ledger, job.id, status="running", runner="")
         await runner.submit(job.id)
         resumed.append(job.id)
     return resumed

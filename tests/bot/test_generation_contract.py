@@ -150,3 +150,45 @@ async def test_local_wait_line_is_bounded(gguf_path: Path) -> None:
     await first.aclose()
     assert (await small.generate(QUESTION, max_tokens=5)).strip()  # the line frees up again
     await small.close()
+
+
+async def test_without_an_adapter_the_server_s_own_model_name_is_asked_for() -> None:
+    """vLLM answers an unknown `model` with 404 (huggingface_hub would send "dummy"): with no
+    adapter live, the client must ask for a name the server lists."""
+    import json
+
+    from aiohttp import web
+
+    asked: list[str] = []
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "org/base-1b", "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        asked.append(body.get("model"))
+        if body.get("model") != "org/base-1b":  # as vLLM does
+            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist."}},
+                                     status=404)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "org/base-1b",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    remote = RemoteGenerator(f"http://127.0.0.1:{port}", retries=0)
+    try:
+        assert await remote.generate(QUESTION, max_tokens=8) == "Hello"
+        assert asked == ["org/base-1b"] and remote.model == ""  # the configured name stays unset
+    finally:
+        await remote.close()
+        await runner.cleanup()

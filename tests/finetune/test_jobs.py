@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bot import jobs, retrain
 from bot.jobs import RedisRunner, queue_name
-from bot.ledger import Ledger
+from bot.ledger import Ledger, ReplicaRow
 from tests.conftest import REDIS_URL, running_server
 
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
@@ -34,16 +34,18 @@ async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path:
     ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await ledger.migrate()
     job = await jobs.create_job(ledger, "retrain", "sofia.martins@northwind.example", {})
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a process id that no longer runs: the bot that had the job was killed
-    await jobs.update_job(ledger, job.id, status="running", stage="sft", progress=0.4,
-                          runner=f"{socket.gethostname()}:{gone.pid}")
+    # The pod that had the job was replaced: another hostname, pid 1, a heartbeat gone quiet.
+    dead = "deskmate-worker-7f9c6-x2k:1:a1b2c3"
+    async with ledger.sessions.begin() as session:
+        stale = datetime.now(UTC) - timedelta(minutes=10)
+        session.add(ReplicaRow(id=dead, started_at=stale, seen_at=stale))
+    await jobs.update_job(ledger, job.id, status="running", stage="sft", progress=0.4, runner=dead)
     async with running_server(embedder, data_dir=tmp_path, store_url=example_store_url, ledger_url=ledger_url,
                               cache_url=REDIS_URL, cache_prefix=f"{redis_prefix}orphan:", generator_url="echo://"):
         done = await until_finished(ledger, job.id)
     # Resumed from where the ledger said it was: nothing is rated here, so it ends saying so.
     assert done.status == "failed" and "No rated turns yet" in (done.error or "")
-    assert done.runner.endswith(f":{os.getpid()}") and done.active_slot is None
+    assert f":{os.getpid()}:" in done.runner and done.active_slot is None
     await ledger.close()
 
 
@@ -70,7 +72,7 @@ async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example
         job = await retrain.start(settings, ledger, RedisRunner(REDIS_URL, queue_name(prefix)), "cli")
         done = await until_finished(ledger, job.id)
         assert done.status == "failed" and "No rated turns yet" in (done.error or "")
-        assert not done.runner.endswith(f":{os.getpid()}")  # another process ran it
+        assert f":{os.getpid()}:" not in done.runner  # another process ran it
     finally:
         worker.terminate()
         output = worker.communicate(timeout=30)[0].decode()
