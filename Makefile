@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: demo test install install-test services browser clean
+.PHONY: demo test install install-test services browser deploy-tools clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -35,12 +35,15 @@ services:
 browser:
 	scripts/ensure-browser.sh
 
+deploy-tools:
+	scripts/ensure-deploy-tools.sh
+
 demo: install
 	$(BIN)/deskmate ingest examples/kb
 	$(BIN)/deskmate users import examples/users.csv
 	$(BIN)/deskmate serve
 
-test: install-test services browser
+test: install-test services browser deploy-tools
 	$(BIN)/python -m pytest
 
 clean:
