@@ -325,6 +325,7 @@ class Orchestrator:
 
     async def _finish(self, turn: _Turn, answer: Answer, end: TurnEnd) -> None:
         turn.latency["total"] = round((time.perf_counter() - turn.started) * 1000, 2)
+        metrics.STAGE_SECONDS.labels("total").observe(turn.latency["total"] / 1000)  # what alerts watch
         end.latency_ms = dict(turn.latency)
         turn.finished = True
         await self._record(turn, end)
