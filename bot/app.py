@@ -24,7 +24,7 @@ from retrieval.chunking import ChunkingConfig
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
-from retrieval.store import KnowledgeStore, open_store
+from retrieval.store import DeferredStore, KnowledgeStore, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,27 @@ class Retrieval:
         await self.cache.close()
 
 
-async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None) -> Retrieval:
-    """Connect the store and cache the settings name, sharing one embedder."""
+async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None,
+                         patient: bool = False) -> Retrieval:
+    """Connect the store and cache the settings name, sharing one embedder. `patient` (for
+    servers): a store that is not up yet is connected later instead of failing the start."""
     cache = open_cache(settings.cache_url, settings.cache_prefix)
     embedder = embedder or Embedder(
         settings.embedding_model, cache=cache, batch_size=settings.embedding_batch_size
     )
     api_key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
-    store = await open_store(
-        settings.resolved_store_url(), dim=embedder.dim, api_key=api_key,
-        grpc_port=settings.weaviate_grpc_port,
-    )
+
+    def connect() -> Awaitable[KnowledgeStore]:
+        return open_store(settings.resolved_store_url(), dim=embedder.dim, api_key=api_key,
+                          grpc_port=settings.weaviate_grpc_port)
+
+    try:
+        store = await connect()
+    except StoreUnavailable as exc:
+        if not patient:
+            raise
+        log.warning("store.unavailable_at_start error=%s; not ready until it answers", exc)
+        store = DeferredStore(connect, dim=embedder.dim, first_error=str(exc))  # type: ignore[assignment]
     searcher = Searcher(
         store, embedder, cache, alpha=settings.hybrid_alpha,
         min_confidence=settings.min_confidence, max_query_chars=settings.max_query_chars,
@@ -145,7 +155,7 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
                         embedder: Embedder | None = None) -> Deskmate:
     """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
     starts anyway, spools turns, and `/readyz` says so."""
-    retrieval = await open_retrieval(settings, embedder=embedder)
+    retrieval = await open_retrieval(settings, embedder=embedder, patient=True)
     ledger = await open_ledger(settings)
     generator = generator or make_generator(settings)
     if settings.adapter:

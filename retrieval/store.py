@@ -5,8 +5,11 @@ Two backends implement it: `store_lancedb` (embedded, on disk) and `store_weavia
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -21,6 +24,9 @@ from retrieval.records import (
     StoreStats,
     UserProfile,
 )
+
+log = logging.getLogger(__name__)
+
 
 class StoreUnavailable(RuntimeError):
     """The store's server cannot be reached or refused the request."""
@@ -140,3 +146,60 @@ async def open_store(
         path = url.split("://", 1)[1] if "://" in url else url
         return await LanceStore.open(path, dim=dim, vector_index_min_rows=vector_index_min_rows)
     raise ValueError(f"unsupported store URL scheme {parsed.scheme!r} in {url!r}")
+
+
+class DeferredStore:
+    """A store whose server was not up when a long-running process started (Weaviate still
+    booting in a fresh cluster). Instead of crashing the process, every call raises
+    `StoreUnavailable` until a connection succeeds. Connecting happens in the background, started
+    by use and by `ping` (which readiness probes call) at most every `retry_after` seconds, so
+    no request or probe waits on a connect timeout. Then it is the store.
+
+    Duck-typed rather than a `KnowledgeStore` subclass: it forwards whatever the real store
+    offers, so it cannot fall behind when the interface grows."""
+
+    def __init__(self, connect: Callable[[], Awaitable[KnowledgeStore]], *, dim: int,
+                 retry_after: float = 5.0, first_error: str = "") -> None:
+        self.dim = dim
+        self._connect = connect
+        self._retry_after = retry_after
+        self._store: KnowledgeStore | None = None
+        self._error = first_error or "not connected yet"
+        self._tried_at = time.monotonic() if first_error else float("-inf")
+        self._attempt: asyncio.Task[None] | None = None
+
+    def _ready(self) -> KnowledgeStore:
+        if self._store is not None:
+            return self._store
+        idle = self._attempt is None or self._attempt.done()
+        if idle and time.monotonic() - self._tried_at >= self._retry_after:
+            self._tried_at = time.monotonic()
+            self._attempt = asyncio.create_task(self._try_connect())
+        raise StoreUnavailable(self._error)
+
+    async def _try_connect(self) -> None:
+        try:
+            self._store = await self._connect()
+        except Exception as exc:  # noqa: BLE001 (kept as the reason the next call reports)
+            self._error = str(exc) or type(exc).__name__
+            return
+        log.warning("store.connected after start-up")
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        async def forward(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(self._ready(), name)(*args, **kwargs)
+
+        return forward
+
+    async def ping(self) -> bool:
+        try:
+            store = self._ready()
+        except StoreUnavailable:
+            return False
+        return await store.ping()
+
+    async def close(self) -> None:
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self._store is not None:
+            await self._store.close()

@@ -47,7 +47,13 @@ async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str,
 
     A person missing from the directory still gets answers, from public documents only."""
     key = user_key(email, platform, platform_id)
-    profile = await store.get_user(key)
+    try:
+        profile = await store.get_user(key)
+    except Exception as exc:  # noqa: BLE001 (a store outage must not drop the message unanswered)
+        # Without the directory the person is treated as unknown: public documents only, the
+        # safe direction; the turn that follows records the outage if search fails too.
+        log.warning("directory.unavailable user=%s error=%s", key, type(exc).__name__)
+        return Person(key, name, ())
     if profile is None:
         return Person(key, name, ())
     return Person(profile.key, profile.name or name, profile.groups)

@@ -10,7 +10,7 @@ from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.records import UserProfile, reader_groups
 from retrieval.search import Searcher
-from retrieval.store import KnowledgeStore
+from retrieval.store import KnowledgeStore, open_store
 from retrieval.users import import_users
 
 DOCS = [
@@ -144,3 +144,48 @@ async def test_kb_version_grows_with_changes(loaded: KnowledgeStore, embedder: E
     assert report.updated == ["wifi.md"] and report.kb_version == v1 + 1
     texts = " ".join(c.text for c in await loaded.chunks_of("wifi.md"))
     assert "NW-Secure" in texts and "NW-Guest" not in texts
+
+
+async def test_a_store_that_comes_up_after_start_is_used_once_it_answers(example_store_url: str,
+                                                                         embedder: Embedder) -> None:
+    """A server process started before Weaviate: calls fail clearly (never hang) until the
+    store answers, then go through, without a restart."""
+    import asyncio
+
+    from retrieval.store import DeferredStore, StoreUnavailable
+    from tests.conftest import free_port
+
+    where = [f"http://127.0.0.1:{free_port()}"]  # nothing listens there yet
+
+    async def connect() -> KnowledgeStore:
+        return await open_store(where[0], dim=embedder.dim, grpc_port=free_port())
+
+    store = DeferredStore(connect, dim=embedder.dim, retry_after=0.1)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get_user("lukas.becker@northwind.example")
+        for _ in range(100):  # the background attempt fails with the server's reason
+            if "Weaviate" in str(await _reason(store)):
+                break
+            await asyncio.sleep(0.1)
+        assert "Weaviate" in str(await _reason(store)) and not await store.ping()
+        where[0] = example_store_url  # the store is up now
+        for _ in range(100):
+            if await store.ping():
+                break
+            await asyncio.sleep(0.1)
+        assert await store.ping()
+        profile = await store.get_user("lukas.becker@northwind.example")
+        assert profile is not None and profile.name == "Lukas Becker"
+    finally:
+        await store.close()
+
+
+async def _reason(store: object) -> str:
+    from retrieval.store import StoreUnavailable
+
+    try:
+        await store.kb_version()  # type: ignore[attr-defined]
+    except StoreUnavailable as exc:
+        return str(exc)
+    return ""

@@ -287,3 +287,31 @@ async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_n
             cluster.stop_all()
             await redis.stop()
             await postgres.stop()
+
+
+async def test_a_replica_started_before_weaviate_stays_up_and_says_why_it_cannot_answer(
+        tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path) -> None:
+    from tests.conftest import free_port
+
+    async with fresh_pg_database() as ledger_url:
+        settings = shared_settings(slack, tmp_path, ledger_url, f"{redis_prefix}now{uuid.uuid4().hex[:6]}:",
+                                   model_cache, example_store_url)
+        settings["DESKMATE_STORE_URL"] = f"http://127.0.0.1:{free_port()}"  # Weaviate still booting
+        settings["DESKMATE_WEAVIATE_GRPC_PORT"] = str(free_port())
+        cluster = Cluster(child_env(**settings), tmp_path)
+        try:
+            replica = await cluster.serve("before-weaviate")
+            status, body = await readiness(replica.url)
+            assert status == 503 and not body["parts"]["store"]["ok"] and body["parts"]["ledger"]["ok"]
+            question = f"How do I get an office access badge? ({uuid.uuid4().hex[:6]})"
+            ts = await ask_in_channel(replica.url, question)
+            ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
+            try:
+                [turn] = await until(lambda: _finished(ledger, question), 30, replica.output()[-3000:])
+            finally:
+                await ledger.close()
+            assert turn.status == "failed" and turn.error  # on record, with the reason
+            reply = await slack.wait_for(lambda calls: replies_in_thread(slack, ts), timeout=15)
+            assert reply and replica.alive()
+        finally:
+            cluster.stop_all()
