@@ -152,10 +152,11 @@ async def open_records(settings: Settings) -> Records:
 
 
 async def open_deskmate(settings: Settings, *, generator: Generator | None = None,
-                        embedder: Embedder | None = None) -> Deskmate:
+                        embedder: Embedder | None = None, patient: bool = False) -> Deskmate:
     """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
-    starts anyway, spools turns, and `/readyz` says so."""
-    retrieval = await open_retrieval(settings, embedder=embedder, patient=True)
+    starts anyway, spools turns, and `/readyz` says so. `patient` (servers): a knowledge store
+    that is not up yet is connected when it is, instead of failing the start."""
+    retrieval = await open_retrieval(settings, embedder=embedder, patient=patient)
     ledger = await open_ledger(settings)
     generator = generator or make_generator(settings)
     if settings.adapter:
@@ -297,12 +298,15 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
         yield
         for task in tasks:
             task.cancel()
-        try:  # runs after the answers in flight were drained (on_shutdown comes first)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:  # after the answers in flight were drained (on_shutdown) and jobs stopped (follow_adapters)
             await replicas.leave(deskmate.ledger)
         except Exception as exc:  # noqa: BLE001 (the row then goes stale and is swept: harmless)
             log.info("replica.leave_failed error=%s", type(exc).__name__)
 
     app.on_shutdown.append(finish_answers)
-    app.cleanup_ctx.append(follow_adapters)
+    # Cleanup contexts unwind in reverse: the replica id exists before a resumed job stamps it
+    # as its runner, and its heartbeat row goes only after in-process jobs have stopped.
     app.cleanup_ctx.append(announce_replica)
+    app.cleanup_ctx.append(follow_adapters)
     return app

@@ -638,7 +638,7 @@ def serve(
     port = port or settings.port
 
     async def main() -> None:
-        deskmate = await open_deskmate(settings)
+        deskmate = await open_deskmate(settings, patient=True)
         if isinstance(deskmate.generator, LlamaCppGenerator):
             await deskmate.generator.load()  # the first question should not wait for it
         runner = web.AppRunner(build_web_app(deskmate), access_log=None)

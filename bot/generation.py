@@ -375,7 +375,8 @@ class RemoteGenerator(Generator):
                 models = await self._get_json("/v1/models")
             except Exception:  # noqa: BLE001 (the chat call itself will report the outage)
                 return None
-            ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)] \
+            # vLLM lists loaded adapters too, each with a `parent`: the base is the one without
+            ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict) and not m.get("parent")] \
                 if isinstance(models, dict) else []
             self._listed_name = next((str(i) for i in ids if i), "")
         return self._listed_name or None
@@ -405,6 +406,7 @@ class RemoteGenerator(Generator):
                 return
             except Exception as exc:  # noqa: BLE001
                 error = parse_error(exc)
+                self._listed_name = ""  # the server may have been redeployed with another model
                 retryable = isinstance(error, (GeneratorOverloaded, GeneratorUnavailable))
                 if started or not retryable or attempt >= self.retries:
                     raise error from None

@@ -127,26 +127,36 @@ def _alive(runner: str) -> bool:
     return True
 
 
+# A resubmitted job that has not started by then is resubmitted again (its queue entry was lost).
+CLAIM_LEASE = timedelta(minutes=10)
+# A job whose runner died this often is failed instead of resumed (it is probably what kills it).
+MAX_RESUMES = 3
+
+
 async def orphaned_jobs(ledger: Ledger, stale_after: timedelta = timedelta(seconds=30)) -> list[JobRow]:
     """Active jobs whose runner is gone (a bot or worker restarted, a pod replaced, a node
     lost). Their status is still in the ledger; their folder holds the checkpoint.
 
     A runner is a replica id with a heartbeat row (bot/replicas.py): gone when the row is stale
     or was removed. Pids cannot tell: a replaced pod has a new hostname and a restarted container
-    is pid 1 again. Runner ids of the older host:pid form are still judged by their pid."""
+    is pid 1 again. Runner ids of the older host:pid form are still judged by their pid. A job
+    resubmitted but never started within `CLAIM_LEASE` counts as orphaned too."""
     from bot.ledger import ReplicaRow
 
-    cutoff = datetime.now(UTC) - stale_after
+    now = datetime.now(UTC)
     async with ledger.sessions() as session:
         active = list(await session.scalars(select(JobRow).where(JobRow.active_slot.is_not(None))))
         beats = {r.id: r.seen_at for r in await session.scalars(select(ReplicaRow))}
     orphans = []
     for job in active:
-        if job.status == "queued" or not job.runner:
+        if job.status not in ("running", "cancelling"):
             continue
-        if job.runner.count(":") >= 2:  # a replica id
+        if not job.runner:
+            if job.claimed_at is not None and _aware(job.claimed_at) < now - CLAIM_LEASE:
+                orphans.append(job)
+        elif job.runner.count(":") >= 2:  # a replica id
             seen = beats.get(job.runner)
-            if seen is None or _aware(seen) < cutoff:
+            if seen is None or _aware(seen) < now - stale_after:
                 orphans.append(job)
         elif not _alive(job.runner):
             orphans.append(job)
@@ -158,11 +168,14 @@ def _aware(moment: datetime) -> datetime:
 
 
 async def claim_orphan(ledger: Ledger, job: JobRow) -> bool:
-    """Take an orphan over for resuming; False when another replica already did."""
+    """Take an orphan over for resuming; False when another replica already did, or when the
+    job finished meanwhile. The status is left alone (a pending cancel stays pending)."""
     async with ledger.sessions.begin() as session:
         result = await session.execute(
-            update(JobRow).where(JobRow.id == job.id, JobRow.runner == job.runner)
-            .values(runner="", status="running").execution_options(synchronize_session=False))
+            update(JobRow).where(JobRow.id == job.id, JobRow.runner == job.runner,
+                                 JobRow.status.in_(("running", "cancelling")), JobRow.active_slot.is_not(None))
+            .values(runner="", claimed_at=datetime.now(UTC), resumes=JobRow.resumes + 1)
+            .execution_options(synchronize_session=False))
         return result.rowcount == 1
 
 

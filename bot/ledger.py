@@ -182,6 +182,8 @@ class JobRow(Base):
     active_slot: Mapped[str | None] = mapped_column(String(32))  # = kind while queued/running
     runner: Mapped[str] = mapped_column(String(200), default="")  # host:pid running it
     stage: Mapped[str] = mapped_column(String(32), default="")
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # taken over from a dead runner
+    resumes: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ux_jobs_active_slot", "active_slot", unique=True),)
 
@@ -431,6 +433,10 @@ class Ledger:
                 row = await session.get(TurnRow, values["id"])
                 if row is None:
                     raise LookupError(f"turn {values['id']} was never begun")
+                if (row.error or "").startswith("interrupted") and not values.get("error"):
+                    # Another replica closed it while this one was cut off from the ledger and
+                    # the user got an apology: the answer is on record now, and so is that.
+                    values["error"] = row.error + "; its answer was recorded afterwards"
                 for name, value in values.items():
                     if name != "id":
                         setattr(row, name, value)

@@ -85,41 +85,71 @@ async def close_interrupted(ledger: Ledger, turn: TurnRow) -> bool:
         return result.rowcount == 1
 
 
-async def sweep(ledger: Ledger, notifiers: dict[str, Notifier], stale_after: timedelta) -> int:
+async def sweep(ledger: Ledger, notifiers: dict[str, Notifier], stale_after: timedelta,
+                notice_timeout: float = 10.0) -> int:
     """One pass: close every interrupted turn this replica wins and tell its user. Returns how
-    many it closed."""
-    closed = 0
+    many it closed. Notices are sent concurrently with a time limit: a slow Slack (rate limits)
+    must not hold the pass up."""
+    notices = []
     for turn in await interrupted_turns(ledger, stale_after):
         if not await close_interrupted(ledger, turn):
             continue  # another replica got there first
-        closed += 1
         metrics.TURNS.labels(turn.platform, "interrupted").inc()
         log.warning("turn.interrupted turn=%s ref=%s replica=%s", turn.id, turn.reference, turn.replica)
-        notify = notifiers.get(turn.platform)
-        told = False
-        if notify is not None:
-            try:
-                told = await notify(turn, interrupted_message(turn))
-            except Exception as exc:  # noqa: BLE001 (a platform error must not stop the sweep)
-                log.warning("turn.interrupted_notice_failed turn=%s error=%s", turn.id, type(exc).__name__)
-        if not told:
-            # The web chat has no conversation to post into: its page shows the broken stream.
-            log.info("turn.interrupted_not_told turn=%s platform=%s", turn.id, turn.platform)
+        notices.append(_tell(notifiers.get(turn.platform), turn, notice_timeout))
+    await asyncio.gather(*notices)
     async with ledger.sessions.begin() as session:
         await session.execute(delete(ReplicaRow).where(ReplicaRow.seen_at < datetime.now(UTC) - FORGET_AFTER))
-    return closed
+    return len(notices)
+
+
+async def _tell(notify: Notifier | None, turn: TurnRow, timeout: float) -> None:
+    told = False
+    if notify is not None:
+        try:
+            told = await asyncio.wait_for(notify(turn, interrupted_message(turn)), timeout)
+        except Exception as exc:  # noqa: BLE001 (a platform error must not stop the sweep)
+            log.warning("turn.interrupted_notice_failed turn=%s error=%s", turn.id, type(exc).__name__)
+    if not told:
+        # The web chat has no conversation to post into: its page shows the broken stream.
+        log.info("turn.interrupted_not_told turn=%s platform=%s", turn.id, turn.platform)
 
 
 async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: float) -> None:
-    """Heartbeat and sweep until cancelled; a ledger outage only skips beats (the turns are
-    spooled meanwhile and the sweep resumes when it is back)."""
+    """Heartbeat and sweep until cancelled.
+
+    The two run apart, so a long sweep never delays a beat. A replica sweeps only after its own
+    beats have landed without a gap for longer than the stale window: after a ledger outage
+    every replica's row is stale at once, and sweeping then would close the live answers of
+    all the others (they beat again within one interval; waiting lets them)."""
     stale_after = timedelta(seconds=every * MISSED_BEATS)
-    while True:
-        try:
-            await heartbeat(ledger)
-            await sweep(ledger, notifiers, stale_after)
-        except LEDGER_ERRORS as exc:
-            log.info("replica.heartbeat_skipped error=%s", type(exc).__name__)
-        except Exception:
-            log.exception("replica.sweep_failed")
-        await asyncio.sleep(every)
+    healthy_since: list[float] = []  # monotonic time of the first beat of the current run
+
+    async def beat() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if ledger.spooled():
+                    await ledger.ping()  # our own turns first: they may be the ones that look stale
+                await heartbeat(ledger)
+                if not healthy_since:
+                    healthy_since.append(loop.time())
+            except Exception as exc:  # noqa: BLE001 (an outage only skips beats)
+                healthy_since.clear()
+                log.info("replica.heartbeat_skipped error=%s", type(exc).__name__)
+            await asyncio.sleep(every)
+
+    async def sweep_when_healthy() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            if not healthy_since or loop.time() - healthy_since[0] < stale_after.total_seconds() + every:
+                continue
+            try:
+                await sweep(ledger, notifiers, stale_after)
+            except LEDGER_ERRORS as exc:
+                log.info("replica.sweep_skipped error=%s", type(exc).__name__)
+            except Exception:
+                log.exception("replica.sweep_failed")
+
+    await asyncio.gather(beat(), sweep_when_healthy())

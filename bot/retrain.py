@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,22 +63,25 @@ class Retrainer:
         resumed = job.status == "running"
         beating = await self._heartbeat()
         try:
-            await jobs.update_job(self.ledger, job.id, status="running", runner=self.ledger.replica,
-                                  stage="export", started_at=job.started_at or datetime.now(UTC))
-            log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
-            try:
-                result = await self._stages(job, folder)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("job.failed id=%s", job.id)
-                _forget_raw(folder)
-                await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
-                return await jobs.get_job(self.ledger, job.id)
-        finally:
+            return await self._run(job, folder, resumed)
+        finally:  # after the job's final status is written: a missing row reads as "runner died"
             if beating is not None:
-                beating.cancel()
+                await beating.stop()
                 await _leave(self.ledger)
+
+    async def _run(self, job: JobRow, folder: Path, resumed: bool) -> JobRow | None:
+        await jobs.update_job(self.ledger, job.id, status="running", runner=self.ledger.replica,
+                              stage="export", started_at=job.started_at or datetime.now(UTC))
+        log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
+        try:
+            result = await self._stages(job, folder)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("job.failed id=%s", job.id)
+            _forget_raw(folder)
+            await jobs.finish_job(self.ledger, job.id, "failed", error=f"{type(exc).__name__}: {exc}")
+            return await jobs.get_job(self.ledger, job.id)
         _forget_raw(folder)
         status = result.pop("_status", "succeeded")
         await jobs.finish_job(self.ledger, job.id, status, result=result, error=result.get("error"))
@@ -85,7 +89,7 @@ class Retrainer:
         return await jobs.get_job(self.ledger, job.id)
 
     # --- the stages -------------------------------------------------------------------------
-    async def _heartbeat(self) -> asyncio.Task | None:
+    async def _heartbeat(self) -> _Heartbeat | None:
         """The job's runner is a replica id with a heartbeat, so any replica can tell when it
         died. A serving process beats already; a worker or the CLI beats while the job runs."""
         from bot import replicas
@@ -94,16 +98,9 @@ class Retrainer:
             return None
         self.ledger.replica = replicas.new_replica_id()
         await replicas.heartbeat(self.ledger)
-
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.settings.replica_heartbeat_seconds)
-                try:
-                    await replicas.heartbeat(self.ledger)
-                except Exception as exc:  # noqa: BLE001 (a missed beat is retried next time)
-                    log.info("job.heartbeat_skipped error=%s", type(exc).__name__)
-
-        return asyncio.create_task(beat())
+        beating = _Heartbeat(self.ledger.url, self.ledger.replica, self.settings.replica_heartbeat_seconds)
+        beating.start()
+        return beating
 
     async def _stages(self, job: JobRow, folder: Path) -> dict[str, Any]:
         from bot.export import rated_turns, to_jsonl
@@ -355,6 +352,38 @@ def _read_guards(path: Path | None) -> list[dict[str, Any]]:
     return guards
 
 
+class _Heartbeat(threading.Thread):
+    """A job runner's heartbeat on its own thread, event loop and database connection: the
+    job's loop runs long synchronous steps (the gate's answers, the plot, hashing the adapter)
+    that must not make a live runner look dead and its job be resumed twice."""
+
+    def __init__(self, ledger_url: str, replica: str, every: float) -> None:
+        super().__init__(name="job-heartbeat", daemon=True)
+        self.ledger_url, self.replica, self.every = ledger_url, replica, every
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._beat())
+
+    async def _beat(self) -> None:
+        from bot import replicas
+
+        ledger = Ledger(self.ledger_url, Path(os.devnull))
+        ledger.replica = self.replica
+        try:
+            while not await asyncio.to_thread(self._stopping.wait, self.every):
+                try:
+                    await replicas.heartbeat(ledger)
+                except Exception as exc:  # noqa: BLE001 (a missed beat is retried next time)
+                    log.info("job.heartbeat_skipped error=%s", type(exc).__name__)
+        finally:
+            await ledger.close()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.to_thread(self.join, 10)
+
+
 async def _leave(ledger: Ledger) -> None:
     from bot import replicas
 
@@ -377,13 +406,20 @@ async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, 
 
 async def resume_orphans(ledger: Ledger, runner: Any, stale_after: timedelta = timedelta(seconds=30)) -> list[str]:
     """Jobs whose runner died: back to the runner, which resumes from their checkpoints. Every
-    replica checks now and then; the claim makes sure one of them resubmits each job."""
+    replica checks now and then; the claim makes sure one of them resubmits each job. A job
+    whose runner keeps dying is failed rather than resumed forever."""
     resumed = []
     for job in await jobs.orphaned_jobs(ledger, stale_after):
         if not await jobs.claim_orphan(ledger, job):
             continue
-        log.warning("job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner)
-        await runner.submit(job.id)
+        if job.resumes + 1 > jobs.MAX_RESUMES:
+            log.error("job.given_up id=%s resumes=%d", job.id, job.resumes + 1)
+            await jobs.finish_job(ledger, job.id, "failed", error=(
+                f"its runner stopped {job.resumes + 1} times (killed for memory or time?); "
+                "see the worker's log, then start a new retraining"))
+            continue
+        log.warning("job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner or "never started")
+        await runner.submit(job.id)  # if this fails, the claim's lease runs out and it is tried again
         resumed.append(job.id)
     return resumed
 

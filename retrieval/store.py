@@ -192,14 +192,12 @@ class DeferredStore:
         return forward
 
     async def ping(self) -> bool:
-        try:
-            store = self._ready()
-        except StoreUnavailable:
-            return False
-        return await store.ping()
+        """Raises with the reason while not connected, so a readiness probe can show it."""
+        return await self._ready().ping()
 
     async def close(self) -> None:
         if self._attempt is not None:
             self._attempt.cancel()
+            await asyncio.gather(self._attempt, return_exceptions=True)
         if self._store is not None:
             await self._store.close()

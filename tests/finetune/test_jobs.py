@@ -82,3 +82,40 @@ async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example
         queue.delete(delete_jobs=True)
         await ledger.close()
     assert f"queue '{queue_name(prefix)}'" in output.replace("\n", " ") or "waiting for jobs" in output
+
+
+async def test_orphans_are_claimed_once_finished_jobs_never_and_a_job_that_keeps_dying_is_failed(
+        tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "spool.jsonl")
+    await ledger.migrate()
+    stale = datetime.now(UTC) - timedelta(minutes=10)
+    async with ledger.sessions.begin() as session:
+        session.add(ReplicaRow(id="pod-a:1:aaaaaa", started_at=stale, seen_at=stale))
+    job = await jobs.create_job(ledger, "retrain", "admin", {})
+    await jobs.update_job(ledger, job.id, status="running", runner="pod-a:1:aaaaaa")
+    [orphan] = await jobs.orphaned_jobs(ledger)
+    assert await jobs.claim_orphan(ledger, orphan)
+    assert not await jobs.claim_orphan(ledger, orphan)  # a second replica with the same view loses
+
+    # The runner finished the job just before a replica acted on its old view: nothing happens.
+    await jobs.update_job(ledger, job.id, runner="pod-a:1:aaaaaa")
+    [late_view] = await jobs.orphaned_jobs(ledger)
+    await jobs.finish_job(ledger, job.id, "succeeded")
+    assert not await jobs.claim_orphan(ledger, late_view)
+    assert (await jobs.get_job(ledger, job.id)).status == "succeeded"
+
+    # A job whose runner died again and again is failed rather than resubmitted forever.
+    second = await jobs.create_job(ledger, "retrain", "admin", {})
+    await jobs.update_job(ledger, second.id, status="running", runner="pod-a:1:aaaaaa", resumes=jobs.MAX_RESUMES)
+    submitted: list[str] = []
+
+    async def body(job_id: str) -> None:
+        submitted.append(job_id)
+
+    runner = jobs.InProcessRunner(body)
+    assert await retrain.resume_orphans(ledger, runner) == []
+    await runner.drain()
+    assert submitted == []
+    given_up = await jobs.get_job(ledger, second.id)
+    assert given_up.status == "failed" and "stopped 4 times" in given_up.error and given_up.active_slot is None
+    await ledger.close()

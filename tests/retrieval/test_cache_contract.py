@@ -100,7 +100,7 @@ async def test_a_claim_answered_late_by_redis_stays_one_claim(redis_prefix: str)
     from tests.conftest import REDIS_URL
     from tests.scale.cluster import Forwarder
 
-    slow = Forwarder(6379, late_reply=b"+OK\r\n", late_by=1.5)
+    slow = Forwarder(6379, late_reply=b"+OK\r\n", late_after=b"NX", late_by=1.5)  # the SET NX's own reply
     await slow.start()
     prefix = f"{redis_prefix}late{uuid.uuid4().hex[:6]}:"
     first = RedisCache(f"redis://127.0.0.1:{slow.port}/0", prefix=prefix)

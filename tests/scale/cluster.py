@@ -114,12 +114,15 @@ class Forwarder:
     """Listens on a port and pipes each connection to a real server: before `start()` nothing
     listens there, exactly as when Redis or PostgreSQL is not up yet."""
 
-    def __init__(self, target_port: int, *, late_reply: bytes = b"", late_by: float = 0.0) -> None:
+    def __init__(self, target_port: int, *, late_reply: bytes = b"", late_after: bytes = b"",
+                 late_by: float = 0.0) -> None:
         self.port = free_port()
         self.target_port = target_port
-        # The first reply equal to `late_reply` reaches the client `late_by` seconds late: a
-        # server that did the work but answered after the client stopped waiting.
-        self.late_reply, self.late_by = late_reply, late_by
+        # The first reply equal to `late_reply` to a request containing `late_after` reaches
+        # the client `late_by` seconds late: a server that did the work but answered after the
+        # client stopped waiting.
+        self.late_reply, self.late_after, self.late_by = late_reply, late_after, late_by
+        self._last_request = b""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -143,7 +146,9 @@ class Forwarder:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
-                    if self.late_reply and data == self.late_reply and src is up_reader:
+                    if src is reader:
+                        self._last_request = data
+                    elif self.late_reply and data == self.late_reply and self.late_after in self._last_request:
                         self.late_reply = b""
                         await asyncio.sleep(self.late_by)
                     dst.write(data)

@@ -1,4 +1,4 @@
-"""replicas: which server process is answering a turn, and when each was last seen
+"""replicas: which server process is answering a turn, and when each was last seen; job resumes
 
 Revision ID: 0004
 Revises: 0003
@@ -27,9 +27,17 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('turns', schema=None) as batch_op:
         batch_op.add_column(sa.Column('replica', sa.String(length=80), nullable=False, server_default=''))
+    # A job taken over from a dead runner: when (a resubmission that never starts is retried)
+    # and how often (a job that kills every runner is given up, not retried forever).
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('resumes', sa.Integer(), nullable=False, server_default='0'))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('resumes')
+        batch_op.drop_column('claimed_at')
     with op.batch_alter_table('turns', schema=None) as batch_op:
         batch_op.drop_column('replica')
     op.drop_table('replicas')
