@@ -34,8 +34,9 @@ class Cache(ABC):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
 
     @abstractmethod
-    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
-        """Set only when absent; True when this call set it (used to deduplicate events)."""
+    async def add(self, key: str, value: bytes, ttl: float | None = None, *, if_unsure: bool = True) -> bool:
+        """Set only when absent; True when this call set it (used to deduplicate events).
+        `if_unsure` is the answer when the backend cannot tell (Redis down or too slow)."""
 
     @abstractmethod
     async def incr(self, key: str, ttl: float | None = None) -> int:
@@ -86,7 +87,7 @@ class MemoryCache(Cache):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self._data[key] = (value, self._deadline(ttl))
 
-    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+    async def add(self, key: str, value: bytes, ttl: float | None = None, *, if_unsure: bool = True) -> bool:
         async with self._lock:
             if self._data.get(key) is not None:
                 return False
@@ -173,14 +174,14 @@ class RedisCache(Cache):
             return
         self._recovered()
 
-    async def add(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+    async def add(self, key: str, value: bytes, ttl: float | None = None, *, if_unsure: bool = True) -> bool:
         """A claim that survives a slow Redis. Under a burst a SET NX can time out on our side
         after Redis applied it; treating that as "Redis is down" switched deduplication off
         exactly when Slack's retries arrived (measured: two answers given twice at 800 answers
         in flight). So a timed-out claim is retried, and the stored value carries a token that
         tells "I set it before the timeout" from "someone else set it"."""
         if not self._available():
-            return True  # without the cache we cannot deduplicate; answering beats dropping
+            return if_unsure  # without the cache we cannot deduplicate: the caller decides
         token = value + b"#" + uuid.uuid4().hex.encode()
         for attempt in range(3):
             try:
@@ -201,9 +202,9 @@ class RedisCache(Cache):
                 continue
             except (RedisError, OSError) as exc:
                 self._failed(exc)
-                return True
+                return if_unsure
         self._failed(last)
-        return True
+        return if_unsure
 
     async def incr(self, key: str, ttl: float | None = None) -> int:
         if not self._available():

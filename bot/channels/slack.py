@@ -318,7 +318,11 @@ class SlackChannel:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("slack.malformed_json bytes=%d", len(body))
                 return web.json_response({"error": "the body is not valid JSON"}, status=400)
-        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
+        bolt_request = await to_bolt_request(request)
+        # Slack's redelivery of an event it thinks was lost: deduplication must not fail open for it.
+        retry = request.headers.get("X-Slack-Retry-Num", "0")
+        bolt_request.context["slack_retry"] = int(retry) if retry.isdigit() else 0
+        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
 
     # --- listeners -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -367,18 +371,19 @@ class SlackChannel:
         await self.deskmate.retrieval.cache.set(f"slack-view:{view.get('id')}:{view.get('hash')}", b"1",
                                                 ttl=DEDUP_TTL_SECONDS)
 
-    async def _fresh(self, body: dict) -> bool:
+    async def _fresh(self, body: dict, context: Any) -> bool:
         """False for an event this process or another replica already took."""
         event_id = body.get("event_id")
         if not event_id:
             return True
-        if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}"):
+        redelivery = bool((context or {}).get("slack_retry") or body.get("retry_attempt"))
+        if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}", redelivery=redelivery):
             return True
         log.info("slack.duplicate_event event_id=%s", event_id)
         return False
 
-    async def _on_mention(self, event: dict, body: dict) -> None:
-        if event.get("bot_id") or not event.get("user") or not await self._fresh(body):
+    async def _on_mention(self, event: dict, body: dict, context: dict) -> None:
+        if event.get("bot_id") or not event.get("user") or not await self._fresh(body, context):
             return
         where = Where(team=body.get("team_id", ""), channel=event["channel"],
                       thread_ts=event.get("thread_ts") or event["ts"], user=event["user"], private=False)
@@ -410,13 +415,13 @@ class SlackChannel:
                 return
             where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
                           user=event["user"], private=False)
-        if not await self._fresh(body):
+        if not await self._fresh(body, context):
             return
         self.background.spawn(self._answer(where, text, event), f"slack-{body.get('event_id')}")
 
-    async def _on_assistant_thread_started(self, event: dict, body: dict) -> None:
+    async def _on_assistant_thread_started(self, event: dict, body: dict, context: dict) -> None:
         thread = event.get("assistant_thread") or {}
-        if not thread.get("channel_id") or not await self._fresh(body):
+        if not thread.get("channel_id") or not await self._fresh(body, context):
             return
         try:
             await self.client.assistant_threads_setSuggestedPrompts(

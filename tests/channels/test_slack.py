@@ -111,6 +111,27 @@ async def test_a_retry_is_acknowledged_and_not_answered_twice(chat_server, recor
     assert len(await wait_for_turns(chat_server, "slack", 1)) == 1
 
 
+async def test_with_redis_down_a_first_delivery_is_answered_and_a_redelivery_is_not(
+        tmp_path, example_store_url, embedder, redis_prefix, recorder) -> None:  # noqa: ANN001
+    """Without Redis no replica can tell whether an event was answered: its first delivery is
+    answered anyway, and Slack's retry of it is not (the first delivery reached a replica)."""
+    from tests.channels.conftest import chat_settings
+    from tests.conftest import free_port, running_server
+
+    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
+                             cache_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    async with running_server(embedder, **settings) as server:
+        first = event_callback(mention(VPN_QUESTION))
+        redelivered = event_callback(mention("How do I report a phishing email?"))
+        assert (await slack_event(server.url, first))[0] == 200
+        assert (await slack_event(server.url, redelivered, headers={
+            "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}))[0] == 200
+        [turn] = await wait_for_turns(server, "slack", 1)
+        await asyncio.sleep(1.5)  # time for the redelivery to be answered, if it were
+        assert [t.question for t in await wait_for_turns(server, "slack", 1)] == [turn.question]
+        assert turn.question == VPN_QUESTION
+
+
 async def test_bots_edits_and_deletions_are_ignored(chat_server, recorder) -> None:  # noqa: ANN001
     ignored = [
         message("I am a bot", bot_id="B999", subtype="bot_message"),
