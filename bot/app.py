@@ -184,13 +184,6 @@ def job_runner(settings: Settings, body: Callable[[str], Awaitable[Any]]) -> Any
     return InProcessRunner(body)
 
 
-def stale_after(settings: Settings) -> timedelta:
-    """How long a replica or job runner may stay silent before others take over its work."""
-    from bot.replicas import MISSED_BEATS
-
-    return timedelta(seconds=settings.replica_heartbeat_seconds * MISSED_BEATS)
-
-
 # --- the web server --------------------------------------------------------------------------
 
 DESKMATE_KEY = web.AppKey("deskmate", Deskmate)
@@ -259,13 +252,10 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
     async def follow_adapters(_app: web.Application):
         from bot import adapters
         from bot.jobs import InProcessRunner
-        from bot.retrain import resume_orphans
 
         registry = deskmate.retrainer().registry
         try:
             await adapters.apply_live(deskmate.ledger, registry, deskmate.generator)
-            if isinstance(deskmate.jobs, InProcessRunner):
-                await resume_orphans(deskmate.ledger, deskmate.jobs, stale_after(deskmate.settings))
         except Exception as exc:  # noqa: BLE001 (a ledger outage at start must not stop the server)
             log.warning("adapter.startup_check_failed error=%s", exc)
         task = asyncio.create_task(adapters.follow_live(deskmate.ledger, registry, deskmate.generator,
@@ -275,34 +265,24 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
         if isinstance(deskmate.jobs, InProcessRunner):
             await deskmate.jobs.stop()
 
-    async def keep_jobs_running(every: float) -> None:
-        """A retraining job whose runner died (a worker pod replaced, a node lost) goes back to
-        the runner; every replica looks, one claims it (bot/jobs.py)."""
-        from bot.replicas import MISSED_BEATS
-        from bot.retrain import resume_orphans
-
-        while True:
-            await asyncio.sleep(max(every * MISSED_BEATS, 10))
-            try:
-                await resume_orphans(deskmate.ledger, deskmate.jobs, stale_after(deskmate.settings))
-            except Exception as exc:  # noqa: BLE001 (a ledger or queue outage: try again next time)
-                log.info("job.orphan_check_failed error=%s", type(exc).__name__)
-
     async def announce_replica(_app: web.Application):
         from bot import replicas
+        from bot.retrain import resume_orphans
+
+        async def resume_jobs(stale_after: timedelta) -> None:
+            # A retraining job whose runner died (a worker pod replaced, a node lost) goes back
+            # to the runner; every replica looks, one claims it (bot/jobs.py).
+            await resume_orphans(deskmate.ledger, deskmate.jobs, stale_after)
 
         deskmate.ledger.replica = replicas.new_replica_id()
-        every = deskmate.settings.replica_heartbeat_seconds
-        tasks = [asyncio.create_task(replicas.keep_alive(deskmate.ledger, deskmate.notifiers, every)),
-                 asyncio.create_task(keep_jobs_running(every))]
+        task = asyncio.create_task(replicas.keep_alive(deskmate.ledger, deskmate.notifiers,
+                                                       deskmate.settings.replica_heartbeat_seconds,
+                                                       also=resume_jobs))
         yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        try:  # after the answers in flight were drained (on_shutdown) and jobs stopped (follow_adapters)
-            await replicas.leave(deskmate.ledger)
-        except Exception as exc:  # noqa: BLE001 (the row then goes stale and is swept: harmless)
-            log.info("replica.leave_failed error=%s", type(exc).__name__)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # after the answers in flight were drained (on_shutdown) and jobs stopped (follow_adapters)
+        await replicas.leave(deskmate.ledger)
 
     app.on_shutdown.append(finish_answers)
     # Cleanup contexts unwind in reverse: the replica id exists before a resumed job stamps it

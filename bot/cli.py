@@ -24,7 +24,6 @@ from bot.app import (
     open_ledger,
     open_records,
     open_retrieval,
-    stale_after,
 )
 from bot.ledger import Ledger
 from bot.messages import Delta, Done, IncomingMessage, Status
@@ -565,16 +564,14 @@ def worker() -> None:
     from redis import Redis
     from rq import Queue, Worker
 
-    from bot.jobs import RedisRunner, queue_name
-    from bot.retrain import resume_orphans
+    from bot.jobs import queue_name
 
     settings = Settings()
     if not settings.cache_url.startswith(("redis://", "rediss://")):
         err.print("[red]deskmate worker needs DESKMATE_CACHE_URL=redis://…[/] (the queue lives in Redis)")
         raise typer.Exit(2)
+    # Jobs whose runner died are put back on the queue by the bot replicas' sweep (bot/replicas.py).
     queue = queue_name(settings.cache_prefix)
-    _run_with(open_ledger, lambda ledger: resume_orphans(ledger, RedisRunner(settings.cache_url, queue),
-                                                         stale_after(settings)))
     connection = Redis.from_url(settings.cache_url)
     out.print(f"deskmate worker: waiting for jobs on the '{queue}' queue", highlight=False)
     Worker([Queue(queue, connection=connection)], connection=connection).work(with_scheduler=False)
@@ -658,14 +655,7 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            while not stop.is_set():
-                # Replays spooled ledger writes once the database is back.
-                if deskmate.ledger.spooled():
-                    await deskmate.ledger.ping()
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=10)
-                except TimeoutError:
-                    pass
+            await stop.wait()  # spooled ledger writes are replayed by the heartbeat (bot/replicas.py)
         finally:
             await runner.cleanup()
             await deskmate.close()

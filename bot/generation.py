@@ -48,6 +48,10 @@ class GeneratorUnavailable(GenerationError):
     kind = "unavailable"
 
 
+class ModelNotFound(GeneratorUnavailable):
+    """HTTP 404: no such endpoint, or no such model (a server redeployed with another one)."""
+
+
 class GeneratorOverloaded(GenerationError):
     """Too many requests are waiting (HTTP 429/503, or the local wait line is full)."""
 
@@ -91,7 +95,7 @@ def parse_error(exc: BaseException) -> GenerationError:
         if status in (400, 413, 422):
             return GeneratorRejected(f"model server refused the request (HTTP {status}): {message}")
         if status == 404:
-            return GeneratorUnavailable(f"model server has no such endpoint or model (HTTP 404): {message}")
+            return ModelNotFound(f"model server has no such endpoint or model (HTTP 404): {message}")
         return GeneratorUnavailable(f"model server error (HTTP {status}): {message}")
     if isinstance(exc, (ConnectionError, OSError)) or from_http_library:
         return GeneratorUnavailable(f"model server unreachable: {type(exc).__name__}: {exc}")
@@ -317,7 +321,7 @@ class RemoteGenerator(Generator):
         self.retries = retries
         self.backoff = backoff
         self.model = model_name
-        self._listed_name = ""  # the server's own model name, asked for when no adapter is live
+        self._listed_name: str | None = None  # the server's own model name (served_models sets it)
         self._api_key = api_key
         _allow_model_server(self.base_url)
         self._client = AsyncInferenceClient(base_url=self.base_url, api_key=api_key, timeout=timeout)
@@ -333,17 +337,22 @@ class RemoteGenerator(Generator):
                     return None
                 return await response.json(content_type=None)
 
+    async def _listed_models(self) -> list[dict[str, Any]]:
+        """The entries of the server's OpenAI-style `/v1/models` that carry an id."""
+        models = await self._get_json("/v1/models")
+        data = models.get("data", []) if isinstance(models, dict) else []
+        return [m for m in data if isinstance(m, dict) and m.get("id")]
+
     async def served_models(self) -> set[str]:
         """Model and adapter names the server lists (`/v1/models`, and TGI's `/info`)."""
-        names: set[str] = set()
         try:
-            models = await self._get_json("/v1/models")
-            for item in (models or {}).get("data", []) if isinstance(models, dict) else []:
-                if isinstance(item, dict) and item.get("id"):
-                    names.add(str(item["id"]))
+            models = await self._listed_models()
             info = await self._get_json("/info")
         except Exception as exc:  # noqa: BLE001
             raise parse_error(exc) from None
+        names = {str(m["id"]) for m in models}
+        # vLLM lists loaded adapters too, each with a `parent`: the base is the one without.
+        self._listed_name = next((str(m["id"]) for m in models if not m.get("parent")), "")
         if isinstance(info, dict):
             if info.get("model_id"):
                 names.add(str(info["model_id"]))
@@ -367,19 +376,14 @@ class RemoteGenerator(Generator):
     async def _base_name(self) -> str | None:
         """The name to ask for when no adapter is live. Left empty, huggingface_hub sends
         `"model": "dummy"`, which TGI and llama.cpp ignore but vLLM answers with 404; so ask
-        for the configured name, else the first model the server lists."""
-        if self.model:
-            return self.model
-        if not self._listed_name:
+        for the configured name, else the first model the server lists. The list is read once
+        (and again by every readiness probe), not per answer."""
+        if not self.model and self._listed_name is None:
             try:
-                models = await self._get_json("/v1/models")
-            except Exception:  # noqa: BLE001 (the chat call itself will report the outage)
-                return None
-            # vLLM lists loaded adapters too, each with a `parent`: the base is the one without
-            ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict) and not m.get("parent")] \
-                if isinstance(models, dict) else []
-            self._listed_name = next((str(i) for i in ids if i), "")
-        return self._listed_name or None
+                await self.served_models()
+            except GenerationError:
+                return None  # the chat call itself will report the outage
+        return self.model or self._listed_name or None
 
     async def ping(self) -> bool:
         try:
@@ -406,7 +410,8 @@ class RemoteGenerator(Generator):
                 return
             except Exception as exc:  # noqa: BLE001
                 error = parse_error(exc)
-                self._listed_name = ""  # the server may have been redeployed with another model
+                if isinstance(error, ModelNotFound):
+                    self._listed_name = None  # redeployed with another model? read the list again
                 retryable = isinstance(error, (GeneratorOverloaded, GeneratorUnavailable))
                 if started or not retryable or attempt >= self.retries:
                     raise error from None

@@ -45,10 +45,6 @@ class JobBusy(RuntimeError):
                          f"{job.actor or 'someone'} at {when}, {job.progress:.0%} done); one runs at a time")
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 async def create_job(ledger: Ledger, kind: str, actor: str, params: dict[str, Any]) -> JobRow:
     """A new queued job, or `JobBusy` when one of this kind is active anywhere."""
     job = JobRow(id=str(uuid.uuid4()), kind=kind, status="queued", created_at=datetime.now(UTC),
@@ -133,7 +129,7 @@ CLAIM_LEASE = timedelta(minutes=10)
 MAX_RESUMES = 3
 
 
-async def orphaned_jobs(ledger: Ledger, stale_after: timedelta = timedelta(seconds=30)) -> list[JobRow]:
+async def orphaned_jobs(ledger: Ledger, stale_after: timedelta) -> list[JobRow]:
     """Active jobs whose runner is gone (a bot or worker restarted, a pod replaced, a node
     lost). Their status is still in the ledger; their folder holds the checkpoint.
 

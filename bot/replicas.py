@@ -19,6 +19,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 
@@ -33,6 +34,12 @@ MISSED_BEATS = 4
 FORGET_AFTER = timedelta(days=1)
 
 Notifier = Callable[[TurnRow, str], Awaitable[bool]]
+
+
+def stale_window(every: float) -> timedelta:
+    """How long a replica or job runner beating every `every` seconds may stay silent before
+    the others take its work over."""
+    return timedelta(seconds=every * MISSED_BEATS)
 
 
 def new_replica_id() -> str:
@@ -57,9 +64,13 @@ async def heartbeat(ledger: Ledger) -> None:
 
 
 async def leave(ledger: Ledger) -> None:
-    """A clean stop: answers in flight were drained, so nothing of ours needs closing."""
-    async with ledger.sessions.begin() as session:
-        await session.execute(delete(ReplicaRow).where(ReplicaRow.id == ledger.replica))
+    """A clean stop: answers in flight were drained, so nothing of ours needs closing. If the
+    ledger cannot be reached the row goes stale instead, which is harmless."""
+    try:
+        async with ledger.sessions.begin() as session:
+            await session.execute(delete(ReplicaRow).where(ReplicaRow.id == ledger.replica))
+    except Exception as exc:  # noqa: BLE001
+        log.info("replica.leave_failed error=%s", type(exc).__name__)
 
 
 async def interrupted_turns(ledger: Ledger, stale_after: timedelta) -> list[TurnRow]:
@@ -115,21 +126,23 @@ async def _tell(notify: Notifier | None, turn: TurnRow, timeout: float) -> None:
         log.info("turn.interrupted_not_told turn=%s platform=%s", turn.id, turn.platform)
 
 
-async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: float) -> None:
-    """Heartbeat and sweep until cancelled.
+async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: float,
+                     also: Callable[[timedelta], Awaitable[Any]] | None = None) -> None:
+    """Heartbeat and sweep until cancelled; `also(stale_after)` runs with each sweep (the bot
+    resumes retraining jobs whose runner died there).
 
     The two run apart, so a long sweep never delays a beat. A replica sweeps only after its own
     beats have landed without a gap for longer than the stale window: after a ledger outage
-    every replica's row is stale at once, and sweeping then would close the live answers of
-    all the others (they beat again within one interval; waiting lets them)."""
-    stale_after = timedelta(seconds=every * MISSED_BEATS)
+    every replica's and runner's row is stale at once, and sweeping then would take over the
+    live work of all the others (they beat again within one interval; waiting lets them)."""
+    stale_after = stale_window(every)
     healthy_since: list[float] = []  # monotonic time of the first beat of the current run
 
     async def beat() -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if ledger.spooled():
+                if ledger.spool_path.exists():
                     await ledger.ping()  # our own turns first: they may be the ones that look stale
                 await heartbeat(ledger)
                 if not healthy_since:
@@ -147,6 +160,8 @@ async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: floa
                 continue
             try:
                 await sweep(ledger, notifiers, stale_after)
+                if also is not None:
+                    await also(stale_after)
             except LEDGER_ERRORS as exc:
                 log.info("replica.sweep_skipped error=%s", type(exc).__name__)
             except Exception:

@@ -17,13 +17,12 @@ import json
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot import adapters, jobs
+from bot import adapters, jobs, replicas
 from bot.generation import Generator, LlamaCppGenerator
 from bot.ledger import JobRow, Ledger, TurnRow
 from bot.messages import IncomingMessage
@@ -66,8 +65,9 @@ class Retrainer:
             return await self._run(job, folder, resumed)
         finally:  # after the job's final status is written: a missing row reads as "runner died"
             if beating is not None:
-                await beating.stop()
-                await _leave(self.ledger)
+                beating.cancel()
+                await replicas.leave(self.ledger)
+                self.ledger.replica = ""
 
     async def _run(self, job: JobRow, folder: Path, resumed: bool) -> JobRow | None:
         await jobs.update_job(self.ledger, job.id, status="running", runner=self.ledger.replica,
@@ -89,18 +89,23 @@ class Retrainer:
         return await jobs.get_job(self.ledger, job.id)
 
     # --- the stages -------------------------------------------------------------------------
-    async def _heartbeat(self) -> _Heartbeat | None:
+    async def _heartbeat(self) -> asyncio.Task | None:
         """The job's runner is a replica id with a heartbeat, so any replica can tell when it
         died. A serving process beats already; a worker or the CLI beats while the job runs."""
-        from bot import replicas
-
         if self.ledger.replica:
             return None
         self.ledger.replica = replicas.new_replica_id()
         await replicas.heartbeat(self.ledger)
-        beating = _Heartbeat(self.ledger.url, self.ledger.replica, self.settings.replica_heartbeat_seconds)
-        beating.start()
-        return beating
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.settings.replica_heartbeat_seconds)
+                try:
+                    await replicas.heartbeat(self.ledger)
+                except Exception as exc:  # noqa: BLE001 (a missed beat is retried next time)
+                    log.info("job.heartbeat_skipped error=%s", type(exc).__name__)
+
+        return asyncio.create_task(beat())
 
     async def _stages(self, job: JobRow, folder: Path) -> dict[str, Any]:
         from bot.export import rated_turns, to_jsonl
@@ -138,11 +143,13 @@ class Retrainer:
         candidate_dir = Path(outcome["adapter"])
         report = await self.evaluate(folder, candidate_dir / "adapter.gguf", live)
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        evaluate.plot(report, folder / "report.png")
+        await asyncio.to_thread(evaluate.plot, report, folder / "report.png")
 
         await jobs.update_job(self.ledger, job.id, stage="registering", progress=0.95)
         name = report["candidate_adapter"]
-        info = self.registry.register(name, candidate_dir, {
+        # Off the event loop (it copies and hashes the adapter), like every slow step here: the
+        # loop also carries this runner's heartbeat.
+        info = await asyncio.to_thread(self.registry.register, name, candidate_dir, {
             "base_model": outcome["base_model"], "base_revision": outcome["base_revision"],
             "started_by": job.actor, "job_id": job.id, "dataset_card": outcome["dataset_card"],
             "train_config": outcome["train_config"], "training": outcome["training"], "evaluation": report,
@@ -352,48 +359,6 @@ def _read_guards(path: Path | None) -> list[dict[str, Any]]:
     return guards
 
 
-class _Heartbeat(threading.Thread):
-    """A job runner's heartbeat on its own thread, event loop and database connection: the
-    job's loop runs long synchronous steps (the gate's answers, the plot, hashing the adapter)
-    that must not make a live runner look dead and its job be resumed twice."""
-
-    def __init__(self, ledger_url: str, replica: str, every: float) -> None:
-        super().__init__(name="job-heartbeat", daemon=True)
-        self.ledger_url, self.replica, self.every = ledger_url, replica, every
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        asyncio.run(self._beat())
-
-    async def _beat(self) -> None:
-        from bot import replicas
-
-        ledger = Ledger(self.ledger_url, Path(os.devnull))
-        ledger.replica = self.replica
-        try:
-            while not await asyncio.to_thread(self._stopping.wait, self.every):
-                try:
-                    await replicas.heartbeat(ledger)
-                except Exception as exc:  # noqa: BLE001 (a missed beat is retried next time)
-                    log.info("job.heartbeat_skipped error=%s", type(exc).__name__)
-        finally:
-            await ledger.close()
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await asyncio.to_thread(self.join, 10)
-
-
-async def _leave(ledger: Ledger) -> None:
-    from bot import replicas
-
-    try:
-        await replicas.leave(ledger)
-    except Exception as exc:  # noqa: BLE001 (the row goes stale instead: harmless once the job is final)
-        log.info("job.leave_failed error=%s", type(exc).__name__)
-    ledger.replica = ""
-
-
 # --- entry points ----------------------------------------------------------------------------
 
 async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, dry_run: bool = False,
@@ -404,7 +369,7 @@ async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, 
     return job
 
 
-async def resume_orphans(ledger: Ledger, runner: Any, stale_after: timedelta = timedelta(seconds=30)) -> list[str]:
+async def resume_orphans(ledger: Ledger, runner: Any, stale_after: timedelta) -> list[str]:
     """Jobs whose runner died: back to the runner, which resumes from their checkpoints. Every
     replica checks now and then; the claim makes sure one of them resubmits each job. A job
     whose runner keeps dying is failed rather than resumed forever."""

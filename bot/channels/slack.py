@@ -318,11 +318,7 @@ class SlackChannel:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("slack.malformed_json bytes=%d", len(body))
                 return web.json_response({"error": "the body is not valid JSON"}, status=400)
-        bolt_request = await to_bolt_request(request)
-        # Slack's redelivery of an event it thinks was lost: deduplication must not fail open for it.
-        retry = request.headers.get("X-Slack-Retry-Num", "0")
-        bolt_request.context["slack_retry"] = int(retry) if retry.isdigit() else 0
-        return await to_aiohttp_response(await self.app.async_dispatch(bolt_request))
+        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
     # --- listeners -------------------------------------------------------------------------
     def _register(self) -> None:
@@ -371,25 +367,27 @@ class SlackChannel:
         await self.deskmate.retrieval.cache.set(f"slack-view:{view.get('id')}:{view.get('hash')}", b"1",
                                                 ttl=DEDUP_TTL_SECONDS)
 
-    async def _fresh(self, body: dict, context: Any) -> bool:
-        """False for an event this process or another replica already took."""
+    async def _fresh(self, body: dict, request: Any) -> bool:
+        """False for an event this process or another replica already took. `request` is Bolt's,
+        whose headers carry Slack's redelivery count over HTTP and Socket Mode alike."""
         event_id = body.get("event_id")
         if not event_id:
             return True
-        redelivery = bool((context or {}).get("slack_retry") or body.get("retry_attempt"))
+        retry = request.headers.get("x-slack-retry-num") if request is not None else None
+        redelivery = bool(retry) and retry[0] not in ("", "0")
         if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}", redelivery=redelivery):
             return True
         log.info("slack.duplicate_event event_id=%s", event_id)
         return False
 
-    async def _on_mention(self, event: dict, body: dict, context: dict) -> None:
-        if event.get("bot_id") or not event.get("user") or not await self._fresh(body, context):
+    async def _on_mention(self, event: dict, body: dict, request: Any) -> None:
+        if event.get("bot_id") or not event.get("user") or not await self._fresh(body, request):
             return
         where = Where(team=body.get("team_id", ""), channel=event["channel"],
                       thread_ts=event.get("thread_ts") or event["ts"], user=event["user"], private=False)
         self.background.spawn(self._answer(where, event.get("text", ""), event), f"slack-{body.get('event_id')}")
 
-    async def _on_message(self, event: dict, body: dict, context: dict) -> None:
+    async def _on_message(self, event: dict, body: dict, context: dict, request: Any) -> None:
         if event.get("bot_id") or event.get("subtype") in IGNORED_SUBTYPES:
             return
         if not event.get("user") or "channel" not in event:
@@ -415,13 +413,13 @@ class SlackChannel:
                 return
             where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
                           user=event["user"], private=False)
-        if not await self._fresh(body, context):
+        if not await self._fresh(body, request):
             return
         self.background.spawn(self._answer(where, text, event), f"slack-{body.get('event_id')}")
 
-    async def _on_assistant_thread_started(self, event: dict, body: dict, context: dict) -> None:
+    async def _on_assistant_thread_started(self, event: dict, body: dict, request: Any) -> None:
         thread = event.get("assistant_thread") or {}
-        if not thread.get("channel_id") or not await self._fresh(body, context):
+        if not thread.get("channel_id") or not await self._fresh(body, request):
             return
         try:
             await self.client.assistant_threads_setSuggestedPrompts(

@@ -377,7 +377,6 @@ class DeskmateTeamsBot(ActivityHandler):
         response = await turn_context.send_activity(reply)
         for message_id in {stream_id, response.id if response else None} - {None}:
             await remember_answer_message(self.deskmate.retrieval.cache, "teams", message_id, answer.turn_id)
-        await self._remember_conversation(turn_context)  # a fresh TTL for a lead's correction
 
     async def _remember_conversation(self, turn_context: TurnContext) -> None:
         """Where to post proactively later: a lead's correction from the console, or, when the

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.messages import Delta, Done, IncomingMessage, Status
+from retrieval.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.app import Deskmate
@@ -47,7 +48,10 @@ def add_routes(app: web.Application, deskmate: Deskmate) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("question"), str):
             return web.json_response({"error": "`question` (text) is required"}, status=400)
         user_key = str(body.get("user") or "").strip().lower()
-        profile = await deskmate.retrieval.store.get_user(user_key) if user_key else None
+        try:
+            profile = await deskmate.retrieval.store.get_user(user_key) if user_key else None
+        except StoreUnavailable as exc:
+            return web.json_response({"error": f"the knowledge store is not reachable yet: {exc}"}, status=503)
         if profile is None:
             return web.json_response({"error": f"unknown user {user_key!r}: pick one from the list"}, status=400)
         message = IncomingMessage(

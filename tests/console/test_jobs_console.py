@@ -192,9 +192,9 @@ async def test_refused_promotions_say_why_and_change_nothing(console_server, bla
 
 
 async def test_lora_env_names_what_tgi_must_load_before_a_promotion_or_rollback(console_server, blank_adapter) -> None:
-    import os
     import subprocess
-    import sys
+
+    from tests.scale.cluster import DESKMATE, child_env
 
     deskmate = console_server.deskmate
     first, second, waiting = [await register_adapter(deskmate, blank_adapter) for _ in range(3)]
@@ -203,10 +203,9 @@ async def test_lora_env_names_what_tgi_must_load_before_a_promotion_or_rollback(
         await adapters.promote(deskmate.ledger, deskmate.retrainer().registry, name, actor="t",
                                generator=deskmate.generator)
     settings = console_server.settings
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
-           "DESKMATE_DATA_DIR": str(settings.data_dir), "DESKMATE_LEDGER_URL": settings.ledger_url,
-           "DESKMATE_STORE_URL": settings.store_url, "DESKMATE_GENERATOR_URL": "echo://"}
-    done = await asyncio.to_thread(subprocess.run, [str(Path(sys.executable).parent / "deskmate"), "adapters",
+    env = child_env(DESKMATE_DATA_DIR=str(settings.data_dir), DESKMATE_LEDGER_URL=settings.ledger_url,
+                    DESKMATE_STORE_URL=settings.store_url, DESKMATE_GENERATOR_URL="echo://")
+    done = await asyncio.to_thread(subprocess.run, [DESKMATE, "adapters",
                                    "lora-env", "--root", "/mnt/adapters/"], env=env, capture_output=True,
                                    text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

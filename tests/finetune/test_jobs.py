@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,9 +12,12 @@ from typing import Any
 from bot import jobs, retrain
 from bot.jobs import RedisRunner, queue_name
 from bot.ledger import Ledger, ReplicaRow
+from bot.replicas import stale_window
 from tests.conftest import REDIS_URL, running_server
+from tests.scale.cluster import Cluster, child_env
 
-DESKMATE = str(Path(sys.executable).parent / "deskmate")
+STALE = stale_window(5)
+
 
 
 async def until_finished(ledger: Ledger, job_id: str, timeout: float = 120) -> jobs.JobRow:
@@ -40,7 +41,10 @@ async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path:
         stale = datetime.now(UTC) - timedelta(minutes=10)
         session.add(ReplicaRow(id=dead, started_at=stale, seen_at=stale))
     await jobs.update_job(ledger, job.id, status="running", stage="sft", progress=0.4, runner=dead)
-    async with running_server(embedder, data_dir=tmp_path, store_url=example_store_url, ledger_url=ledger_url,
+    # Replicas take a dead runner's job over in their sweep, once their own heartbeats have run
+    # for a stale window (2 s here, 20 s by default).
+    async with running_server(embedder, replica_heartbeat_seconds=0.5, data_dir=tmp_path,
+                              store_url=example_store_url, ledger_url=ledger_url,
                               cache_url=REDIS_URL, cache_prefix=f"{redis_prefix}orphan:", generator_url="echo://"):
         done = await until_finished(ledger, job.id)
     # Resumed from where the ledger said it was: nothing is rated here, so it ends saying so.
@@ -56,14 +60,12 @@ async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example
 
     prefix = f"{redis_prefix}worker{uuid.uuid4().hex[:6]}:"
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
-           "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_LEDGER_URL": ledger_url,
-           "DESKMATE_STORE_URL": example_store_url, "DESKMATE_CACHE_URL": REDIS_URL,
-           "DESKMATE_CACHE_PREFIX": prefix, "DESKMATE_JOB_QUEUE": "redis", "DESKMATE_GENERATOR_URL": "echo://"}
+    cluster = Cluster(child_env(DESKMATE_LEDGER_URL=ledger_url, DESKMATE_STORE_URL=example_store_url,
+                                DESKMATE_CACHE_URL=REDIS_URL, DESKMATE_CACHE_PREFIX=prefix,
+                                DESKMATE_JOB_QUEUE="redis", DESKMATE_GENERATOR_URL="echo://"), tmp_path)
     ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await ledger.migrate()
-    worker = subprocess.Popen([DESKMATE, "worker"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    worker = cluster.worker()
     try:
         from bot.settings import Settings
 
@@ -74,8 +76,8 @@ async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example
         assert done.status == "failed" and "No rated turns yet" in (done.error or "")
         assert f":{os.getpid()}:" not in done.runner  # another process ran it
     finally:
-        worker.terminate()
-        output = worker.communicate(timeout=30)[0].decode()
+        worker.stop()
+        output = worker.output()
         queue = Queue(queue_name(prefix), connection=Redis.from_url(REDIS_URL))
         for rq_job in queue.finished_job_registry.get_job_ids() + queue.failed_job_registry.get_job_ids():
             queue.fetch_job(rq_job).delete()
@@ -93,13 +95,13 @@ async def test_orphans_are_claimed_once_finished_jobs_never_and_a_job_that_keeps
         session.add(ReplicaRow(id="pod-a:1:aaaaaa", started_at=stale, seen_at=stale))
     job = await jobs.create_job(ledger, "retrain", "admin", {})
     await jobs.update_job(ledger, job.id, status="running", runner="pod-a:1:aaaaaa")
-    [orphan] = await jobs.orphaned_jobs(ledger)
+    [orphan] = await jobs.orphaned_jobs(ledger, STALE)
     assert await jobs.claim_orphan(ledger, orphan)
     assert not await jobs.claim_orphan(ledger, orphan)  # a second replica with the same view loses
 
     # The runner finished the job just before a replica acted on its old view: nothing happens.
     await jobs.update_job(ledger, job.id, runner="pod-a:1:aaaaaa")
-    [late_view] = await jobs.orphaned_jobs(ledger)
+    [late_view] = await jobs.orphaned_jobs(ledger, STALE)
     await jobs.finish_job(ledger, job.id, "succeeded")
     assert not await jobs.claim_orphan(ledger, late_view)
     assert (await jobs.get_job(ledger, job.id)).status == "succeeded"
@@ -113,7 +115,7 @@ async def test_orphans_are_claimed_once_finished_jobs_never_and_a_job_that_keeps
         submitted.append(job_id)
 
     runner = jobs.InProcessRunner(body)
-    assert await retrain.resume_orphans(ledger, runner) == []
+    assert await retrain.resume_orphans(ledger, runner, STALE) == []
     await runner.drain()
     assert submitted == []
     given_up = await jobs.get_job(ledger, second.id)

@@ -98,7 +98,7 @@ async def test_a_claim_answered_late_by_redis_stays_one_claim(redis_prefix: str)
     import uuid
 
     from tests.conftest import REDIS_URL
-    from tests.scale.cluster import Forwarder
+    from tests.forwarder import Forwarder
 
     slow = Forwarder(6379, late_reply=b"+OK\r\n", late_after=b"NX", late_by=1.5)  # the SET NX's own reply
     await slow.start()

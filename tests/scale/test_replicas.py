@@ -36,7 +36,8 @@ from tests.channels.conftest import (
 from tests.channels.recorder import Call, Recorder
 from tests.channels.test_admin_commands import COMMAND
 from tests.conftest import REDIS_URL, fresh_pg_database
-from tests.scale.cluster import Cluster, Forwarder, child_env, readiness
+from tests.forwarder import Forwarder
+from tests.scale.cluster import Cluster, child_env, readiness
 
 LEAD = "hannah.schmidt@northwind.example"
 
