@@ -88,7 +88,7 @@ def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 120) -> No
         if server.poll() is not None:
             raise RuntimeError(f"deskmate serve exited with {server.returncode}")
         try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)  # noqa: S310
+            urllib.request.urlopen(f"{url}/healthz", timeout=1)
             return
         except OSError:
             time.sleep(0.2)
@@ -111,3 +111,15 @@ def stop_server(server: subprocess.Popen, log_path: Path | None = None) -> int:
         print(f"{len(problems)} error lines in the server log, the first ones:")
         print("\n".join(problems[:15]))
     return len(problems)
+
+
+async def pg_admin(dsn: str, sql: str, *, fetch: bool = False) -> list[Any]:
+    """One statement on a PostgreSQL admin connection (create or drop a benchmark's database,
+    read its statistics); the rows when `fetch`."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql)) if fetch else [await conn.execute(sql)]
+    finally:
+        await conn.close()

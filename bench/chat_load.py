@@ -40,6 +40,7 @@ from _common import (
     REPO,
     free_port,
     percentile,
+    pg_admin,
     print_table,
     server_env,
     stop_server,
@@ -103,16 +104,7 @@ class Stores:
                 time.sleep(0.1)
 
     def _admin(self, sql: str, fetch: bool = False) -> list:
-        import asyncpg
-
-        async def run() -> list:
-            conn = await asyncpg.connect(self.pg_admin)
-            try:
-                return list(await conn.fetch(sql)) if fetch else [await conn.execute(sql)]
-            finally:
-                await conn.close()
-
-        return asyncio.run(run())
+        return asyncio.run(pg_admin(self.pg_admin, sql, fetch=fetch))
 
     def snapshot(self) -> dict:
         """Counters now: Redis calls per command and memory; the database's transactions, rows

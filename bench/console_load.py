@@ -51,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 from _common import (
     free_port,
     percentile,
+    pg_admin,
     print_table,
     server_env,
     stop_server,
@@ -632,16 +632,6 @@ async def prepare(url: str, data_dir: Path, turns: int, ratings: int) -> Seeded:
         await ledger.close()
 
 
-# --- PostgreSQL: a throwaway database ---------------------------------------------------------
-
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 # --- the server -------------------------------------------------------------------------------
 
 def start_server(ledger_url: str, tmp: Path, port: int) -> subprocess.Popen[bytes]:
@@ -732,7 +722,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
             url = f"sqlite:///{tmp / 'ledger.db'}"
         else:
             url = f"postgresql://postgres@127.0.0.1:5432/{database}"
-            asyncio.run(pg_admin(f'CREATE DATABASE "{database}"'))
+            asyncio.run(pg_admin(PG_ADMIN_DSN, f'CREATE DATABASE "{database}"'))
         try:
             print(f"[{backend}] seeding {args.turns:,} turns and {args.ratings:,} ratings ...", flush=True)
             seeded = asyncio.run(prepare(url, tmp, args.turns, args.ratings))
@@ -749,7 +739,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
                 log_errors = stop_server(server, tmp / "serve.log")
         finally:
             if backend == "postgresql":
-                asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+                asyncio.run(pg_admin(PG_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
     return {"seed_seconds": round(seeded.seconds, 1), "rows": seeded.rows, "db_size_mb": seeded.db_size_mb,
             **measured, "turn_pages_of_rated_turns": min(args.turn_pages // 2, len(seeded.rated_ids)),
             "server_log_errors": log_errors, "query_plans": seeded.plans}
