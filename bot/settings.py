@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(64, ge=1)
 
+    kb_root: Path | None = Field(None, description="The knowledge folder document ids are relative "
+                                 "to. Empty: the folder of the first `deskmate ingest`, remembered in "
+                                 "the store; ingesting a subfolder keeps ids relative to it.")
     chunk_size: int = Field(800, ge=100, description="Characters per chunk.")
     chunk_overlap: int = Field(100, ge=0)
     max_file_mb: float = Field(10.0, gt=0, description="Larger files are skipped at ingest.")
@@ -97,8 +100,28 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(12, ge=0, description="Questions per user per minute; 0 = off.")
     answer_cache_ttl: float = Field(24 * 3600, ge=0, description="Seconds a cached answer lives; 0 = off.")
     history_turns: int = Field(3, ge=0, le=20, description="Earlier exchanges kept per thread.")
-    web_chat: bool = Field(True, description="Serve the local web chat page at `/` (it trusts the "
-                           "user picked on the page: keep it on a laptop or a trusted network).")
+    web_chat: bool | None = Field(None, description="Serve the local web chat page at `/`. It trusts "
+                                  "the person picked on the page, so by default (empty) it is on only "
+                                  "when the server listens on loopback; `true` on any other address "
+                                  "also needs DESKMATE_WEB_CHAT_BEYOND_LOOPBACK.")
+    web_chat_beyond_loopback: bool = Field(False, description="The operator's explicit yes to the web "
+                                           "chat on a non-loopback address (a container whose port is "
+                                           "published to the host's loopback only). Anyone who reaches "
+                                           "it can ask as anyone.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names (`host` or `host:port`) the web chat accepts in "
+        "the Host and Origin headers besides loopback names and the bound address (JSON list or "
+        "comma-separated). Stops cross-site and DNS-rebinding pages.")
+    trust_forwarded_headers: bool = Field(False, description="Believe X-Forwarded-Proto, -Host and "
+                                          "-For from the proxy in front (a TLS-terminating ingress). "
+                                          "ONLY behind such a proxy: a client could send them itself.")
+    ops_host: str = Field("127.0.0.1", description="Address of the separate operations listener "
+                          "(with DESKMATE_OPS_PORT).")
+    ops_port: int | None = Field(None, ge=1, le=65535, description="Serve /metrics and /readyz (and "
+                                 "/healthz) on this port of DESKMATE_OPS_HOST only, not on the main "
+                                 "port; empty keeps them on the main port.")
+    metrics_token: SecretStr | None = Field(None, description="When set, /metrics and /readyz's "
+                                            "details need `Authorization: Bearer <token>`.")
 
     # --- the platforms ---------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(
@@ -119,8 +142,8 @@ class Settings(BaseSettings):
         default_factory=dict, description="Per-channel rules as JSON, keyed `slack:<channel id>` "
         "or `teams:<conversation id>`; unlisted channels are mention-only and public-only.")
     teams_app_id: str = Field("", validation_alias=_env("TEAMS_APP_ID", "MICROSOFT_APP_ID"),
-                              description="Azure Bot app id. Empty leaves /api/messages OPEN "
-                              "(local development only).")
+                              description="Azure Bot app id. Empty: Teams is off (no /api/messages "
+                              "route) unless DESKMATE_TEAMS_DEV_OPEN is set on a loopback server.")
     teams_app_password: SecretStr | None = Field(
         None, validation_alias=_env("TEAMS_APP_PASSWORD", "MICROSOFT_APP_PASSWORD"),
         description="Azure Bot client secret.")
@@ -128,6 +151,14 @@ class Settings(BaseSettings):
                                 description="`SingleTenant`, `MultiTenant` or `UserAssignedMSI`.")
     teams_tenant_id: str = Field("", validation_alias=_env("TEAMS_TENANT_ID", "MICROSOFT_APP_TENANT_ID"),
                                  description="The tenant of a single-tenant bot.")
+    teams_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Entra tenant ids whose activities are answered (JSON list "
+        "or comma-separated); empty answers any tenant the Bot Framework lets through. A multi-tenant "
+        "bot should list its customers' tenants.")
+    teams_dev_open: bool = Field(False, description="Development only: serve /api/messages WITHOUT "
+                                 "authentication when no Teams app id is set (the Bot Framework "
+                                 "Emulator, local tests). Refused unless the server listens on "
+                                 "loopback only.")
     # --- roles, ratings, the review console ---------------------------------------------------
     roles_file: Path | None = Field(None, description="YAML naming admins and leads by email, Slack "
                                     "user group and Entra group id (see bot/roles.py).")
@@ -145,6 +176,10 @@ class Settings(BaseSettings):
     console_pseudonymous: bool = Field(False, description="Show people in the console as stable "
                                        "pseudonyms instead of their email and name.")
     console_session_hours: float = Field(12, gt=0, description="How long a console sign-in lasts.")
+    console_see_all: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Emails of the leads and admins who may read every access "
+        "group's passages and answers in the console (JSON list or comma-separated). Everyone else "
+        "sees only what their own groups allow; the rest is redacted with a marker.")
     # --- retraining ----------------------------------------------------------------------------
     adapters_dir: Path | None = Field(None, description="The adapter registry (a shared volume in "
                                       "production); empty = data_dir/adapters.")
@@ -160,6 +195,10 @@ class Settings(BaseSettings):
                                "(off: an admin promotes it).")
     guard_questions: Path | None = Field(None, description="JSONL of questions that must stay right "
                                          "(`question`, `must_include`, optional `doc`); empty = none.")
+    train_user_facts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Fields of the asker's facts that may stay in training "
+        "prompts (e.g. `location,department`; JSON list or comma-separated). Empty: the whole "
+        "'About the person asking' block is removed from every training prompt.")
     train_config: dict = Field(default_factory=dict, description="JSON overrides of the dataset and "
                                "training settings: {\"dataset\": {...}, \"train\": {...}} (finetune/).")
     eval_max_turns: int = Field(200, ge=1, description="Held-out turns the gate replays at most.")
@@ -171,7 +210,21 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `deskmate serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
 
-    @field_validator("admins", "leads", mode="before")
+    ledger_spool_dir: Path | None = Field(None, description="Where ledger writes wait while the "
+                                          "database is away, one file per process, and where rows it "
+                                          "rejected are dead-lettered; empty = data_dir. A persistent "
+                                          "volume in production.")
+
+    @field_validator("web_chat", "ops_port", "metrics_token", "kb_root", "ledger_spool_dir",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `NAME=` in .env or a manifest means "the default", not an empty path (the working
+        # directory) or a parse error at start-up.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admins", "leads", "allowed_hosts", "teams_tenants", "console_see_all",
+                     "train_user_facts", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -183,6 +236,9 @@ class Settings(BaseSettings):
     def resolved_ledger_url(self) -> str:
         """The ledger URL with the embedded default filled in."""
         return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
+
+    def resolved_spool_dir(self) -> Path:
+        return (self.ledger_spool_dir or self.data_dir).resolve()
 
     def resolved_adapters_dir(self) -> Path:
         return (self.adapters_dir or self.data_dir / "adapters").resolve()
