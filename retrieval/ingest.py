@@ -3,13 +3,20 @@
 Idempotent by content hash (an unchanged file is neither re-embedded nor rewritten), one bad
 file never stops the rest, and a file's chunks change in a single commit, so a failure leaves
 that file exactly as it was.
+
+Document ids are paths relative to one knowledge folder (the root), whatever part of it one
+ingest is given, and nothing is read from outside that folder: a link that leaves it is
+skipped like any other bad file, checked on what was actually opened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +41,10 @@ PDF_SUFFIXES = {".pdf"}
 SUPPORTED = set(TEXT_SUFFIXES) | HTML_SUFFIXES | PDF_SUFFIXES
 SIDECAR = ".meta.yaml"
 KB_VERSION_KEY = "kb:version"
+#: The store's `meta` key remembering the knowledge folder of the first ingest.
+KB_ROOT_META = "kb_root"
+OUTSIDE_FILE = "symlink to a file outside the knowledge folder"
+OUTSIDE_FOLDER = "symlink to a folder outside the knowledge folder"
 
 #: Called as work advances: (files done, files total, current file).
 Progress = Callable[[int, int, str], None]
@@ -41,6 +52,26 @@ Progress = Callable[[int, int, str], None]
 
 class IngestError(Exception):
     """A file that cannot be ingested; the message says why in one line."""
+
+
+class OutsideLink(IngestError):
+    """A file (or its sidecar) whose link leads out of the knowledge folder."""
+
+
+class OutsideKnowledgeFolder(ValueError):
+    """The path given lies outside the knowledge folder that document ids are relative to.
+
+    Ingesting it would name its documents relative to another folder (duplicates) or read
+    from where the operator never pointed; the caller says which setting moves the root."""
+
+    def __init__(self, path: Path, root: Path, source: str) -> None:
+        self.path = path
+        self.root = root
+        self.source = source
+        super().__init__(
+            f"{path} is outside the knowledge folder {root} ({source}); "
+            "document ids are relative to that folder"
+        )
 
 
 @dataclass
@@ -138,13 +169,14 @@ def _load_html(raw: str) -> tuple[dict, str]:
     return meta, markdown
 
 
-def _load_pdf(path: Path) -> tuple[dict, list[str]]:
+def _load_pdf(raw: bytes) -> tuple[dict, list[str]]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # our one line says why a PDF failed
     try:
-        reader = PdfReader(str(path))
+        # The bytes already checked, not the name again: the file may have been swapped since.
+        reader = PdfReader(io.BytesIO(raw))
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
         info = reader.metadata or {}
     except (PdfReadError, ValueError, KeyError, OSError) as exc:
@@ -155,30 +187,85 @@ def _load_pdf(path: Path) -> tuple[dict, list[str]]:
     return meta, pages
 
 
-def load_file(path: Path, root: Path, *, max_bytes: int, fingerprint: str = "") -> Document:
-    """Read one file into a `Document`, or raise `IngestError` saying why not.
-
-    Metadata comes from front matter (Markdown, text), `<meta name="deskmate-…">` tags (HTML),
-    the PDF's info, and an optional `FILE.meta.yaml` beside any file (which wins).
-    """
-    suffix = path.suffix.lower()
+def _opened_path(fd: int, path: Path, info: os.stat_result) -> Path | None:
+    """Where the open file `fd` really lies. Linux names it in /proc; elsewhere the resolved
+    name counts only if it is the very file that was opened (same device and inode)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise IngestError(f"too large ({size / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB limit)")
-        if size == 0:
-            raise IngestError("empty file")
-        raw = path.read_bytes()
-        sidecar_path = path.with_name(path.name + SIDECAR)
-        sidecar_raw = sidecar_path.read_bytes() if sidecar_path.is_file() else b""
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+    real = path.resolve()
+    try:
+        same = os.stat(real)
+    except OSError:
+        return None
+    return real if (same.st_dev, same.st_ino) == (info.st_dev, info.st_ino) else None
+
+
+def read_inside(path: Path, root: Path, *, max_bytes: int) -> bytes:
+    """The bytes of `path`, proven to come from a regular file inside `root` (resolved).
+
+    The proof is taken on the open descriptor, not on the name, so a file swapped for a link
+    between discovery and reading is caught as well. Non-blocking open, so a FIFO planted in
+    the folder is refused instead of hanging the ingest."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
     except PermissionError:
         raise IngestError("cannot read: permission denied") from None
     except OSError as exc:
         raise IngestError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IngestError("not a regular file")
+        real = _opened_path(fd, path, info)
+        if real is None or not real.is_relative_to(root):
+            raise OutsideLink(OUTSIDE_FILE)
+        if info.st_size > max_bytes:
+            raise IngestError(_too_large(info.st_size, max_bytes))
+        with os.fdopen(os.dup(fd), "rb") as file:
+            raw = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise IngestError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > max_bytes:  # it grew after fstat
+        raise IngestError(_too_large(len(raw), max_bytes))
+    return raw
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return f"too large ({size / 1e6:.1f} MB > {max_bytes / 1e6:.0f} MB limit)"
+
+
+def load_file(path: Path, root: Path, *, max_bytes: int, fingerprint: str = "") -> Document:
+    """Read one file into a `Document`, or raise `IngestError` saying why not.
+
+    Metadata comes from front matter (Markdown, text), `<meta name="deskmate-…">` tags (HTML),
+    the PDF's info, and an optional `FILE.meta.yaml` beside any file (which wins). Neither the
+    file nor its sidecar is read from outside `root` (resolved): `OutsideLink` says so.
+    """
+    suffix = path.suffix.lower()
+    boundary = root.resolve()
+    raw = read_inside(path, boundary, max_bytes=max_bytes)
+    if not raw:
+        raise IngestError("empty file")
+    sidecar_path = path.with_name(path.name + SIDECAR)
+    sidecar_raw = b""
+    if os.path.lexists(sidecar_path):
+        try:
+            sidecar_raw = read_inside(sidecar_path, boundary, max_bytes=max_bytes)
+        except OutsideLink as exc:
+            # Failing the file, not dropping the sidecar: the sidecar may carry its groups, and
+            # without them a restricted document would become public.
+            raise OutsideLink(f"{sidecar_path.name}: {exc}") from None
+        except IngestError as exc:
+            raise IngestError(f"{sidecar_path.name}: {exc}") from None
 
     pages: list[str] = []
     if suffix in PDF_SUFFIXES:
-        meta, pages = _load_pdf(path)
+        meta, pages = _load_pdf(raw)
         kind, text = "pages", "\n\n".join(pages)
     elif suffix in HTML_SUFFIXES:
         meta, text = _load_html(_decode(raw, path.name))
@@ -212,20 +299,91 @@ def load_file(path: Path, root: Path, *, max_bytes: int, fingerprint: str = "") 
     )
 
 
-def discover(path: Path) -> tuple[list[Path], list[Path]]:
-    """(supported files, ignored files) under `path`, sorted; hidden files are not looked at."""
-    if path.is_file():
-        return ([path], []) if path.suffix.lower() in SUPPORTED else ([], [path])
-    found, ignored = [], []
-    for item in sorted(path.rglob("*")):
-        rel_parts = item.relative_to(path).parts
-        # A dangling symlink is reported (as unreadable) rather than silently passed over.
-        if any(part.startswith(".") for part in rel_parts) or not (item.is_file() or item.is_symlink()):
+@dataclass
+class Found:
+    """What a walk of (part of) the knowledge folder found, each list sorted."""
+
+    files: list[Path] = field(default_factory=list)
+    ignored: list[Path] = field(default_factory=list)
+    refused: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def discover(path: Path, root: Path | None = None) -> Found:
+    """Supported files, ignored ones (unsupported type) and refused ones under `path`; hidden
+    files are not looked at.
+
+    A link whose target leaves `root` (default: `path`'s folder) is refused with the reason.
+    No folder link is followed, wherever it points: `Path.rglob`'s answer to that differs
+    between Python versions, and a followed link could leave the folder or loop; a folder link
+    that stays inside names files that are ingested where they really are.
+    """
+    if root is None:
+        root = path if path.is_dir() and not path.is_symlink() else path.parent
+    found = Found()
+    if path.is_dir() and not path.is_symlink():
+        _walk(path, root.resolve(), found)
+    else:
+        _consider(path, root.resolve(), found)
+    found.files.sort()
+    found.ignored.sort()
+    found.refused.sort()
+    return found
+
+
+def _walk(folder: Path, root: Path, found: Found) -> None:
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError as exc:
+        found.refused.append((folder, f"cannot read folder: {exc.strerror or exc}"))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
             continue
-        if item.name.endswith(SIDECAR):
-            continue
-        (found if item.suffix.lower() in SUPPORTED else ignored).append(item)
-    return found, ignored
+        item = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            _walk(item, root, found)
+        elif entry.is_symlink() and item.is_dir():
+            if _escapes(item, root):
+                found.refused.append((item, OUTSIDE_FOLDER))
+            else:
+                log.info("ingest.link_not_followed folder=%s", item)
+        elif (entry.is_file() or entry.is_symlink()) and not entry.name.endswith(SIDECAR):
+            # A dangling link is reported (as unreadable) rather than silently passed over.
+            _consider(item, root, found)
+
+
+def _consider(item: Path, root: Path, found: Found) -> None:
+    if item.is_symlink() and _escapes(item, root):
+        found.refused.append((item, OUTSIDE_FOLDER if item.is_dir() else OUTSIDE_FILE))
+    elif item.suffix.lower() in SUPPORTED:
+        found.files.append(item)
+    else:
+        found.ignored.append(item)
+
+
+def _escapes(link: Path, root: Path) -> bool:
+    """True when `link`, followed to the end, lands outside `root`. A loop is not judged here:
+    reading it fails with its own reason."""
+    try:
+        return not link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):
+        return False
+
+
+def _given(path: Path) -> Path:
+    """The absolute path of what to ingest: a folder with its links resolved, a file with its
+    folder's resolved but its own name kept, so that a file that is a link is judged by
+    `discover` as one inside the folder would be."""
+    if path.is_dir():
+        return path.resolve()
+    absolute = path.absolute()
+    return absolute.parent.resolve() / absolute.name
+
+
+def _under(source: str, scope: str) -> bool:
+    """True when the relative path `source` is `scope` or lies in it ("" is the whole root)."""
+    return not scope or source == scope or source.startswith(scope + "/")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -263,25 +421,49 @@ class Ingestor:
         return f"{self.embedder.name}|{self.chunking.fingerprint()}"
 
     async def ingest_path(
-        self, path: Path, *, prune: bool = False, progress: Progress | None = None
+        self,
+        path: Path,
+        *,
+        prune: bool = False,
+        progress: Progress | None = None,
+        root: Path | None = None,
     ) -> IngestReport:
-        """Ingest a folder (recursively) or a single file. With `prune`, documents that are no
-        longer in the folder are removed, so the store mirrors it."""
-        path = path.resolve()
-        if not path.exists():
-            raise FileNotFoundError(f"no such file or folder: {path}")
-        root = path if path.is_dir() else path.parent
-        files, ignored = discover(path)
-        report = IngestReport(ignored=[p.relative_to(root).as_posix() for p in ignored])
+        """Ingest a folder (recursively) or a single file inside the knowledge folder.
+
+        Document ids are paths relative to the knowledge folder: `root` when given (the
+        operator's setting), else the folder the store remembers from its first ingest, else
+        this path's folder, which is then remembered. So a subfolder or one file gets the ids
+        the whole folder would; a path outside raises `OutsideKnowledgeFolder`. With `prune`,
+        documents whose files were under `path` and are gone are removed; the rest of the
+        knowledge base is not touched. A document whose file has become a link out of the
+        folder is removed even without `prune`: it should never have been readable.
+        """
+        target = _given(path)
+        if not os.path.lexists(target):
+            raise FileNotFoundError(f"no such file or folder: {target}")
+        kb_root = await self._knowledge_root(target, root)
+        found = discover(target, kb_root)
+        report = IngestReport(ignored=[_relative(p, kb_root) for p in found.ignored])
+        escaped: set[str] = set()
+        for item, reason in found.refused:
+            rel = _relative(item, kb_root)
+            report.failed.append((rel, reason))
+            log.warning("ingest.skipped file=%s reason=%s", rel, reason)
+            if reason in (OUTSIDE_FILE, OUTSIDE_FOLDER):
+                escaped.add(rel)
         docs: list[Document] = []
         seen_ids: set[str] = set()
-        for path_ in files:
-            rel = path_.relative_to(root).as_posix()
+        for file in found.files:
+            rel = _relative(file, kb_root)
             try:
-                doc = load_file(path_, root, max_bytes=self.max_file_bytes, fingerprint=self.fingerprint)
+                doc = load_file(
+                    file, kb_root, max_bytes=self.max_file_bytes, fingerprint=self.fingerprint
+                )
             except IngestError as exc:
                 report.failed.append((rel, str(exc)))
                 log.warning("ingest.skipped file=%s reason=%s", rel, exc)
+                if isinstance(exc, OutsideLink):
+                    escaped.add(rel)
                 continue
             if doc.doc_id in seen_ids:
                 report.failed.append((rel, f"duplicate document id {doc.doc_id!r}"))
@@ -289,18 +471,69 @@ class Ingestor:
             seen_ids.add(doc.doc_id)
             docs.append(doc)
         await self.ingest_documents(docs, report=report, progress=progress)
-        if prune and path.is_dir():
-            # A document whose file is there but broken keeps its old chunks.
-            failed_sources = {source for source, _ in report.failed}
-            stale = sorted(
-                doc_id for doc_id, record in (await self.store.documents()).items()
-                if doc_id not in seen_ids and record.source not in failed_sources
-            )
-            if stale:
-                await self.store.delete_documents(stale)
-                report.removed.extend(stale)
+        scope = _relative(target, kb_root) if target != kb_root else ""
+        await self._remove(report, escaped, seen_ids, scope if prune and target.is_dir() else None)
         await self._finish(report)
         return report
+
+    async def _knowledge_root(self, target: Path, configured: Path | None) -> Path:
+        """The folder document ids are relative to, remembered in the store for later runs
+        (and for other machines' runs, which then must name it in the setting)."""
+        remembered = await self.store.meta(KB_ROOT_META)
+        if configured is not None:
+            root, source = configured.resolve(), "the configured knowledge folder"
+        elif remembered:
+            root, source = Path(remembered), "remembered from the first ingest"
+        else:
+            root, source = await self._first_root(target)
+        if not target.is_relative_to(root):
+            raise OutsideKnowledgeFolder(target, root, source)
+        if remembered != str(root):
+            if remembered:
+                log.warning("ingest.root_changed old=%s new=%s", remembered, root)
+            await self.store.set_meta(KB_ROOT_META, str(root))
+        return root
+
+    async def _first_root(self, target: Path) -> tuple[Path, str]:
+        """The root when none is configured or remembered. An empty store takes the folder
+        ingested; a store filled before roots were remembered takes the nearest folder at or
+        above the target under which its documents' files are found, so that a subfolder
+        ingest there cannot re-base ids or prune the rest. Otherwise the operator must say."""
+        folder = target if target.is_dir() else target.parent
+        sources = [r.source for r in (await self.store.documents()).values() if r.source]
+        if not sources:
+            return folder, "the first ingest"
+        sample = sources[:50]
+        for candidate in (folder, *folder.parents):
+            if sum((candidate / s).exists() for s in sample) * 2 > len(sample):
+                return candidate, "the folder the existing documents came from"
+        raise OutsideKnowledgeFolder(target, folder, "a store whose folder is not known: set "
+                                     "DESKMATE_KB_ROOT to the folder it was ingested from")
+
+    async def _remove(
+        self, report: IngestReport, escaped: set[str], seen_ids: set[str], prune_scope: str | None
+    ) -> None:
+        """Delete documents of links out of the folder, and with a `prune_scope` the stale ones
+        in it. A document whose file is there but broken keeps its old chunks."""
+        if not escaped and prune_scope is None:
+            return
+        failed_sources = {source for source, _ in report.failed}
+
+        def stale(doc_id: str, source: str) -> bool:
+            return (
+                prune_scope is not None
+                and _under(source, prune_scope)
+                and doc_id not in seen_ids
+                and source not in failed_sources
+            )
+
+        doomed = sorted(
+            doc_id for doc_id, record in (await self.store.documents()).items()
+            if any(_under(record.source, link) for link in escaped) or stale(doc_id, record.source)
+        )
+        if doomed:
+            await self.store.delete_documents(doomed)
+            report.removed.extend(doomed)
 
     async def ingest_documents(
         self,
@@ -382,6 +615,10 @@ class Ingestor:
                 await self.cache.set(KB_VERSION_KEY, str(report.kb_version).encode(), ttl=60)
         else:
             report.kb_version = await self.store.kb_version()
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else path.name
 
 
 def _batches(pending: Iterable[_Pending], max_chunks: int) -> Iterable[list[_Pending]]:

@@ -38,7 +38,8 @@ class KnowledgeStore(ABC):
     Guarantees every backend keeps (the contract tests check them):
     - a search with `groups` never returns a chunk whose groups do not intersect them;
     - user facts of one user key are never returned for another;
-    - `replace_documents` is idempotent and leaves a document either fully old or fully new.
+    - `replace_documents` is idempotent and leaves a document either fully old or fully new;
+    - a value given to `set_meta` is what `meta` returns, in this process and every later one.
     """
 
     dim: int
@@ -110,6 +111,15 @@ class KnowledgeStore(ABC):
 
     @abstractmethod
     async def bump_kb_version(self) -> int: ...
+
+    @abstractmethod
+    async def meta(self, key: str) -> str | None:
+        """A small value the knowledge base remembers about itself (the folder its document
+        ids are relative to), or None when never set."""
+
+    @abstractmethod
+    async def set_meta(self, key: str, value: str) -> None:
+        """Remember `value` under `key`, replacing any earlier one; every process sees it."""
 
     @abstractmethod
     async def stats(self) -> StoreStats: ...

@@ -43,7 +43,8 @@ def groups_filter(groups: Sequence[str]) -> str:
 
 
 class LanceStore(KnowledgeStore):
-    """Knowledge store in a LanceDB folder: tables `chunks`, `documents`, `users`, `user_facts`."""
+    """Knowledge store in a LanceDB folder: tables `chunks`, `documents`, `users`, `user_facts`,
+    `meta` (the kb version) and `meta_text` (what `set_meta` remembers)."""
 
     def __init__(self, db: lancedb.AsyncConnection, tables: dict[str, Any], dim: int,
                  vector_index_min_rows: int) -> None:
@@ -80,6 +81,8 @@ class LanceStore(KnowledgeStore):
                 ("id", pa.string()), ("user_key", pa.string()), ("text", pa.string()), ("vector", vec),
             ]),
             "meta": pa.schema([("key", pa.string()), ("value", pa.int64())]),
+            # Text values get a table of their own: stores made before them keep `meta` as is.
+            "meta_text": pa.schema([("key", pa.string()), ("value", pa.string())]),
         }
         tables = {
             name: await db.create_table(name, schema=schema, exist_ok=True)
@@ -258,6 +261,19 @@ class LanceStore(KnowledgeStore):
                 .when_not_matched_insert_all().execute([{"key": "kb_version", "value": version}])
             )
         return version
+
+    async def meta(self, key: str) -> str | None:
+        rows = await (
+            self._t["meta_text"].query().where(f"key = {sql_literal(key)}").limit(1).to_list()
+        )
+        return str(rows[0]["value"]) if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._write_lock:
+            await (
+                self._t["meta_text"].merge_insert("key").when_matched_update_all()
+                .when_not_matched_insert_all().execute([{"key": key, "value": value}])
+            )
 
     async def stats(self) -> StoreStats:
         groups = await self._t["chunks"].query().select(["groups"]).to_list()

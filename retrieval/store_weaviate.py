@@ -89,6 +89,11 @@ def tenant_name(user_key: str) -> str:
     return "u" + hashlib.sha1(user_key.encode()).hexdigest()
 
 
+def meta_id(key: str) -> str:
+    """The `Meta` object holding one `set_meta` value (apart from the kb version's object)."""
+    return generate_uuid5(f"meta:{key}")
+
+
 def grpc_host_for(host: str, secure: bool) -> str:
     """Weaviate Cloud serves gRPC on a sibling host (as the client's own cloud helper derives
     it); every other deployment serves it on the HTTP host."""
@@ -304,6 +309,7 @@ class WeaviateStore(KnowledgeStore):
             "meta": {
                 "properties": [
                     Property(name="kb_version", data_type=DataType.INT, index_filterable=False),
+                    text_property("value"),
                 ],
                 "vector_config": no_vectors,
             },
@@ -311,6 +317,8 @@ class WeaviateStore(KnowledgeStore):
         for key, spec in specs.items():
             name = self._names[key]
             if await self._client.collections.exists(name):
+                if key == "meta":
+                    await self._ensure_meta_value()
                 continue
             try:
                 await self._client.collections.create(name, **spec)
@@ -319,6 +327,20 @@ class WeaviateStore(KnowledgeStore):
                 # Another process (an ingest next to a server) may have created it meanwhile.
                 if not await self._client.collections.exists(name):
                     raise
+
+    async def _ensure_meta_value(self) -> None:
+        """A `Meta` collection made before `set_meta` existed lacks its text property; adding
+        it is cheap and keeps the kb version object as it is."""
+        config = await self._meta.config.get()
+        if any(prop.name == "value" for prop in config.properties):
+            return
+        try:
+            await self._meta.config.add_property(text_property("value"))
+        except UnexpectedStatusCodeError:
+            # Another process may have added it meanwhile.
+            config = await self._meta.config.get()
+            if not any(prop.name == "value" for prop in config.properties):
+                raise
 
     async def _check_dimension(self) -> None:
         """Vectors of another size would fail every write and search; say so once, up front."""
@@ -684,6 +706,19 @@ class WeaviateStore(KnowledgeStore):
                 [DataObject(properties={"kb_version": version}, uuid=KB_VERSION_ID)],
             )
         return version
+
+    async def meta(self, key: str) -> str | None:
+        obj = await self._meta.query.fetch_object_by_id(
+            meta_id(key), return_properties=["value"]
+        )
+        value = obj.properties.get("value") if obj is not None else None
+        return str(value) if value is not None else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._write_lock:
+            await self._insert(
+                self._meta, [DataObject(properties={"value": value}, uuid=meta_id(key))]
+            )
 
     async def stats(self) -> StoreStats:
         """Counts come from aggregates; per-group counts need every chunk's groups, read with

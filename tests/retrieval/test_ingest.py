@@ -18,6 +18,7 @@ GOOD = "---\ntitle: {title}\nurl: https://intranet.example/{slug}\ngroups: {grou
 
 
 def write_good(folder: Path, slug: str, body: str, groups: str = "[]") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{slug}.md"
     path.write_text(GOOD.format(title=slug.replace("-", " ").title(), slug=slug, groups=groups, body=body))
     return path
@@ -138,3 +139,157 @@ async def test_single_file_and_missing_path(ingestor: Ingestor, tmp_path: Path) 
     assert report.added == ["single.md"]
     with pytest.raises(FileNotFoundError):
         await ingestor.ingest_path(tmp_path / "nope")
+
+
+# --- the knowledge folder: one root for ids, nothing read from outside it ----------------------
+
+SECRET = "DB_PASSWORD=hunter2-prod-only"
+
+
+def plant_links_out(kb: Path) -> None:
+    """The attacks of issue 14 item 2: links from inside the folder to secrets beside it."""
+    (kb.parent / "prod.env").write_text(f"{SECRET}\nSLACK_BOT_TOKEN=xoxb-prod\n")
+    private = kb.parent / "private"
+    private.mkdir()
+    (private / "root-passwords.md").write_text(f"# Root passwords\n\n{SECRET}\n")
+    (kb.parent / "stolen.meta.yaml").write_text(f"title: {SECRET}\n")
+    (kb / "it").mkdir(parents=True, exist_ok=True)
+    (kb / "it" / "notes.txt").symlink_to("../../prod.env")
+    (kb / "it" / "vault").symlink_to("../../private", target_is_directory=True)
+    write_good(kb / "it", "badge", "Badges are collected at reception.")
+    (kb / "it" / "badge.md.meta.yaml").symlink_to("../../stolen.meta.yaml")
+
+
+async def test_links_out_of_the_folder_are_skipped_and_never_read(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    kb = tmp_path / "kb"
+    plant_links_out(kb)
+    write_good(kb / "hr", "leave", "Annual leave is 25 days.")
+    (kb / "it" / "leave-alias.md").symlink_to("../hr/leave.md")  # stays inside: fine
+    report = await ingestor.ingest_path(kb)
+    failed = dict(report.failed)
+    assert failed == {
+        "it/notes.txt": "symlink to a file outside the knowledge folder",
+        "it/vault": "symlink to a folder outside the knowledge folder",
+        "it/badge.md": "badge.md.meta.yaml: symlink to a file outside the knowledge folder",
+    }
+    assert sorted(report.added) == ["hr/leave.md", "it/leave-alias.md"]
+    for doc_id in await ingestor.store.documents():
+        chunks = await ingestor.store.chunks_of(doc_id)
+        assert all(SECRET not in c.text and SECRET not in c.title for c in chunks), doc_id
+
+
+async def test_a_document_leaked_by_an_older_ingest_is_removed(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    """A store filled before links were checked holds the secret: the next ingest takes it out,
+    with or without --prune, since it never belonged there."""
+    from retrieval.chunking import Document
+
+    kb = tmp_path / "kb"
+    plant_links_out(kb)
+    leaked = Document("it/notes.txt", "Notes", SECRET, kind="text", source="it/notes.txt")
+    await ingestor.ingest_documents([leaked], finish=True)
+    report = await ingestor.ingest_path(kb)
+    assert report.removed == ["it/notes.txt"]
+    assert "it/notes.txt" not in await ingestor.store.documents()
+
+
+def test_a_file_swapped_for_a_link_after_discovery_is_not_read(tmp_path: Path) -> None:
+    """The check is on what is opened, not on what the walk saw: reading the name once it has
+    become a link out of the folder fails with the same reason."""
+    from retrieval.ingest import IngestError, load_file
+
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    notes = kb / "notes.txt"
+    notes.write_text("Harmless notes.")
+    assert load_file(notes, kb, max_bytes=1_000_000).text == "Harmless notes."
+    (tmp_path / "prod.env").write_text(SECRET)
+    notes.unlink()
+    notes.symlink_to(tmp_path / "prod.env")  # the swap, between the walk and the read
+    with pytest.raises(IngestError, match="symlink to a file outside the knowledge folder"):
+        load_file(notes, kb, max_bytes=1_000_000)
+
+
+async def test_a_subfolder_ingest_keeps_ids_and_prunes_only_inside_it(
+    ingestor: Ingestor, kb_copy: Path
+) -> None:
+    first = await ingestor.ingest_path(kb_copy)
+    assert first.ok, first.failed
+    ids = set(await ingestor.store.documents())
+    assert "it/printer-setup.md" in ids and "hr/sick-leave.md" in ids
+
+    (kb_copy / "it" / "printer-setup.md").unlink()
+    pruned = await ingestor.ingest_path(kb_copy / "it", prune=True)
+    assert pruned.removed == ["it/printer-setup.md"] and not pruned.added
+    assert set(await ingestor.store.documents()) == ids - {"it/printer-setup.md"}
+
+    vpn = kb_copy / "it" / "vpn-password-reset.md"
+    vpn.write_text(vpn.read_text() + "\nThe portal also works from a phone.\n")
+    single = await ingestor.ingest_path(vpn)
+    assert single.updated == ["it/vpn-password-reset.md"] and not single.added
+
+    again = await ingestor.ingest_path(kb_copy, prune=True)
+    assert (again.added, again.updated, again.removed) == ([], [], [])
+    assert len(again.unchanged) == len(ids) - 1
+
+
+async def test_a_store_filled_before_roots_were_remembered_keeps_its_ids(
+    ingestor: Ingestor, kb_copy: Path, tmp_path: Path
+) -> None:
+    """An upgraded install: documents in the store, no root remembered. Its first subfolder
+    prune must not take the subfolder for the root (re-based ids, the rest pruned)."""
+    from retrieval.ingest import KB_ROOT_META, OutsideKnowledgeFolder
+
+    assert (await ingestor.ingest_path(kb_copy)).ok
+    ids = set(await ingestor.store.documents())
+    await ingestor.store.set_meta(KB_ROOT_META, "")  # as a store made by the previous version
+    (kb_copy / "it" / "printer-setup.md").unlink()
+    pruned = await ingestor.ingest_path(kb_copy / "it", prune=True)
+    assert pruned.removed == ["it/printer-setup.md"] and not pruned.added
+    assert set(await ingestor.store.documents()) == ids - {"it/printer-setup.md"}
+
+    # A folder none of whose files the store knows: the operator must name the root.
+    await ingestor.store.set_meta(KB_ROOT_META, "")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "note.md").write_text("# Note\n\nSomething else entirely.\n")
+    with pytest.raises(OutsideKnowledgeFolder, match="DESKMATE_KB_ROOT"):
+        await ingestor.ingest_path(elsewhere, prune=True)
+    assert set(await ingestor.store.documents()) == ids - {"it/printer-setup.md"}
+
+
+async def test_a_path_outside_the_knowledge_folder_is_refused(
+    ingestor: Ingestor, tmp_path: Path, embedder: Embedder
+) -> None:
+    from retrieval.ingest import OutsideKnowledgeFolder
+
+    kb, elsewhere = tmp_path / "kb", tmp_path / "elsewhere"
+    write_good(kb / "it", "wifi", "Join NW-Staff.")
+    write_good(elsewhere, "stray", "Not part of the knowledge base.")
+    await ingestor.ingest_path(kb)
+    with pytest.raises(OutsideKnowledgeFolder, match=f"outside the knowledge folder {kb}"):
+        await ingestor.ingest_path(elsewhere, prune=True)
+    assert set(await ingestor.store.documents()) == {"it/wifi.md"}
+
+    # The root is remembered by the store, so another process (a reopened store) agrees.
+    url = f"lancedb://{tmp_path / 'store'}"
+    reopened = await open_store(url, dim=embedder.dim)
+    try:
+        later = Ingestor(reopened, embedder, chunking=ChunkingConfig(400, 50))
+        assert (await later.ingest_path(kb / "it")).unchanged == ["it/wifi.md"]
+        with pytest.raises(OutsideKnowledgeFolder):
+            await later.ingest_path(elsewhere)
+    finally:
+        await reopened.close()
+
+
+async def test_a_configured_root_names_ids_from_the_first_ingest_on(
+    ingestor: Ingestor, tmp_path: Path
+) -> None:
+    kb = tmp_path / "kb"
+    write_good(kb / "it", "wifi", "Join NW-Staff.")
+    report = await ingestor.ingest_path(kb / "it", root=kb)
+    assert report.added == ["it/wifi.md"]

@@ -146,6 +146,20 @@ async def test_kb_version_grows_with_changes(loaded: KnowledgeStore, embedder: E
     assert "NW-Secure" in texts and "NW-Guest" not in texts
 
 
+async def test_meta_values_are_remembered_and_replaced(store: KnowledgeStore) -> None:
+    """What ingest remembers (the knowledge folder) reads back exactly, and a new value
+    replaces the old one without touching the kb version."""
+    assert await store.meta("kb_root") is None
+    version = await store.kb_version()
+    folder = "/srv/knowledge base/it's ours/日本"
+    await store.set_meta("kb_root", folder)
+    assert await store.meta("kb_root") == folder
+    await store.set_meta("kb_root", "/srv/kb")
+    await store.set_meta("other", "x")
+    assert (await store.meta("kb_root"), await store.meta("other")) == ("/srv/kb", "x")
+    assert await store.kb_version() == version
+
+
 async def test_a_store_that_comes_up_after_start_is_used_once_it_answers(example_store_url: str,
                                                                          embedder: Embedder) -> None:
     """A server process started before Weaviate: calls fail clearly (never hang) until the
