@@ -12,3 +12,12 @@ STAGE_SECONDS = Histogram(
 ANSWER_CACHE_HITS = Counter("deskmate_answer_cache_hits_total", "Answers served from the answer cache.")
 ERRORS = Counter("deskmate_errors_total", "Failures by kind (generator, ledger, internal).", ["kind"])
 LEDGER_SPOOLED = Gauge("deskmate_ledger_spooled_writes", "Ledger writes waiting in the local spool.")
+LEDGER_REACHABLE = Gauge("deskmate_ledger_reachable", "1 when the ledger database answered the last check, "
+                         "0 when it did not (a spool that is not empty while this is 1 is stuck).")
+LEDGER_DEAD_LETTERS = Counter("deskmate_ledger_dead_letters_total", "Ledger writes the database refused, "
+                              "kept in the dead-letter file, by kind (begin, finish, record, feedback).",
+                              ["kind"])
+LEDGER_DEAD_LETTER_ROWS = Gauge("deskmate_ledger_dead_letter_rows", "Refused writes in the dead-letter file "
+                                "next to the spool (every process's), waiting for an operator.")
+FORGOTTEN_PURGES = Counter("deskmate_forgotten_purges_total", "Forget requests (ledger tombstones) this "
+                           "replica has applied to its own cache.")

@@ -8,6 +8,11 @@ row; each one also looks for `pending` turns whose replica stopped beating, clos
 failed with the reason, and posts an apology with the reference into the conversation. The close
 is a conditional UPDATE (`status = 'pending'`), so exactly one replica claims each turn and the
 user is told once.
+
+The heartbeat also carries two duties that need every replica, not just one: replaying spooled
+ledger writes (its own, and spool files a gone process left: bot/spool.py), and applying new
+forget requests (ledger tombstones) to this process's own cache, which nothing outside the
+process can reach.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from bot import metrics
-from bot.ledger import LEDGER_ERRORS, Ledger, ReplicaRow, TurnRow
+from bot.ledger import LEDGER_ERRORS, Ledger, ReplicaRow, Tombstone, TurnRow
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +39,12 @@ MISSED_BEATS = 4
 FORGET_AFTER = timedelta(days=1)
 
 Notifier = Callable[[TurnRow, str], Awaitable[bool]]
+# Applies a forget request to this process's cache (bot.forget.purge_cache on the server's cache)
+Purger = Callable[[Tombstone], Awaitable[object]]
+
+# Tombstones older than this process (less this margin, for clocks a little apart) are not
+# applied: a cache made after them holds nothing they are about.
+TOMBSTONE_MARGIN = timedelta(minutes=10)
 
 
 def stale_window(every: float) -> timedelta:
@@ -126,10 +137,28 @@ async def _tell(notify: Notifier | None, turn: TurnRow, timeout: float) -> None:
         log.info("turn.interrupted_not_told turn=%s platform=%s", turn.id, turn.platform)
 
 
+async def apply_tombstones(ledger: Ledger, purge: Purger, since: datetime, applied: set[int]) -> int:
+    """Apply each forget request made after `since` that this process has not applied yet."""
+    count = 0
+    for stone in await ledger.tombstones():
+        if stone.id in applied:
+            continue
+        if stone.created_at >= since - TOMBSTONE_MARGIN:
+            removed = await purge(stone)
+            metrics.FORGOTTEN_PURGES.inc()
+            log.warning("forget.applied tombstone=%s person=%s removed=%s", stone.id, stone.person[:16], removed)
+            count += 1
+        applied.add(stone.id)
+    return count
+
+
 async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: float,
-                     also: Callable[[timedelta], Awaitable[Any]] | None = None) -> None:
+                     also: Callable[[timedelta], Awaitable[Any]] | None = None,
+                     forgotten: Purger | None = None) -> None:
     """Heartbeat and sweep until cancelled; `also(stale_after)` runs with each sweep (the bot
-    resumes retraining jobs whose runner died there).
+    resumes retraining jobs whose runner died there); `forgotten(tombstone)` runs once for each
+    forget request made while this process runs, within one beat of it (the server purges its
+    in-process cache there).
 
     The two run apart, so a long sweep never delays a beat. A replica sweeps only after its own
     beats have landed without a gap for longer than the stale window: after a ledger outage
@@ -137,19 +166,28 @@ async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: floa
     live work of all the others (they beat again within one interval; waiting lets them)."""
     stale_after = stale_window(every)
     healthy_since: list[float] = []  # monotonic time of the first beat of the current run
+    started = datetime.now(UTC)
+    applied: set[int] = set()
 
     async def beat() -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if ledger.spool_path.exists():
-                    await ledger.ping()  # our own turns first: they may be the ones that look stale
+                if ledger.spool.waiting() or ledger.spool.others():
+                    # our own turns first (they may be the ones that look stale), then what a
+                    # gone process left (the ping adopts its files)
+                    await ledger.ping()
                 await heartbeat(ledger)
                 if not healthy_since:
                     healthy_since.append(loop.time())
             except Exception as exc:  # noqa: BLE001 (an outage only skips beats)
                 healthy_since.clear()
                 log.info("replica.heartbeat_skipped error=%s", type(exc).__name__)
+            if forgotten is not None and healthy_since:
+                try:
+                    await apply_tombstones(ledger, forgotten, started, applied)
+                except Exception as exc:  # noqa: BLE001 (tried again next beat)
+                    log.warning("forget.apply_failed error=%s", type(exc).__name__)
             await asyncio.sleep(every)
 
     async def sweep_when_healthy() -> None:

@@ -121,7 +121,11 @@ class Retrainer:
             tmp.replace(export)
             names = [p.name for p in await self.retrieval.store.users() if p.name]
             (folder / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-        config = {"dataset": {**self.settings.train_config.get("dataset", {}), **job.params.get("dataset", {})},
+        # The asker's facts that may stay in training prompts come from their own setting only,
+        # last, so that neither DESKMATE_TRAIN_CONFIG nor a job's parameters can widen it.
+        config = {"dataset": {**self.settings.train_config.get("dataset", {}),
+                              **job.params.get("dataset", {}),
+                              "user_facts": list(self.settings.train_user_facts)},
                   "train": {**self.settings.train_config.get("train", {}), **job.params.get("train", {})}}
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         if job.params.get("dry_run"):
@@ -323,7 +327,7 @@ class Retrainer:
 def _forget_raw(folder: Path) -> None:
     """The export and the names are unscrubbed: they leave the job folder once the job is over
     (a resume exports again). Scratch ledgers of the gate hold the questions as asked: same."""
-    for pattern in ("export.jsonl", "export.part", "names.txt", "eval-*.db*", "eval-*-spool.jsonl"):
+    for pattern in ("export.jsonl", "export.part", "names.txt", "eval-*.db*", "eval-*-spool*.jsonl", "eval-*-dead-letters.jsonl"):
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)
 

@@ -243,6 +243,28 @@ def test_bot_runs_locked_down_with_scratch_space_and_the_shared_registry(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ledger_spool_outlives_a_pod_on_a_shared_volume(
+        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+    """Writes waiting for PostgreSQL survive a pod restart (an emptyDir lost them), and every
+    pod that may write the ledger spools onto the same ReadWriteMany volume, where a live
+    replica replays what a gone one left."""
+    objects = rendered[overlay]
+    extra = standalone["retrain-job"] if overlay == "production" else []
+    spool_dir = one(objects, "ConfigMap", "deskmate-config")["data"]["DESKMATE_LEDGER_SPOOL_DIR"]
+    deskmate_pods = [w for w in workloads(objects + extra)
+                     if pod_labels(w)["app.kubernetes.io/component"] in CLIENTS]
+    assert {pod_labels(w)["app.kubernetes.io/component"] for w in deskmate_pods} >= {"bot"}
+    for workload in deskmate_pods:
+        c = container(workload)
+        assert effective_env(workload, objects)["DESKMATE_LEDGER_SPOOL_DIR"] == spool_dir
+        volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+        [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == spool_dir]
+        assert not mount.get("readOnly"), identity(workload)
+        claim = one(objects, "PersistentVolumeClaim", volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], identity(workload)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_workload_requests_cpu_and_memory_and_caps_memory(
         rendered: Rendering, standalone: Rendering, overlay: str) -> None:
     objects = workloads(rendered[overlay] + standalone["retrain-job"] + standalone["vllm"])
