@@ -662,7 +662,15 @@ def schedule(rng: random.Random, seeded: Seeded, requests: int, turn_pages: int)
 
 
 async def sign_in(http: aiohttp.ClientSession, url: str, token: str) -> None:
-    async with http.post(f"{url}/console/login", data={"token": token}, allow_redirects=False) as response:
+    """As a browser does: the sign-in page sets the pre-session cookie its form's CSRF value is
+    tied to, then the form is posted."""
+    async with http.get(f"{url}/console/login") as page:
+        html = await page.text()
+    marker = 'name="csrf" value="'
+    start = html.index(marker) + len(marker)
+    csrf = html[start:html.index('"', start)]
+    async with http.post(f"{url}/console/login", data={"token": token, "csrf": csrf},
+                         allow_redirects=False) as response:
         await response.read()
         if response.status != 302 or response.headers.get("Location") != "/console/queue":
             raise RuntimeError(f"sign-in failed: HTTP {response.status}")

@@ -2,7 +2,10 @@
 prompt exactly as served, the answer as sent, and the ratings reduced the way training uses
 them (the latest lead or admin review wins; thumbs are counted).
 
-People are not in the dataset: no user keys or names, only whether the turn was private."""
+People are not in the dataset: no user keys or names, only whether the turn was private.
+
+The CSV is for people, who open it in a spreadsheet: a cell that a spreadsheet would run as a
+formula is written as text (OWASP's CSV injection guidance). JSONL stays exactly as served."""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ EXPORT_VERSION = 1
 CSV_FIELDS = ["turn_id", "reference", "created_at", "platform", "private", "status", "question", "answer",
               "correction", "score", "verdict", "thumbs_up", "thumbs_down", "notes", "reviewed_by_role",
               "prompt_version", "model", "adapter_version", "kb_version", "confidence", "cited", "prompt",
-              "retrieved"]
+              "retrieved", "redacted"]
+# A spreadsheet runs a cell that starts with one of these as a formula (`=HYPERLINK(...)`).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def reduce_ratings(ratings: list[FeedbackRow]) -> dict[str, Any]:
@@ -41,8 +46,13 @@ def reduce_ratings(ratings: list[FeedbackRow]) -> dict[str, Any]:
     }
 
 
-async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int = 500) -> AsyncIterator[dict[str, Any]]:
-    """Every rated turn matching the filters, oldest first, in batches (the ledger may be large)."""
+async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int = 500, *,
+                      asker: bool = False) -> AsyncIterator[dict[str, Any]]:
+    """Every rated turn matching the filters, oldest first, in batches (the ledger may be large).
+
+    With `asker`, each record also has `asker` (user key, name, facts): only for the console,
+    which needs them to replace the person's name in pseudonymous mode and drops them before
+    anything leaves the server."""
     filters = filters or Filters()
     filters.rated_only = True
     last: tuple[Any, str] | None = None
@@ -61,7 +71,7 @@ async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int
         for r in ratings:
             by_turn.setdefault(r.turn_id, []).append(r)
         for t in turns:
-            yield {
+            record = {
                 "export_version": EXPORT_VERSION, "turn_id": t.id, "reference": t.reference,
                 "created_at": t.created_at.isoformat(), "platform": t.platform, "private": t.private,
                 "status": t.status, "question": t.question, "answer": t.answer,
@@ -71,6 +81,10 @@ async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int
                 "retrieved": [{k: c.get(k) for k in ("chunk_id", "doc_id", "title", "groups", "score", "text")}
                               for c in t.retrieved or []],
             }
+            if asker:
+                record["asker"] = {"user_key": t.user_key, "user_name": t.user_name,
+                                   "user_facts": list(t.user_facts or [])}
+            yield record
         last = (turns[-1].created_at, turns[-1].id)
 
 
@@ -84,10 +98,20 @@ def csv_header() -> str:
     return out.getvalue()
 
 
+def neutralise(value: Any) -> Any:
+    """`value` as a spreadsheet shows it but never runs it: text that starts like a formula
+    gets a leading single quote (numbers stay numbers)."""
+    # Some spreadsheets skip leading blanks and line breaks before deciding it is a formula.
+    if isinstance(value, str) and value.lstrip(" \n").startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv_row(record: dict[str, Any]) -> str:
-    """One CSV line; lists and the prompt are JSON inside their cell."""
+    """One CSV line; lists and the prompt are JSON inside their cell; no cell is a formula."""
     out = io.StringIO()
     csv.writer(out).writerow([
-        json.dumps(record[f], ensure_ascii=False) if isinstance(record.get(f), (list, dict)) else record.get(f)
+        neutralise(json.dumps(record[f], ensure_ascii=False) if isinstance(record.get(f), (list, dict))
+                   else record.get(f))
         for f in CSV_FIELDS])
     return out.getvalue()

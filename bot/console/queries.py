@@ -149,8 +149,19 @@ class Dashboard:
     thumbs_down: list[int] = field(default_factory=list)
     score_by_adapter: dict[str, list[float | None]] = field(default_factory=dict)
     latency: dict[str, list[float | None]] = field(default_factory=dict)
-    unanswered: list[tuple[str, int]] = field(default_factory=list)
+    unanswered: list[Unanswered] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Unanswered:
+    """A question the knowledge base could not answer, how often it came, and who asked it
+    first (the page names them, or in pseudonymous mode replaces their name in it)."""
+
+    question: str
+    count: int
+    user_key: str
+    user_name: str
 
 
 def _day(value: datetime) -> str:
@@ -165,7 +176,7 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
     out = Dashboard(days=labels, thumbs_up=[0] * days, thumbs_down=[0] * days)
     latencies: dict[str, list[float]] = defaultdict(list)
     unanswered: Counter[str] = Counter()
-    examples: dict[str, str] = {}
+    examples: dict[str, tuple[str, str, str]] = {}
     async with ledger.sessions() as session:
         turns = await session.execute(
             select(TurnRow.created_at, TurnRow.platform, TurnRow.latency_ms)
@@ -178,12 +189,13 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
             total = (latency or {}).get("total")
             if total is not None:
                 latencies[day].append(float(total))
-        questions = await session.scalars(
-            select(TurnRow.question).where(TurnRow.created_at >= start, TurnRow.status == "unknown"))
-        for question in questions:
+        questions = await session.execute(
+            select(TurnRow.question, TurnRow.user_key, TurnRow.user_name)
+            .where(TurnRow.created_at >= start, TurnRow.status == "unknown"))
+        for question, user_key, user_name in questions:
             key = normalise_question(question)[:120]
             unanswered[key] += 1
-            examples.setdefault(key, question[:200])
+            examples.setdefault(key, (question[:200], user_key, user_name or ""))
         ratings = await session.execute(
             select(FeedbackRow.created_at, FeedbackRow.thumb, FeedbackRow.score, FeedbackRow.rater_role,
                    TurnRow.adapter_version)
@@ -212,5 +224,6 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
     per_day = [sorted(latencies.get(d, [])) for d in labels]
     for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
         out.latency[name] = [round(v[min(len(v) - 1, int(len(v) * q / 100))], 1) if v else None for v in per_day]
-    out.unanswered = [(examples[k], n) for k, n in unanswered.most_common(10)]
+    out.unanswered = [Unanswered(examples[k][0], n, examples[k][1], examples[k][2])
+                      for k, n in unanswered.most_common(10)]
     return out

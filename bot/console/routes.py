@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,20 @@ from aiohttp import web
 
 from bot import adapters, jobs, retrain
 from bot.admin import describe_job
-from bot.console.auth import COOKIE, Sessions, Viewer, console_secret, redeem_token
+from bot.console.auth import (
+    COOKIE,
+    LOGIN_COOKIE,
+    LOGIN_PATH,
+    Sessions,
+    Viewer,
+    console_secret,
+    foreign_origin,
+    redeem_token,
+)
 from bot.console.queries import Filters, dashboard, next_unreviewed, queue, turn_view
+from bot.console.redaction import Lens, Person, Pseudonyms, Reader, queue_match
 from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-from bot.ledger import JobRow, TurnRow
+from bot.ledger import LEDGER_ERRORS, JobRow, TurnRow
 from bot.ratings import VERDICTS, Rating, RatingRefused, submit, unchanged
 from bot.roles import Role
 
@@ -36,8 +47,20 @@ ADMIN_POSTS = ("/console/jobs", "/console/adapters")
 JOB_ID = r"[0-9a-f-]{6,36}"
 FIGURES = {"token_f1": "token F1", "rouge_l": "ROUGE-L", "citation_rate": "cites the right document",
            "declined_rate": "declines when it should"}
+# http(s), a host, and nothing a browser would strip or reinterpret (spaces, control characters).
+WEB_LINK = re.compile(r"https?://[^\s\x00-\x1f\x7f\\]+", re.IGNORECASE)
 NOTICES = {"promoted": "Promoted: the next answers come from it. Roll back undoes this.",
            "rolled_back": "Rolled back: what was live before is serving again."}
+FOREIGN_POST = ("This form was sent from another site, so it was not accepted. Use the console's own "
+                "pages (behind a proxy that rewrites the host, set DESKMATE_TRUST_FORWARDED_HEADERS "
+                "or DESKMATE_ALLOWED_HOSTS).")
+EXPIRED_FORM = "This form has expired or did not come from the console. Reload the page and try again."
+EXPIRED_LOGIN = ("This sign-in form has expired or did not come from the console. Your token is "
+                 "still unused: paste it again here.")
+NOT_YOURS_TO_RATE = ("You cannot review this answer: its context held passages {marker}. Someone in "
+                     "that group, or listed in DESKMATE_CONSOLE_SEE_ALL, can.")
+SESSION_CHECK_DOWN = ("The ledger database is not reachable, so your sign-in cannot be checked. "
+                      "Try again in a minute.")
 
 
 class Console:
@@ -46,13 +69,15 @@ class Console:
         self.deskmate = deskmate
         secret = console_secret(s.console_secret.get_secret_value() if s.console_secret else None, Path(s.data_dir))
         self.sessions = Sessions(secret, s.console_session_hours, deskmate.roles)
+        self.see_all = frozenset(u.strip().lower() for u in s.console_see_all if u.strip())
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=jinja2.select_autoescape(["html"]))
         self.templates.filters["when"] = lambda d: d.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if d else ""
         self.templates.filters["figure"] = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "n/a"
+        self.templates.tests["web_link"] = is_web_link
 
     # --- who is asking -----------------------------------------------------------------------
-    def viewer(self, request: web.Request) -> Viewer | None:
+    async def viewer(self, request: web.Request) -> Viewer | None:
         s = self.deskmate.settings
         if s.console_auth_header:
             email = request.headers.get(s.console_auth_header, "").strip()
@@ -60,7 +85,37 @@ class Console:
                 groups = [g.strip() for g in request.headers.get(s.console_groups_header, "").split(",")
                           if g.strip()] if s.console_groups_header else []
                 return self.sessions.viewer_from_proxy(email, groups)
-        return self.sessions.viewer_from_cookie(request.cookies.get(COOKIE))
+        return await self.sessions.viewer_from_cookie(self.deskmate.ledger, request.cookies.get(COOKIE))
+
+    async def reader(self, viewer: Viewer) -> Reader:
+        """The access groups `viewer` reads with: their directory groups and the proxy's, as an
+        employee asking Deskmate would; everything when listed in `console_see_all`."""
+        if viewer.user_key in self.see_all:
+            return Reader.of((), see_all=True)
+        try:
+            profile = await self.deskmate.retrieval.store.get_user(viewer.user_key)
+        except Exception as exc:  # noqa: BLE001 (a store outage shows less, never more)
+            log.warning("console.groups_unknown user=%s error=%s", viewer.user_key, type(exc).__name__)
+            profile = None
+        return Reader.of([*(profile.groups if profile else ()), *viewer.groups], see_all=False)
+
+    async def lens(self, request: web.Request, askers: dict[str, str]) -> Lens:
+        """How this request's viewer reads turns asked by `askers` (user key -> name)."""
+        reader = await self.reader(request[VIEWER])
+        if not self.deskmate.settings.console_pseudonymous:
+            return Lens(reader)
+        return Lens(reader, Pseudonyms([await self._person(k, n) for k, n in askers.items()]))
+
+    async def _person(self, user_key: str, name: str) -> Person:
+        """Everything that names an asker: the name on the turn and the directory's entry."""
+        names = [name]
+        try:
+            profile = await self.deskmate.retrieval.store.get_user(user_key)
+        except Exception:  # noqa: BLE001 (without the directory, the turn's own name still goes)
+            profile = None
+        if profile is not None:
+            names += [profile.name, profile.email]
+        return Person(user_key, tuple(n for n in names if n), self.sessions.pseudonym(user_key))
 
     def person(self, user_key: str, name: str = "") -> str:
         if self.deskmate.settings.console_pseudonymous:
@@ -69,73 +124,109 @@ class Console:
 
     def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
         viewer = request.get(VIEWER)
-        html = self.templates.get_template(template).render(
-            viewer=viewer, csrf=self.sessions.csrf_token(viewer) if viewer else "", verdicts=VERDICTS,
-            person=self.person, is_admin=bool(viewer and viewer.role is Role.admin), **context)
+        values = {"viewer": viewer, "csrf": self.sessions.csrf_token(viewer) if viewer else "",
+                  "verdicts": VERDICTS, "person": self.person,
+                  "is_admin": bool(viewer and viewer.role is Role.admin), **context}
+        html = self.templates.get_template(template).render(**values)
         return web.Response(text=html, content_type="text/html", status=status,
                             headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                                      "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """Sign-in for everything under /console except the sign-in page and static files; a
-        lead role for everything else; a CSRF token on every form post; the admin role for
-        posts that retrain or change the live adapter."""
+        """Every console post from the console's own origin; sign-in for everything under
+        /console except the sign-in page (which has its own CSRF check) and static files; a CSRF
+        token on every form post, sign-out included; a lead role for everything but sign-out;
+        the admin role for posts that retrain or change the live adapter."""
         path = request.path
-        if not path.startswith("/console") or path.startswith(("/console/static/", "/console/login")):
+        if not path.startswith("/console") or path.startswith("/console/static/"):
             return await handler(request)
-        viewer = self.viewer(request)
+        if request.method == "POST":
+            why = foreign_origin(request.headers.get("Origin"), request.scheme, request.host,
+                                 self.deskmate.settings.allowed_hosts)
+            if why:
+                log.warning("console.cross_site_refused path=%s %s remote=%s", path, why, request.remote)
+                return self.render(request, "error.html", status=403, message=FOREIGN_POST)
+        if path.startswith(LOGIN_PATH):
+            return await handler(request)
+        try:
+            viewer = await self.viewer(request)
+        except LEDGER_ERRORS as exc:
+            log.warning("console.session_check_failed error=%s", type(exc).__name__)
+            return self.render(request, "error.html", status=503, message=SESSION_CHECK_DOWN)
         if viewer is None:
-            raise web.HTTPFound("/console/login")
+            raise web.HTTPFound(LOGIN_PATH)
         request[VIEWER] = viewer
-        if not viewer.can_review:
-            log.warning("console.refused user=%s path=%s", viewer.user_key, path)
-            return self.render(request, "refused.html", status=403)
-        if request.method == "POST" and path != "/console/logout":
+        if request.method == "POST":
             form = await request.post()
             if not self.sessions.csrf_ok(viewer, form.get("csrf")):
                 log.warning("console.csrf_refused user=%s path=%s", viewer.user_key, path)
-                return self.render(request, "error.html", status=403,
-                                   message="This form has expired or did not come from the console. "
-                                           "Reload the page and try again.")
-            if path.startswith(ADMIN_POSTS) and viewer.role is not Role.admin:
-                log.warning("console.admin_refused user=%s path=%s", viewer.user_key, path)
-                return self.render(request, "error.html", status=403,
-                                   message="Only admins can retrain Deskmate or change its adapters. "
-                                           "Ask an admin (`deskmate roles list` shows who).")
+                return self.render(request, "error.html", status=403, message=EXPIRED_FORM)
+        if path == "/console/logout":
+            return await handler(request)
+        if not viewer.can_review:
+            log.warning("console.refused user=%s path=%s", viewer.user_key, path)
+            return self.render(request, "refused.html", status=403)
+        if request.method == "POST" and path.startswith(ADMIN_POSTS) and viewer.role is not Role.admin:
+            log.warning("console.admin_refused user=%s path=%s", viewer.user_key, path)
+            return self.render(request, "error.html", status=403,
+                               message="Only admins can retrain Deskmate or change its adapters. "
+                                       "Ask an admin (`deskmate roles list` shows who).")
         return await handler(request)
 
-    # --- pages -------------------------------------------------------------------------------
+    # --- signing in and out --------------------------------------------------------------------
+    def login_form(self, request: web.Request, *, status: int = 200, error: str = "") -> web.Response:
+        """The sign-in page with its pre-session cookie (kept if the browser has one) and the
+        signed copy of it that the form must send back."""
+        nonce = Sessions.login_nonce(request.cookies.get(LOGIN_COOKIE))
+        response = self.render(request, "login.html", status=status, error=error,
+                               csrf=self.sessions.login_csrf(nonce),
+                               proxy=bool(self.deskmate.settings.console_auth_header))
+        response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=request.secure,
+                            path=LOGIN_PATH)
+        return response
+
     async def login_page(self, request: web.Request) -> web.Response:
-        return self.render(request, "login.html", proxy=bool(self.deskmate.settings.console_auth_header))
+        return self.login_form(request)
 
     async def login(self, request: web.Request) -> web.Response:
         form = await request.post()
+        if not self.sessions.login_csrf_ok(request.cookies.get(LOGIN_COOKIE), form.get("csrf")):
+            log.warning("console.login_csrf_refused remote=%s", request.remote)
+            return self.login_form(request, status=403, error=EXPIRED_LOGIN)
         token = str(form.get("token", ""))[:200]
         redeemed = await redeem_token(self.deskmate.ledger, token) if token.startswith("dmt_") else None
         if redeemed is None:
             log.warning("console.login_refused remote=%s", request.remote)
-            return self.render(request, "login.html", status=401, error="That token is not valid: it may "
-                               "be mistyped, used already, or older than a day. Ask an admin for a new one.")
+            return self.login_form(request, status=401, error="That token is not valid: it may "
+                                   "be mistyped, used already, or older than a day. Ask an admin for a new one.")
         user_key, fixed_role = redeemed
+        cookie = await self.sessions.start(self.deskmate.ledger, user_key, fixed_role)
         response = web.HTTPFound("/console/queue")
-        response.set_cookie(COOKIE, self.sessions.cookie_for(user_key, fixed_role), httponly=True,
-                            samesite="Strict", secure=request.secure, path="/console",
-                            max_age=self.sessions.max_age)
-        log.info("console.login user=%s", user_key)
+        response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=request.secure,
+                            path="/console", max_age=self.sessions.max_age)
+        response.del_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
+        log.info("console.login user=%s secure=%s", user_key, request.secure)
         raise response
 
-    async def logout(self, _request: web.Request) -> web.Response:
-        response = web.HTTPFound("/console/login")
+    async def logout(self, request: web.Request) -> web.Response:
+        viewer: Viewer = request[VIEWER]
+        revoked = await self.sessions.revoke(self.deskmate.ledger, viewer)
+        log.info("console.logout user=%s revoked=%s", viewer.user_key, revoked)
+        response = web.HTTPFound(LOGIN_PATH)
         response.del_cookie(COOKIE, path="/console")
         raise response
 
+    # --- reviewing -------------------------------------------------------------------------------
     async def queue_page(self, request: web.Request) -> web.Response:
         filters = Filters.from_query(request.query)
         raw_page = request.query.get("page", "")
         page = int(raw_page) if raw_page.isdigit() else 0
         rows, more = await queue(self.deskmate.ledger, filters, page)
-        return self.render(request, "queue.html", rows=rows, filters=filters, page=page, more=more,
+        lens = await self.lens(request, {r.turn.user_key: r.turn.user_name for r in rows})
+        shown = [(lens.turn(r.turn, brief=True), r) for r in rows]
+        shown = [(t, r) for t, r in shown if queue_match(t, filters.text, r.turn.question)]
+        return self.render(request, "queue.html", rows=shown, filters=filters, page=page, more=more,
                            query=filters.as_query())
 
     async def turn_page(self, request: web.Request, *, error: str = "", saved: bool = False,
@@ -144,7 +235,12 @@ class Console:
         if view is None:
             return self.render(request, "error.html", status=404,
                                message="No such answer: it may have been forgotten on request.")
-        return self.render(request, "turn.html", view=view, error=error, saved=saved, status=status,
+        lens = await self.lens(request, {t.user_key: t.user_name for t in (*view.before, view.turn)})
+        shown = lens.turn(view.turn)
+        return self.render(request, "turn.html", t=shown, before=[lens.turn(b) for b in view.before],
+                           ratings=lens.ratings(shown, view.ratings), next_id=view.next_id,
+                           not_yours=NOT_YOURS_TO_RATE.format(marker=shown.marker.strip("[]")),
+                           error=error, saved=saved, status=status,
                            post_corrections=self.deskmate.settings.post_corrections)
 
     async def rate(self, request: web.Request) -> web.Response:
@@ -152,6 +248,11 @@ class Console:
         form = await request.post()
         turn_id = request.match_info["turn_id"]
         turn = await self.deskmate.ledger.get_turn(turn_id)
+        if turn is not None and (hidden := (await self.reader(viewer)).restricted(turn.retrieved)):
+            # Rating an answer one may not read would be rating it blind (and training learns it).
+            log.warning("console.rate_refused turn=%s by=%s restricted=%s", turn_id, viewer.user_key,
+                        ",".join(hidden))
+            return await self.turn_page(request, status=403)
         correction = str(form.get("correction", ""))
         if turn is not None and unchanged(correction, turn.answer):
             correction = ""
@@ -189,26 +290,49 @@ class Console:
 
     async def dashboard_page(self, request: web.Request) -> web.Response:
         data = await dashboard(self.deskmate.ledger)
+        if self.deskmate.settings.console_pseudonymous:
+            lens = await self.lens(request, {u.user_key: u.user_name for u in data.unanswered})
+            for item in data.unanswered:
+                item.question = lens.text(item.question) or ""
         series = {"days": data.days, "turns": data.turns_by_platform, "thumbs_up": data.thumbs_up,
                   "thumbs_down": data.thumbs_down, "scores": data.score_by_adapter, "latency": data.latency}
         # Escaped so that no value (an adapter name) can close the <script> block it sits in.
         return self.render(request, "dashboard.html", data=data, series=json.dumps(series).replace("<", "\\u003c"))
 
     async def export(self, request: web.Request) -> web.StreamResponse:
+        """The rated turns as the viewer may take them away: redacted to their groups, people
+        replaced in pseudonymous mode, and (CSV) no cell a spreadsheet would run."""
         fmt = request.match_info["fmt"]
         filters = Filters.from_query(request.query)
+        reader = await self.reader(request[VIEWER])
+        pseudonymous = self.deskmate.settings.console_pseudonymous
+        people: dict[str, Pseudonyms] = {}
         response = web.StreamResponse(headers={
             "Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv; charset=utf-8",
             "Content-Disposition": f'attachment; filename="deskmate-ratings.{fmt}"', "Cache-Control": "no-store"})
         await response.prepare(request)
         if fmt == "csv":
             await response.write(csv_header().encode())
-        count = 0
-        async for record in rated_turns(self.deskmate.ledger, filters):
-            await response.write((to_jsonl(record) if fmt == "jsonl" else to_csv_row(record)).encode())
+        count = redacted = 0
+        async for record in rated_turns(self.deskmate.ledger, filters, asker=True):
+            asker = record.pop("asker")
+            pseudonyms = None
+            if pseudonymous:
+                key = asker["user_key"]
+                if key not in people:
+                    people[key] = Pseudonyms([await self._person(key, asker["user_name"])])
+                pseudonyms = people[key]
+            shown = Lens(reader, pseudonyms).record(record, facts=asker["user_facts"])
+            if shown["redacted"] and filters.text and filters.text.lower() not in (record.get("question") or "").lower():
+                # As in the queue: a restricted turn matches a search on its question only, so
+                # an export cannot confirm guesses at the hidden answer one word at a time.
+                continue
+            await response.write((to_jsonl(shown) if fmt == "jsonl" else to_csv_row(shown)).encode())
             count += 1
+            redacted += bool(shown["redacted"])
         await response.write_eof()
-        log.info("console.export user=%s format=%s records=%d", request[VIEWER].user_key, fmt, count)
+        log.info("console.export user=%s format=%s records=%d redacted=%d", request[VIEWER].user_key, fmt,
+                 count, redacted)
         return response
 
     # --- retraining ----------------------------------------------------------------------------
@@ -328,6 +452,12 @@ def add_routes(app: web.Application, deskmate: Deskmate) -> Console:
     app.router.add_post("/console/adapters/{name}/promote", console.promote)
     app.router.add_static("/console/static/", HERE / "static")
     return console
+
+
+def is_web_link(url: object) -> bool:
+    """True for an http(s) URL, the only kind the console makes a link of: a knowledge-base
+    document's `javascript:` or `data:` url stays text."""
+    return isinstance(url, str) and bool(WEB_LINK.fullmatch(url))
 
 
 def _read_text(path: Path) -> str | None:

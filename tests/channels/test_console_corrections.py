@@ -16,7 +16,7 @@ from tests.channels.conftest import (
     teams_post,
     wait_for_turns,
 )
-from tests.console.conftest import csrf_of
+from tests.support.console import csrf_of, sign_in
 
 CORRECTION = "Reset it in the self-service portal, then reconnect with the new password."
 
@@ -24,8 +24,7 @@ CORRECTION = "Reset it in the self-service portal, then reconnect with the new p
 async def correct_in_console(server, turn_id: str, post: bool) -> str:  # noqa: ANN001
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         token = await issue_token(server.deskmate.ledger, ANA)
-        async with http.post(f"{server.url}/console/login", data={"token": token}) as r:
-            assert r.status == 200
+        assert (await sign_in(http, server.url, token)).status == 302
         async with http.get(f"{server.url}/console/turns/{turn_id}") as r:
             page = await r.text()
         form = {"csrf": csrf_of(page), "score": "2", "verdict": "incomplete", "correction": CORRECTION,

@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from bot.console.auth import issue_token
 from bot.messages import IncomingMessage
 from tests.conftest import REDIS_URL, RunningServer, running_server
 
@@ -50,18 +48,3 @@ async def console_server(tmp_path: Path, example_store_url: str, embedder: Any,
     async with running_server(embedder, **console_settings(tmp_path, example_store_url, redis_prefix)) as server:
         server.turn_ids = await seed(server)  # type: ignore[attr-defined]
         yield server
-
-
-async def signed_in(server: RunningServer, user: str | None) -> aiohttp.ClientSession:
-    """An HTTP session that signed in through the login form with a fresh token."""
-    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    token = await issue_token(server.deskmate.ledger, user)
-    async with http.post(f"{server.url}/console/login", data={"token": token}, allow_redirects=False) as r:
-        assert r.status == 302, await r.text()
-    return http
-
-
-def csrf_of(page: str) -> str:
-    marker = 'name="csrf" value="'
-    start = page.index(marker) + len(marker)
-    return page[start:page.index('"', start)]

@@ -11,30 +11,29 @@ import aiohttp
 
 from bot.console.auth import issue_token
 from tests.conftest import running_server
-from tests.console.conftest import ADMIN, EMPLOYEE, LEAD, console_settings, csrf_of, signed_in
+from tests.console.conftest import ADMIN, EMPLOYEE, LEAD, console_settings
+from tests.support.console import csrf_of, sign_in, signed_in
 
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
 async def test_nobody_gets_in_without_signing_in_and_employees_not_at_all(console_server) -> None:  # noqa: ANN001
     url = console_server.url
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         for path in ("/console/queue", "/console/dashboard", "/console/export.jsonl",
                      f"/console/turns/{console_server.turn_ids[0]}"):
             async with http.get(url + path, allow_redirects=False) as r:
                 assert r.status == 302 and r.headers["Location"] == "/console/login", path
-        async with http.post(url + "/console/login", data={"token": "dmt_made-up"}) as r:
-            assert r.status == 401 and "not valid" in await r.text()
+        r = await sign_in(http, url, "dmt_made-up")
+        assert r.status == 401 and "not valid" in await r.text()
         forged = {"Cookie": "deskmate_console=eyJ1IjoiaGFubmFoLnNjaG1pZHRAbm9ydGh3aW5kLmV4YW1wbGUiLCJyIjoiYWRtaW4ifQ.Zz.bad"}
         async with http.get(url + "/console/queue", headers=forged, allow_redirects=False) as r:
             assert r.status == 302
 
     token = await issue_token(console_server.deskmate.ledger, LEAD)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url + "/console/login", data={"token": token}, allow_redirects=False) as r:
-            assert r.status == 302
-        async with http.post(url + "/console/login", data={"token": token}, allow_redirects=False) as r:
-            assert r.status == 401  # a token works once
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        assert (await sign_in(http, url, token)).status == 302
+        assert (await sign_in(http, url, token)).status == 401  # a token works once
 
     employee = await signed_in(console_server, EMPLOYEE)
     async with employee:

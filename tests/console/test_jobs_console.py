@@ -13,7 +13,8 @@ from yarl import URL
 from bot import adapters, jobs
 from finetune import evaluate
 from tests.conftest import register_adapter
-from tests.console.conftest import ADMIN, LEAD, csrf_of, signed_in
+from tests.console.conftest import ADMIN, LEAD
+from tests.support.console import csrf_of, signed_in
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:

@@ -38,6 +38,7 @@ from tests.channels.test_admin_commands import COMMAND
 from tests.conftest import REDIS_URL, fresh_pg_database
 from tests.forwarder import Forwarder
 from tests.scale.cluster import Cluster, child_env, readiness
+from tests.support.console import sign_in
 
 LEAD = "hannah.schmidt@northwind.example"
 
@@ -175,8 +176,7 @@ async def test_a_rating_through_one_replica_is_in_the_other_replicas_console(clu
 async def _console(url: str, token: str) -> AsyncIterator[aiohttp.ClientSession]:
     """A console session on one replica, signed in with a one-time token."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
-        async with session.post(f"{url}/console/login", data={"token": token}, allow_redirects=False) as r:
-            assert r.status == 302, await r.text()
+        assert (await sign_in(session, url, token)).status == 302
         yield session
 
 

@@ -44,6 +44,8 @@
       else if (event.key === "Enter" && selected >= 0) { location.href = rows[selected].dataset.href; }
       return;
     }
+    // A turn the viewer may not read has no form; j still moves on.
+    if (turn && !form && event.key === "j" && turn.dataset.next) { location.href = turn.dataset.next; return; }
     if (turn && form) {
       if (/^[1-5]$/.test(event.key)) {
         form.querySelector(`input[name="score"][value="${event.key}"]`).checked = true;
