@@ -91,3 +91,120 @@ def test_scrubber_plants() -> None:
                     "hunter2", "dmt_abc", "Hannah"):
         assert planted not in out, planted
     assert "version 1.2" in out and "order 12345" in out  # not everything with digits is personal
+
+
+# --- the asker's directory facts ---------------------------------------------------------------
+# Prompts rendered by the real builders (retrieval/users.py, bot/prompts.py), so a change in how
+# facts are written shows up here rather than as facts slipping into a training set.
+
+ASKER_ROW = {"email": "marisol.quintanilla@northwind.example", "name": "Marisol Quintanilla",
+             "department": "Finance", "location": "Tromsø", "role": "Treasury Analyst",
+             "groups": "finance", "devices": "ThinkPad X13 Yoga;Pixel 8", "employee_id": "NW-55120"}
+ASKER_VALUES = ("Marisol", "Quintanilla", "marisol.quintanilla@", "Tromsø", "ThinkPad X13 Yoga",
+                "Pixel 8", "NW-55120", "Treasury Analyst")
+
+
+def served_prompt(n: int, question: str, facts: list[str]) -> list[dict[str, str]]:
+    from bot.prompts import build_messages
+    from retrieval.records import Chunk, Hit
+
+    chunk = Chunk(id=f"c{n}", doc_id="it/vpn", title="VPN", heading="", url="",
+                  groups=("everyone",), text=f"Open the VPN portal and choose Reset, step {n}.",
+                  position=0)
+    messages, _ = build_messages(question, [Hit(chunk, 1.0)], facts)
+    return messages
+
+
+def asker_records() -> list[dict[str, Any]]:
+    """Rated turns of one person whose every prompt carried all their facts, with their name,
+    town and laptop also in a question, an answer and a lead's correction."""
+    from retrieval.users import profile_facts, profile_from_row
+
+    facts = profile_facts(profile_from_row(ASKER_ROW))
+    rows = [
+        ("How do I reset my VPN password?", {"score": 5}),
+        ("Hi, Marisol here: my ThinkPad X13 Yoga cannot reach the VPN", {
+            "verdict": "incomplete",
+            "correction": "Marisol, restart the ThinkPad X13 Yoga, or write to "
+                          "marisol.quintanilla@northwind.example."}),
+        ("Which VPN server do I use in Tromsø?", {"thumbs_up": 1}),
+        ("Can I use the VPN abroad?", {"thumbs_down": 1}),
+        ("Why does the VPN drop on my phone?", {
+            "thumbs_down": 1, "answer": "Your Pixel 8 in Tromsø is on a slow network [1]."}),
+        ("How do I change the VPN region?", {"score": 4}),
+    ]
+    records = []
+    for n, (question, rating) in enumerate(rows, start=1):
+        one = record(n, question, **rating)
+        one["prompt"] = served_prompt(n, question, facts)
+        records.append(one)
+    assert all("About the person asking: " in r["prompt"][1]["content"] for r in records)
+    return records
+
+
+def all_text(splits: dict[str, list[Any]]) -> str:
+    messages = [e.messages for examples in splits.values() for e in examples]
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def test_the_askers_facts_leave_every_prompt_of_every_split(tmp_path: Path) -> None:
+    # The person has left the directory (names=[]): their name still goes, read off the block.
+    config = DatasetConfig(eval_share=0.4, distractor_share=1.0, kto_min_each=1)
+    splits, card = build(asker_records(), config, names=[])
+    assert {len(splits[name]) > 0 for name in ("train", "eval", "kto_train", "kto_eval")} == {True}
+    text = all_text(splits)
+    for value in ASKER_VALUES:
+        assert value.lower() not in text.lower(), value
+    assert "About the person asking" not in text and "Finance" not in text
+    [plain] = [e for e in splits["train"] if e.turn_id == "t1" and e.kind == "sft_approved"]
+    # Exactly the prompt someone the directory does not know is served.
+    assert plain.messages[:-1] == served_prompt(1, "How do I reset my VPN password?", [])
+    [corrected] = [e for e in splits["train"] if e.kind == "sft_correction"]
+    assert corrected.messages[-1]["content"] == "[NAME], restart the [DEVICE], or write to [EMAIL]."
+    assert "Hi, [NAME] here: my [DEVICE] cannot reach the VPN" in corrected.messages[1]["content"]
+    [phone] = splits["kto_eval"]
+    assert phone.messages[-1]["content"] == "Your [DEVICE] in [LOCATION] is on a slow network [1]."
+
+    assert card.asker.prompts_with_block == 6 and card.asker.kept == {}
+    every_field = ("name", "department", "role", "location", "groups", "devices", "employee_id")
+    assert card.asker.removed == {field: 6 for field in every_field}
+    write(splits, card, tmp_path)
+    saved = json.loads((tmp_path / "card.json").read_text())["asker_facts"]
+    assert saved["prompts_with_block"] == 6 and saved["fields_removed"]["location"] == 6
+    assert saved["allowed"] == [] and saved["fields_kept"] == {}
+    markdown = (tmp_path / "card.md").read_text()
+    assert "prompts that had the block: 6" in markdown and "location (6)" in markdown
+    assert "allowed to stay: none (the whole block is removed)" in markdown
+
+
+def test_only_the_allowed_fields_stay_and_without_the_name() -> None:
+    config = DatasetConfig(eval_share=0.4, distractor_share=1.0, kto_min_each=1,
+                           user_facts=["location"])
+    splits, card = build(asker_records(), config, names=[])
+    examples = [e for examples in splits.values() for e in examples]
+    for example in examples:
+        user = example.messages[1]["content"]
+        [line] = [x for x in user.splitlines() if x.startswith("About the person asking")]
+        assert line == "About the person asking: [NAME] works from Tromsø."
+    text = all_text(splits)
+    for value in ("Marisol", "Quintanilla", "ThinkPad", "Pixel 8", "NW-55120", "Treasury",
+                  "Finance"):
+        assert value.lower() not in text.lower(), value
+    [phone] = splits["kto_eval"]
+    assert phone.messages[-1]["content"] == "Your [DEVICE] in Tromsø is on a slow network [1]."
+    assert card.asker.kept == {"location": 6} and "location" not in card.asker.removed
+    assert card.asker.allowed == ["location"] and card.asker.removed["devices"] == 6
+
+    # Fields are named as the directory's columns are, in any case or spelling.
+    _, card = build(asker_records(), DatasetConfig(user_facts=["Device", "employee id"]), names=[])
+    assert card.asker.kept == {"devices": 6, "employee_id": 6}
+
+
+def test_a_facts_block_in_an_unknown_shape_goes_whole() -> None:
+    odd = record(1, "How do I reset my VPN password?", score=5)
+    odd["prompt"][1]["content"] = odd["prompt"][1]["content"].replace(
+        "\n\nQuestion:", "\nAbout the person asking: Marisol (Tromsø) has a Pixel 8\n\nQuestion:")
+    splits, card = build([odd], DatasetConfig(user_facts=["location", "devices"]), names=[])
+    [example] = splits["train"]
+    assert example.messages[1] == record(1, "How do I reset my VPN password?")["prompt"][1]
+    assert card.asker.prompts_with_block == 1 and card.asker.unreadable == 1
