@@ -159,7 +159,8 @@ def measure_serve_memory(questions: list[str]) -> dict:
             wait_healthy(url, proc, seconds=120)
             for q in questions:
                 body = json.dumps({"user": "lukas.becker@northwind.example", "question": q}).encode()
-                request = urllib.request.Request(f"{url}/api/ask", data=body, method="POST")
+                request = urllib.request.Request(f"{url}/api/ask", data=body, method="POST",
+                                                 headers={"Content-Type": "application/json"})
                 urllib.request.urlopen(request, timeout=300).read()
             status = Path(f"/proc/{proc.pid}/status").read_text()
             peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))

@@ -307,6 +307,8 @@ def main() -> None:
             DESKMATE_RATE_LIMIT_PER_MINUTE="0", DESKMATE_ANSWER_CACHE_TTL="0",
             SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET,
             DESKMATE_SLACK_API_URL=f"{recorder.url}/api/",
+            # Teams activities are unsigned here: the development flag, allowed on loopback only
+            DESKMATE_TEAMS_DEV_OPEN="true",
         )
         subprocess.run([DESKMATE, "ingest", str(REPO / "examples" / "kb")], env=env, cwd=tmp, check=True,
                        capture_output=True)

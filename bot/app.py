@@ -4,16 +4,17 @@ here, so a backend is chosen in exactly one place."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bot import metrics
+from bot.exposure import exposure, forwarded_middleware
+from bot.health import readiness
 from bot.generation import AdapterNotServed, Generator, open_generator
 from bot.ledger import Ledger, TurnRow
 from bot.orchestrator import Orchestrator, TurnPolicy
@@ -125,7 +126,7 @@ class Deskmate:
 
 async def open_ledger(settings: Settings) -> Ledger:
     """The ledger, migrated when reachable; when it is not, writes are spooled until it is."""
-    ledger = Ledger(settings.resolved_ledger_url(), Path(settings.data_dir) / "ledger-spool.jsonl")
+    ledger = Ledger(settings.resolved_ledger_url(), settings.resolved_spool_dir())
     try:
         await ledger.migrate()
     except Exception as exc:  # noqa: BLE001
@@ -189,62 +190,84 @@ def job_runner(settings: Settings, body: Callable[[str], Awaitable[Any]]) -> Any
 DESKMATE_KEY = web.AppKey("deskmate", Deskmate)
 
 
-async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
-    """Each part's state, checked now (with a short timeout each)."""
-
-    async def check(name: str, probe) -> tuple[str, dict[str, object]]:
-        try:
-            ok = bool(await asyncio.wait_for(probe(), timeout=3))
-            return name, {"ok": ok}
-        except Exception as exc:  # noqa: BLE001
-            return name, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
-
-    results = dict(await asyncio.gather(
-        check("store", deskmate.retrieval.store.ping),
-        check("cache", deskmate.retrieval.cache.ping),
-        check("ledger", deskmate.ledger.ping),
-        check("generator", deskmate.generator.ping),
-    ))
-    spooled = deskmate.ledger.spooled()
-    metrics.LEDGER_SPOOLED.set(spooled)  # the file is the truth (a CLI may have spooled too)
-    if spooled:
-        results["ledger"]["spooled_writes"] = spooled
-    return results
-
-
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+def _token_ok(request: web.Request, token: str | None) -> bool:
+    """No token configured, or `Authorization: Bearer <token>` (compared in constant time)."""
+    if not token:
+        return True
+    sent = request.headers.get("Authorization", "")
+    return sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].strip(), token)
+
+
+def _ops_token(deskmate: Deskmate) -> str | None:
+    token = deskmate.settings.metrics_token
+    return token.get_secret_value() if token else None
+
+
 async def readyz(request: web.Request) -> web.Response:
-    parts = await readiness(request.app[DESKMATE_KEY])
+    """Ready or not, for a load balancer; each part's state (which names the backends and their
+    errors) only for a caller with the metrics token when one is set."""
+    deskmate = request.app[DESKMATE_KEY]
+    parts = await readiness(deskmate)
     ready = all(p["ok"] for p in parts.values())
-    return web.json_response({"ready": ready, "parts": parts}, status=200 if ready else 503)
+    body: dict[str, object] = {"ready": ready}
+    if _token_ok(request, _ops_token(deskmate)):
+        body["parts"] = parts
+    return web.json_response(body, status=200 if ready else 503)
 
 
-async def metrics_view(_request: web.Request) -> web.Response:
+async def metrics_view(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    if not _token_ok(request, _ops_token(request.app[DESKMATE_KEY])):
+        return web.json_response({"error": "/metrics needs Authorization: Bearer <DESKMATE_METRICS_TOKEN>"},
+                                 status=401, headers={"WWW-Authenticate": "Bearer"})
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_web_app(deskmate: Deskmate) -> web.Application:
-    """The aiohttp application: health, metrics and every channel's routes."""
+def _add_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+
+
+def build_ops_app(deskmate: Deskmate) -> web.Application:
+    """The operations listener (DESKMATE_OPS_PORT): health, readiness and metrics only, so that
+    they can be bound to an address the platforms and employees never reach."""
+    app = web.Application()
+    app[DESKMATE_KEY] = deskmate
+    _add_ops_routes(app)
+    return app
+
+
+def build_web_app(deskmate: Deskmate, host: str | None = None) -> web.Application:
+    """The aiohttp application: health, metrics and every channel's routes, as far as listening
+    on `host` (default: the settings' host) allows (bot/exposure.py; raises StartupRefused)."""
     from bot.channels import slack, teams
     from bot.channels import web as web_channel
     from bot.channels.common import Background
     from bot.console import routes as console
 
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    settings = deskmate.settings
+    faces = exposure(settings, host)
+    forwarded = forwarded_middleware(settings)
+    app = web.Application(client_max_size=2 * 1024 * 1024, middlewares=[forwarded] if forwarded else [])
     app[DESKMATE_KEY] = deskmate
     background = Background()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
-    web_channel.add_routes(app, deskmate)
+    if settings.ops_port:
+        app.router.add_get("/healthz", healthz)  # liveness stays where the process answers
+    else:
+        _add_ops_routes(app)
+    bind_host = settings.host if host is None else host
+    if faces.web_chat:
+        web_channel.add_routes(app, deskmate, bind_host)
     console.add_routes(app, deskmate)
     slack.add_routes(app, deskmate, background)
-    teams.add_routes(app, deskmate, background)
+    if faces.teams != "off":
+        teams.add_routes(app, deskmate, background, dev_open=faces.teams_open, bind_host=bind_host)
 
     async def finish_answers(_app: web.Application) -> None:
         await background.drain()
@@ -267,6 +290,7 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
 
     async def announce_replica(_app: web.Application):
         from bot import replicas
+        from bot.forget import purge_cache
         from bot.retrain import resume_orphans
 
         async def resume_jobs(stale_after: timedelta) -> None:
@@ -275,9 +299,11 @@ def build_web_app(deskmate: Deskmate) -> web.Application:
             await resume_orphans(deskmate.ledger, deskmate.jobs, stale_after)
 
         deskmate.ledger.replica = replicas.new_replica_id()
-        task = asyncio.create_task(replicas.keep_alive(deskmate.ledger, deskmate.notifiers,
-                                                       deskmate.settings.replica_heartbeat_seconds,
-                                                       also=resume_jobs))
+        task = asyncio.create_task(replicas.keep_alive(
+            deskmate.ledger, deskmate.notifiers, deskmate.settings.replica_heartbeat_seconds,
+            also=resume_jobs,
+            # a `deskmate forget` run elsewhere reaches this process's own cache here
+            forgotten=lambda stone: purge_cache(deskmate.retrieval.cache, stone)))
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -25,9 +25,11 @@ from bot.app import (
     open_records,
     open_retrieval,
 )
+from bot.exposure import Exposure, StartupRefused, exposure
 from bot.ledger import Ledger
 from bot.messages import Delta, Done, IncomingMessage, Status
 from bot.settings import Settings
+from retrieval.ingest import OutsideKnowledgeFolder
 from retrieval.search import QueryError, SearchResult
 from retrieval.users import import_users, load_directory
 
@@ -88,9 +90,14 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at I
 @app.command()
 def ingest(
     path: Annotated[Path, typer.Argument(help="A folder (read recursively) or one file.")],
-    prune: Annotated[bool, typer.Option(help="Remove documents no longer in PATH.")] = False,
+    prune: Annotated[bool, typer.Option(
+        help="Remove documents whose files were under PATH and are gone (nothing outside PATH)."
+    )] = False,
 ) -> None:
-    """Ingest Markdown, HTML, text and PDF files. Unchanged files are skipped."""
+    """Ingest Markdown, HTML, text and PDF files. Unchanged files are skipped.
+
+    PATH is the knowledge folder or a folder or file inside it: document ids are relative to
+    the knowledge folder (DESKMATE_KB_ROOT, else the folder of the first ingest)."""
     if not path.exists():
         err.print(f"[red]error:[/] no such file or folder: {path}")
         raise typer.Exit(2)
@@ -104,9 +111,17 @@ def ingest(
             def progress(done: int, total: int, label: str) -> None:
                 bar.update(task, completed=done, total=total, description=label)
 
-            return await r.ingestor.ingest_path(path, prune=prune, progress=progress)
+            return await r.ingestor.ingest_path(
+                path, prune=prune, progress=progress, root=r.settings.kb_root
+            )
 
-    report = _run(work)
+    try:
+        report = _run(work)
+    except OutsideKnowledgeFolder as exc:
+        err.print(f"[red]error:[/] {exc}. Ingest a folder or file inside it, or set "
+                  "DESKMATE_KB_ROOT to the folder that holds the whole knowledge base "
+                  "(a moved folder keeps its document ids).")
+        raise typer.Exit(2) from None
     for source, reason in report.failed:
         err.print(f"[yellow]skipped[/] {source}: {reason}")
     for doc_id in report.removed:
@@ -582,57 +597,92 @@ def forget(
     user: Annotated[str, typer.Argument(help="The person's email (user key).")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove a person's turns, ratings and user context everywhere: ledger, cache, store."""
+    """Remove a person everywhere: ledger, spool and dead letters, job folders, adapter cards,
+    cache (running servers' too, within a heartbeat) and store. Prints each place and its count,
+    and what it could not reach."""
     from bot.forget import forget as forget_person
 
     if not yes and not typer.confirm(f"Remove everything Deskmate keeps about {user}? This cannot be undone"):
         raise typer.Exit(1)
     report = _run_with(open_records, lambda d: forget_person(d, user))
     for name, value in report.items():
-        out.print(f"{name.replace('_', ' ')}: {value}", highlight=False)
+        shown = (", ".join(map(str, value)) or "none") if isinstance(value, list) else value
+        out.print(f"{name.replace('_', ' ')}: {shown}", highlight=False)
 
 
-def platform_lines(settings: Settings, host: str, port: int) -> list[str]:
-    """One line per platform: how it is connected, or what to set to connect it."""
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def bound_addresses(runner: object) -> list[tuple[str, int]]:
+    """(address, port) of every socket the server really listens on (a wildcard bind shows as
+    0.0.0.0 or ::, which is what an operator must see)."""
+    found = []
+    for address in getattr(runner, "addresses", []):
+        if isinstance(address, tuple) and len(address) >= 2:
+            found.append((str(address[0]), int(address[1])))
+    return found
+
+
+def platform_lines(settings: Settings, faces: Exposure, base: str) -> list[str]:
+    """One line per face: how it is connected and who can reach it, or what to set."""
     if settings.slack_bot_token is None:
         slack = "Slack: off (put SLACK_BOT_TOKEN and SLACK_APP_TOKEN in .env; see README, Install in Slack)"
     elif settings.slack_app_token is not None:
         slack = "Slack: Socket Mode (connecting; the log says when it is connected)"
         if settings.slack_signing_secret is not None:
-            slack += f", and HTTP events at http://{host}:{port}/slack/events"
+            slack += f", and HTTP events at {base}/slack/events"
     elif settings.slack_signing_secret is not None:
-        slack = f"Slack: HTTP events at http://{host}:{port}/slack/events"
+        slack = f"Slack: HTTP events at {base}/slack/events"
     else:
         slack = "Slack: SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: not connected"
-    if settings.teams_app_id:
-        teams = f"Teams: http://{host}:{port}/api/messages (Bot Framework JWT checked for app {settings.teams_app_id})"
+    if faces.teams == "authenticated":
+        teams = f"Teams: {base}/api/messages (Bot Framework JWT checked for app {settings.teams_app_id})"
+        if settings.teams_tenants:
+            teams += f", tenants {', '.join(settings.teams_tenants)} only"
+    elif faces.teams_open:
+        teams = (f"Teams: {base}/api/messages is OPEN without authentication (DESKMATE_TEAMS_DEV_OPEN, "
+                 "loopback only): local development and the Bot Framework Emulator")
     else:
-        teams = (f"Teams: http://{host}:{port}/api/messages is OPEN without authentication (no "
-                 "DESKMATE_TEAMS_APP_ID): local development only")
+        teams = "Teams: off (set DESKMATE_TEAMS_APP_ID and DESKMATE_TEAMS_APP_PASSWORD; see README, Install in Teams)"
+    web_chat = (f"Web chat: {base}/ (anyone who can open it may ask as anyone in the directory)"
+                if faces.web_chat else "Web chat: off (it is served on loopback only unless DESKMATE_WEB_CHAT says otherwise)")
     if settings.console_auth_header:
-        console = f"Review console: http://{host}:{port}/console (signed in by the proxy's {settings.console_auth_header})"
+        console = f"Review console: {base}/console (signed in by the proxy's {settings.console_auth_header})"
     else:
-        console = (f"Review console: http://{host}:{port}/console (sign in with a token from "
-                   "`deskmate console token`)")
-    return [slack, teams, console]
+        console = f"Review console: {base}/console (sign in with a token from `deskmate console token`)"
+    return [slack, teams, web_chat, console]
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings: "
+                                                  "127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
 ) -> None:
-    """Run the server: the web chat at /, /healthz, /readyz, /metrics (and the platform endpoints)."""
+    """Run the server: the console, /healthz, /readyz, /metrics, the platform endpoints, and on
+    loopback the web chat at /. Refuses to start when the settings would expose a face that
+    authenticates nobody beyond loopback, and says what to set."""
     import gc
     import signal
 
     from aiohttp import web
 
+    from bot.app import build_ops_app
     from bot.generation import LlamaCppGenerator
 
     settings = Settings()
-    host = host or settings.host
-    port = port or settings.port
+    updates: dict[str, object] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    settings = settings.model_copy(update=updates)
+    try:
+        faces = exposure(settings)
+    except StartupRefused as refusal:
+        err.print(f"[red]Deskmate did not start:[/] {refusal}", highlight=False)
+        raise typer.Exit(2) from None
 
     async def main() -> None:
         deskmate = await open_deskmate(settings, patient=True)
@@ -640,16 +690,32 @@ def serve(
             await deskmate.generator.load()  # the first question should not wait for it
         runner = web.AppRunner(build_web_app(deskmate), access_log=None)
         await runner.setup()
+        ops_runner = None
+        if settings.ops_port:
+            ops_runner = web.AppRunner(build_ops_app(deskmate), access_log=None)
+            await ops_runner.setup()
         # Everything loaded so far (models, libraries) lives as long as the process: keeping it
         # out of the garbage collector's full passes removes pauses of a tenth of a second or
         # more that would otherwise land on whichever request is in flight.
         gc.collect()
         gc.freeze()
-        await web.TCPSite(runner, host, port).start()
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        out.print(f"Deskmate is running: http://{shown}:{port}/  (Ctrl-C to stop)", highlight=False)
-        for line in platform_lines(settings, shown, port):
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        bound = bound_addresses(runner)
+        base = _url(*bound[0]) if bound else _url(settings.host, settings.port)
+        out.print(f"Deskmate is running: {', '.join(_url(*a) for a in bound) or base}  (Ctrl-C to stop)",
+                  highlight=False)
+        if not faces.loopback:
+            out.print("  listening beyond loopback: put TLS and a network policy in front (README, Security)",
+                      highlight=False)
+        for line in platform_lines(settings, faces, base):
             out.print(line, highlight=False)
+        if ops_runner is not None:
+            await web.TCPSite(ops_runner, settings.ops_host, settings.ops_port).start()
+            ops = ", ".join(_url(*a) for a in bound_addresses(ops_runner))
+            out.print(f"Operations: {ops}/metrics, /readyz, /healthz (not on the main port)", highlight=False)
+        else:
+            out.print(f"Operations: {base}/metrics, /readyz, /healthz"
+                      + (" (metrics need the bearer token)" if settings.metrics_token else ""), highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -657,6 +723,8 @@ def serve(
         try:
             await stop.wait()  # spooled ledger writes are replayed by the heartbeat (bot/replicas.py)
         finally:
+            if ops_runner is not None:
+                await ops_runner.cleanup()
             await runner.cleanup()
             await deskmate.close()
 

@@ -3,6 +3,7 @@ out, and the answer that ends it. Slack, Teams, the web page and the CLI all spe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,15 +29,39 @@ class IncomingMessage:
     groups: tuple[str, ...] = ()
     private: bool = False
 
+    def __post_init__(self) -> None:
+        # A NUL cannot be stored by PostgreSQL (the turn would be dead-lettered, and the
+        # thread's history would carry it into every later turn); it carries no meaning.
+        for name in ("text", "user_name"):
+            value = getattr(self, name)
+            if "\x00" in value:
+                object.__setattr__(self, name, value.replace("\x00", ""))
+
     @property
     def conversation_key(self) -> str:
         """Where this conversation's history lives: one thread, on one platform."""
         return f"{self.platform}:{self.workspace}:{self.channel}:{self.thread_id or self.user_key}"
 
 
+# http(s), then no whitespace, control character or character that ends a link in Slack's
+# `<url|text>` or an HTML attribute.
+LINK = re.compile(r"https?://[^\s<>|\"'`\\\x00-\x1f\x7f]+", re.IGNORECASE)
+
+
+def safe_link(url: str) -> str:
+    """`url` when it is an http(s) link, else "". A document's URL comes from whoever wrote its
+    front matter; a `javascript:` or `data:` one would run in the reader's browser wherever it
+    is rendered as a link, so no face ever gets one."""
+    candidate = (url or "").strip()
+    if not LINK.fullmatch(candidate):
+        return ""
+    return candidate
+
+
 @dataclass(frozen=True)
 class Source:
-    """A document an answer cites: what a user clicks to check it."""
+    """A document an answer cites: what a user clicks to check it. Its `url` is always an
+    http(s) link or empty (see `safe_link`), whichever face renders it."""
 
     number: int
     doc_id: str
@@ -44,6 +69,9 @@ class Source:
     url: str
     heading: str = ""
     chunk_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", safe_link(self.url))
 
     def to_dict(self) -> dict[str, str | int]:
         return {"number": self.number, "doc_id": self.doc_id, "title": self.title,

@@ -58,8 +58,9 @@ class Rating:
 
 def clean(rating: Rating) -> Rating:
     """Check a rating's values; blank texts become None."""
-    rating.note = (rating.note or "").strip() or None
-    rating.correction = (rating.correction or "").strip() or None
+    # NUL cannot be stored by PostgreSQL and carries no meaning in a note or an answer.
+    rating.note = (rating.note or "").replace("\x00", "").strip() or None
+    rating.correction = (rating.correction or "").replace("\x00", "").strip() or None
     if rating.thumb not in (None, 1, -1):
         raise RatingRefused("A thumb is +1 or -1.")
     if rating.score is not None and (not isinstance(rating.score, int) or not 1 <= rating.score <= 5):

@@ -46,6 +46,7 @@ from bot.channels.common import (
     remember_answer_message,
     turn_of_message,
 )
+from bot.exposure import allowed_authorities, refusal
 from bot.ledger import TurnRow
 from bot.messages import Answer, Done, IncomingMessage, Status
 from bot.ratings import (
@@ -526,10 +527,16 @@ class TeamsConfig:
 class TeamsChannel:
     """The Teams face of one Deskmate process: authentication, then the bot."""
 
-    def __init__(self, deskmate: Deskmate, background: Background) -> None:
+    def __init__(self, deskmate: Deskmate, background: Background, *, dev_open: bool = False,
+                 bind_host: str = "127.0.0.1") -> None:
         s = deskmate.settings
         password = s.teams_app_password.get_secret_value() if s.teams_app_password else ""
+        if not s.teams_app_id and not dev_open:
+            # The server decides (bot/exposure.py); this is the last line, should a caller not.
+            raise ValueError("Teams without an app id is served only with DESKMATE_TEAMS_DEV_OPEN on loopback")
         self.open = not s.teams_app_id
+        self.tenants = frozenset(t.strip().lower() for t in s.teams_tenants if t.strip())
+        self.allowed = allowed_authorities(bind_host, s.allowed_hosts)
         self.app_id = s.teams_app_id
         self.auth = ConfigurationBotFrameworkAuthentication(
             TeamsConfig(s.teams_app_id, password,
@@ -552,6 +559,14 @@ class TeamsChannel:
 
     async def endpoint(self, request: web.Request) -> web.Response:
         """`POST /api/messages`."""
+        if self.open:
+            # Unauthenticated on loopback: a web page in the developer's browser must not be
+            # able to post here either (the Emulator sends JSON and no Origin).
+            reason = "send the activity as JSON" if request.content_type != "application/json" \
+                else refusal(request, self.allowed)
+            if reason is not None:
+                log.warning("teams.open_endpoint_refused reason=%s", reason)
+                return web.json_response({"error": f"refused: {reason}"}, status=403)
         try:
             body = await request.json()
             activity = Activity().deserialize(body) if isinstance(body, dict) else Activity()
@@ -571,6 +586,11 @@ class TeamsChannel:
         except Exception as exc:  # noqa: BLE001 (PermissionError, or a token that is not a JWT at all)
             log.warning("teams.unauthorized remote=%s error=%s", request.remote, type(exc).__name__)
             return web.json_response({"error": "unauthorized"}, status=401)
+        tenant = tenant_of(activity)
+        if self.tenants and tenant not in self.tenants:
+            # A multi-tenant bot is reachable from every Entra tenant: answer only the listed ones.
+            log.warning("teams.tenant_refused tenant=%s", tenant or "-")
+            return web.json_response({"error": "this Deskmate does not serve your organisation"}, status=403)
         if activity.type == ActivityTypes.invoke:
             if activity.id and not await first_time(self.bot.deskmate.retrieval.cache, f"teams-invoke:{activity.id}"):
                 # A replayed invoke (same activity id) must not store a second rating.
@@ -585,6 +605,16 @@ class TeamsChannel:
         self.background.spawn(self.adapter.process_activity(authenticated, activity, self.bot.on_turn),
                               f"teams-{activity.id}")
         return web.Response(status=202)
+
+
+def tenant_of(activity: Activity) -> str:
+    """The Entra tenant an activity comes from (conversation.tenantId, else channelData.tenant.id),
+    lowercased; "" when it names none."""
+    conv = activity.conversation
+    tenant = (conv.tenant_id if conv else None) or ""
+    if not tenant and isinstance(activity.channel_data, dict):
+        tenant = ((activity.channel_data.get("tenant") or {}).get("id")) or ""
+    return str(tenant).strip().lower()
 
 
 async def _post_into_conversation(channel: TeamsChannel, turn: Any, reply: Activity) -> bool:
@@ -612,13 +642,15 @@ async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str
     return await _post_into_conversation(channel, turn, correction_reply(turn, correction))
 
 
-def add_routes(app: web.Application, deskmate: Deskmate, background: Background) -> TeamsChannel:
-    channel = TeamsChannel(deskmate, background)
+def add_routes(app: web.Application, deskmate: Deskmate, background: Background, *,
+               dev_open: bool = False, bind_host: str = "127.0.0.1") -> TeamsChannel:
+    """Mount /api/messages: with the Bot Framework's JWT checked, or (`dev_open`, which the server
+    allows only on loopback) without any authentication, for the Emulator and local tests."""
+    channel = TeamsChannel(deskmate, background, dev_open=dev_open, bind_host=bind_host)
     deskmate.correctors["teams"] = lambda turn, correction: _post_correction_for(channel, turn, correction)
     deskmate.notifiers["teams"] = lambda turn, text: _post_into_conversation(channel, turn, MessageFactory.text(text))
     if channel.open:
-        log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests because no "
-                    "Teams app id is set: fine on a laptop, never on a reachable host "
-                    "(set DESKMATE_TEAMS_APP_ID and DESKMATE_TEAMS_APP_PASSWORD)")
+        log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests "
+                    "(DESKMATE_TEAMS_DEV_OPEN, loopback only): development only")
     app.router.add_post("/api/messages", channel.endpoint)
     return channel

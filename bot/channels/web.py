@@ -2,7 +2,10 @@
 
 Pick a person from the imported directory, ask, watch the answer stream in (newline-delimited
 JSON over one chunked response), see its sources. The page trusts the person you pick, so it is
-meant for a laptop or a trusted network: `DESKMATE_WEB_CHAT=false` turns it off.
+meant for a laptop: the server mounts it only on loopback unless the operator said otherwise
+(bot/exposure.py), and every request must name this server in its Host (and, from a browser,
+Origin) header and send JSON, so that another web page open in the same browser (a cross-site
+form post, a DNS-rebinding page) cannot drive it or read the directory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot.exposure import allowed_authorities, refusal
 from bot.messages import Delta, Done, IncomingMessage, Status
 from retrieval.store import StoreUnavailable
 
@@ -25,13 +29,27 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def add_routes(app: web.Application, deskmate: Deskmate) -> None:
-    """Register the page and its two JSON endpoints."""
-    if not deskmate.settings.web_chat:
-        return
+def add_routes(app: web.Application, deskmate: Deskmate, bind_host: str) -> None:
+    """Register the page and its two JSON endpoints (the server decides whether to call this:
+    bot/exposure.py)."""
+    allowed = allowed_authorities(bind_host, deskmate.settings.allowed_hosts)
+
+    @web.middleware
+    async def same_origin(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if request.path in ("/", "/api/users", "/api/ask"):
+            reason = refusal(request, allowed)
+            if reason is not None:
+                log.warning("web.refused path=%s reason=%s", request.path, reason)
+                return web.json_response({"error": f"refused: {reason}"}, status=403)
+        return await handler(request)
+
+    app.middlewares.append(same_origin)
 
     async def page(_request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "chat.html", headers={"Cache-Control": "no-cache"})
+        return web.FileResponse(STATIC / "chat.html", headers={
+            "Cache-Control": "no-cache", "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                       "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})
 
     async def users(_request: web.Request) -> web.Response:
         people = await deskmate.retrieval.store.users()
@@ -41,6 +59,11 @@ def add_routes(app: web.Application, deskmate: Deskmate) -> None:
         ])
 
     async def ask(request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            # A cross-site <form> can post text/plain or form data without a preflight; it
+            # cannot post JSON.
+            return web.json_response({"error": "send the question as JSON (Content-Type: "
+                                               "application/json)"}, status=415)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):

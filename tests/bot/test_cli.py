@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,9 +90,70 @@ def test_serve_without_platform_credentials_starts_and_says_so(tmp_path: Path, e
             assert line, f"serve stopped early: {process.stderr.read()}"  # type: ignore[union-attr]
             lines.append(line.strip())
         assert any(line.startswith("Slack: off") and "SLACK_BOT_TOKEN" in line for line in lines)
-        assert any("/api/messages is OPEN" in line for line in lines)
+        assert any(line.startswith("Teams: off") and "DESKMATE_TEAMS_APP_ID" in line for line in lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
             assert response.status == 200
     finally:
         process.terminate()
         assert process.wait(timeout=60) == 0
+
+
+def _count(summary: str, what: str) -> int:
+    return int(re.search(rf"(\d+) {what}", summary).group(1))  # type: ignore[union-attr]
+
+
+def test_ingest_of_a_subfolder_keeps_ids_and_prunes_only_inside_it(tmp_path: Path, kb_copy: Path) -> None:
+    store = f"lancedb://{tmp_path / 'store'}"
+    first = run(["ingest", str(kb_copy)], tmp_path, store)
+    assert first.returncode == 0, first.stderr
+    documents = _count(first.stdout, "added")
+
+    (kb_copy / "it" / "printer-setup.md").unlink()
+    pruned = run(["ingest", str(kb_copy / "it"), "--prune"], tmp_path, store)
+    assert pruned.returncode == 0, pruned.stderr
+    assert [line for line in pruned.stdout.splitlines() if line.startswith("removed")] == [
+        "removed it/printer-setup.md"]
+    assert _count(pruned.stdout, "added") == 0
+    stats = json.loads(run(["kb", "stats", "--json"], tmp_path, store).stdout)
+    assert stats["documents"] == documents - 1 and stats["chunks_by_group"].get("hr")
+
+    again = run(["ingest", str(kb_copy)], tmp_path, store)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"0 added, 0 updated, {documents - 1} unchanged, 0 removed")
+    hit = json.loads(run(["search", "how do I reset my VPN password", "--json"], tmp_path, store).stdout)
+    assert hit["hits"][0]["doc_id"] == "it/vpn-password-reset.md"
+
+
+def test_ingest_outside_the_knowledge_folder_is_refused_until_the_setting_moves_it(
+    tmp_path: Path, kb_copy: Path
+) -> None:
+    import shutil
+
+    store = f"lancedb://{tmp_path / 'store'}"
+    assert run(["ingest", str(kb_copy)], tmp_path, store).returncode == 0
+    moved = tmp_path / "moved-kb"
+    shutil.copytree(kb_copy, moved)
+    refused = run(["ingest", str(moved / "it"), "--prune"], tmp_path, store)
+    assert refused.returncode == 2
+    message = " ".join(refused.stderr.split())
+    assert f"outside the knowledge folder {kb_copy.resolve()}" in message
+    assert "DESKMATE_KB_ROOT" in message
+
+    allowed = run(["ingest", str(moved / "it"), "--prune"], tmp_path, store,
+                  DESKMATE_KB_ROOT=str(moved))
+    assert allowed.returncode == 0, allowed.stderr
+    assert _count(allowed.stdout, "added") == 0 and _count(allowed.stdout, "removed") == 0
+    assert _count(allowed.stdout, "unchanged") == len(list((moved / "it").rglob("*.*")))
+
+
+def test_an_empty_optional_setting_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NAME=` in .env or a manifest is "unset", not a parse error at start-up or the working
+    directory as a folder."""
+    from bot.settings import Settings
+
+    for name in ("DESKMATE_WEB_CHAT", "DESKMATE_OPS_PORT", "DESKMATE_KB_ROOT", "DESKMATE_LEDGER_SPOOL_DIR",
+                 "DESKMATE_METRICS_TOKEN"):
+        monkeypatch.setenv(name, "")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.web_chat, s.ops_port, s.kb_root, s.ledger_spool_dir, s.metrics_token) == (None,) * 5
+    assert s.resolved_spool_dir() == s.data_dir.resolve()

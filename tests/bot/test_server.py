@@ -22,8 +22,11 @@ async def server(tmp_path: Path, example_store_url: str, embedder, redis_prefix:
         yield running
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 async def ask(url: str, body: object) -> tuple[int, list[dict]]:
-    async with aiohttp.ClientSession() as http, http.post(f"{url}/api/ask", data=json.dumps(body)) as r:
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/api/ask", data=json.dumps(body), headers=JSON) as r:
         text = await r.text()
         if r.status != 200:
             return r.status, [json.loads(text)]
@@ -72,7 +75,7 @@ async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:  # n
 async def test_bad_requests_get_a_clear_400(server, body, message) -> None:  # noqa: ANN001
     async with aiohttp.ClientSession() as http:
         data = body if isinstance(body, str) else json.dumps(body)
-        async with http.post(f"{server.url}/api/ask", data=data) as r:
+        async with http.post(f"{server.url}/api/ask", data=data, headers=JSON) as r:
             assert r.status == 400 and message in (await r.json())["error"]
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as r:
         assert r.status == 200  # and the server carries on

@@ -59,6 +59,8 @@ def chat_settings(tmp_path: Path, example_store_url: str, redis_prefix: str, rec
         "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}", "generator_url": "echo://",
         "slack_bot_token": "xoxb-test", "slack_signing_secret": SIGNING_SECRET,
         "slack_api_url": f"{recorder.url}/api/", "stream_interval": 0.2,
+        # the Teams tests send unsigned activities: the development flag (loopback only)
+        "teams_dev_open": True,
         "channels": {"slack:COPEN": {"mention_only": False}, "slack:CHR": {"groups": ["hr"]}},
         **overrides,
     }

@@ -1,0 +1,1 @@
+"""Helpers shared by test modules (imported by tests, never by a conftest)."""
