@@ -157,3 +157,10 @@ def test_an_empty_optional_setting_means_its_default(monkeypatch: pytest.MonkeyP
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (s.web_chat, s.ops_port, s.kb_root, s.ledger_spool_dir, s.metrics_token) == (None,) * 5
     assert s.resolved_spool_dir() == s.data_dir.resolve()
+
+
+def test_version_is_printed() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run([DESKMATE, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"deskmate {version('deskmate')}"
