@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: demo test install install-test services browser deploy-tools clean
+.PHONY: demo test lint install install-test services browser deploy-tools clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) --editable '.[test]'
+	$(PIP) --editable '.[test,dev]'
 	touch $@
 
 services:
@@ -43,7 +43,12 @@ demo: install
 	$(BIN)/deskmate users import examples/users.csv
 	$(BIN)/deskmate serve
 
-test: install-test services browser deploy-tools
+# ruff (an explicit rule set in pyproject.toml) and mypy (strict on the files it names), first.
+lint: install-test
+	$(BIN)/ruff check bot retrieval finetune tests bench deploy
+	$(BIN)/mypy
+
+test: lint services browser deploy-tools
 	$(BIN)/python -m pytest
 
 clean:

@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from bot.exposure import exposure, forwarded_middleware
-from bot.health import readiness
 from bot.generation import AdapterNotServed, Generator, open_generator
+from bot.health import readiness
 from bot.ledger import Ledger, TurnRow
 from bot.orchestrator import Orchestrator, TurnPolicy
 from bot.roles import Roles, roles_from_settings

@@ -14,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from bot.settings import Settings
 
@@ -115,7 +116,7 @@ def refusal(request: web.Request, allowed: frozenset[tuple[str, str]]) -> str | 
     return None
 
 
-def forwarded_middleware(settings: Settings) -> web.middleware | None:
+def forwarded_middleware(settings: Settings) -> Middleware | None:
     """With `trust_forwarded_headers`, the request as the client sent it to the proxy in front
     (scheme, host, client address from X-Forwarded-Proto/-Host/-For), so that `request.secure`
     is true behind a TLS-terminating ingress and the console's cookie is marked Secure. Without
@@ -124,19 +125,18 @@ def forwarded_middleware(settings: Settings) -> web.middleware | None:
         return None
 
     @web.middleware
-    async def forwarded(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        changes: dict[str, str] = {}
+    async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The rightmost value is the one our own proxy added; what stands left of it came
         # from the client (a proxy that appends keeps the client's copy).
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
-        if proto in ("http", "https"):
-            changes["scheme"] = proto
         host = request.headers.get("X-Forwarded-Host", "").split(",")[-1].strip()
-        if host:
-            changes["host"] = host
         client = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        # One clone: a clone of a clone forgets the first one's overrides.
+        scheme = proto if proto in ("http", "https") else request.scheme
         if client:
-            changes["remote"] = client
-        return await handler(request.clone(**changes) if changes else request)
+            request = request.clone(scheme=scheme, host=host or request.host, remote=client)
+        else:
+            request = request.clone(scheme=scheme, host=host or request.host)
+        return await handler(request)
 
     return forwarded

@@ -14,6 +14,7 @@ would turn it into an outage; the dead-letter metric and its alert call the oper
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from bot import metrics
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
     """Each part's state, checked now (with a short timeout each)."""
 
-    async def check(name: str, probe) -> tuple[str, dict[str, object]]:
+    async def check(name: str, probe: Callable[[], Awaitable[object]]) -> tuple[str, dict[str, object]]:
         try:
             ok = bool(await asyncio.wait_for(probe(), timeout=3))
             return name, {"ok": ok}

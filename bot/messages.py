@@ -98,7 +98,7 @@ class Answer:
     adapter_version: str = ""
     notice: str = ""
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {
             "turn_id": self.turn_id, "reference": self.reference, "text": self.text,
             "outcome": self.outcome, "sources": [s.to_dict() for s in self.sources],

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-
 from bot.generation import (
     AdapterNotServed,
     Generator,
@@ -25,6 +23,7 @@ from bot.generation import (
     LlamaCppGenerator,
     RemoteGenerator,
 )
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -124,9 +124,10 @@ async def test_failures_are_told_apart_by_what_the_database_said(tmp_path: Path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]  # nothing listens once the socket is closed
-    for name, url in (("refused", f"postgresql://postgres@127.0.0.1:{closed_port}/x"),
-                      ("no database", url)):  # the database was dropped on leaving the block
-        ledger = Ledger(url, tmp_path / "b", connect_timeout=2)
+    dropped = url  # the database was dropped on leaving the block
+    for name, target in (("refused", f"postgresql://postgres@127.0.0.1:{closed_port}/x"),
+                         ("no database", dropped)):
+        ledger = Ledger(target, tmp_path / "b", connect_timeout=2)
         await capture(name, ledger, teams_turn())
         await ledger.close()
     assert set(failures) == {"too long", "nul", "refused", "no database"}

@@ -122,8 +122,8 @@ async def test_a_failed_file_in_a_batch_does_not_keep_the_others_out(ingestor: I
     new_a = [c.__class__(**{**c.__dict__, "text": "Alpha, revised."}) for c in await store.chunks_of("a.md")]
     good = DocumentWrite(docs["a.md"], new_a, ingestor.embedder.embed([c.search_text for c in new_a]))
     bad = DocumentWrite(docs["b.md"], old_b, np.ones((len(old_b), 7), dtype=np.float32))
-    from retrieval.ingest import IngestReport, _Pending
     from retrieval.chunking import Document
+    from retrieval.ingest import IngestReport, _Pending
 
     report = IngestReport()
     pending = [_Pending(Document("a.md", "A", "x"), new_a, False), _Pending(Document("b.md", "B", "x"), old_b, False)]
