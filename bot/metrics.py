@@ -21,3 +21,6 @@ LEDGER_DEAD_LETTER_ROWS = Gauge("deskmate_ledger_dead_letter_rows", "Refused wri
                                 "next to the spool (every process's), waiting for an operator.")
 FORGOTTEN_PURGES = Counter("deskmate_forgotten_purges_total", "Forget requests (ledger tombstones) this "
                            "replica has applied to its own cache.")
+EVENTS_SKIPPED = Counter("deskmate_events_skipped_total", "Platform events deliberately not answered: "
+                         "`duplicate` (a redelivery or another replica's), `not_addressed` (a channel "
+                         "message without a mention where one is needed).", ["platform", "reason"])

@@ -30,6 +30,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import metrics
 from bot.channels.common import (
     DEDUP_TTL_SECONDS,
     HELP_TEXT,
@@ -378,6 +379,7 @@ class SlackChannel:
         if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}", redelivery=redelivery):
             return True
         log.info("slack.duplicate_event event_id=%s", event_id)
+        metrics.EVENTS_SKIPPED.labels("slack", "duplicate").inc()
         return False
 
     async def _on_mention(self, event: dict, body: dict, request: Any) -> None:
@@ -410,6 +412,7 @@ class SlackChannel:
             elif not thread and not rule.mention_only:
                 thread = event["ts"]
             else:
+                metrics.EVENTS_SKIPPED.labels("slack", "not_addressed").inc()
                 return
             where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
                           user=event["user"], private=False)
