@@ -43,9 +43,10 @@ demo: install
 	$(BIN)/deskmate users import examples/users.csv
 	$(BIN)/deskmate serve
 
-# ruff (an explicit rule set in pyproject.toml) and mypy (strict on the files it names), first.
+# ruff (an explicit rule set in pyproject.toml, and its formatter) and mypy (strict on the files it names), first.
 lint: install-test
 	$(BIN)/ruff check bot retrieval finetune tests bench deploy
+	$(BIN)/ruff format --check bot retrieval finetune tests bench deploy
 	$(BIN)/mypy
 
 test: lint services browser deploy-tools

@@ -49,8 +49,12 @@ def write_result(name: str, figures: dict[str, Any], out: Path | None = None) ->
     """Write `bench/results/<name>.json` (or `out`) with the machine and the date."""
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-               "machine": machine(), **figures}
+    payload = {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **figures,
+    }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 
@@ -105,8 +109,11 @@ def stop_server(server: subprocess.Popen, log_path: Path | None = None) -> int:
         server.wait()
     if log_path is None:
         return 0
-    problems = [line for line in log_path.read_text().splitlines()
-                if " ERROR " in line or "Traceback" in line or "error" in line.lower()]
+    problems = [
+        line
+        for line in log_path.read_text().splitlines()
+        if " ERROR " in line or "Traceback" in line or "error" in line.lower()
+    ]
     if problems:
         print(f"{len(problems)} error lines in the server log, the first ones:")
         print("\n".join(problems[:15]))

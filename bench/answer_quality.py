@@ -59,31 +59,42 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
         docs = [Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in corpus]
-        await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(docs, finish=True)
+        await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(
+            docs, finish=True
+        )
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
         async with MIGRATING:
             await ledger.migrate()
         cache = MemoryCache()
-        policy = TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0,
-                            use_retrieval=not args.no_retrieval, max_answer_tokens=args.max_tokens,
-                            context_passages=args.passages)
+        policy = TurnPolicy(
+            rate_limit_per_minute=0,
+            answer_cache_ttl=0,
+            history_turns=0,
+            use_retrieval=not args.no_retrieval,
+            max_answer_tokens=args.max_tokens,
+            context_passages=args.passages,
+        )
         bot = Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy)
         rows = []
         started = time.perf_counter()
         for i, q in enumerate(questions, start=1):
             earlier = " ".join(t for s, t in history_of(q)[-2:] if s == "user")
             text = f"{earlier} {q['question']}".strip() if earlier else q["question"]
-            answer = await bot.ask(IncomingMessage(platform="bench", user_key="bench:user", text=text,
-                                                   thread_id=str(i)))
+            answer = await bot.ask(
+                IncomingMessage(platform="bench", user_key="bench:user", text=text, thread_id=str(i))
+            )
             refs = references(q)
             gold = set(gold_ids(q))
-            rows.append({
-                "answer": answer.text, "outcome": answer.outcome,
-                "f1": best_of(token_f1, answer.text, refs) if refs else None,
-                "rouge_l": best_of(rouge_l, answer.text, refs) if refs else None,
-                "cites_gold": bool(gold & {s.doc_id for s in answer.sources}) if gold else None,
-                "unanswerable": unanswerable(q),
-            })
+            rows.append(
+                {
+                    "answer": answer.text,
+                    "outcome": answer.outcome,
+                    "f1": best_of(token_f1, answer.text, refs) if refs else None,
+                    "rouge_l": best_of(rouge_l, answer.text, refs) if refs else None,
+                    "cites_gold": bool(gold & {s.doc_id for s in answer.sources}) if gold else None,
+                    "unanswerable": unanswerable(q),
+                }
+            )
             if i % 10 == 0:
                 print(f"  {i}/{len(questions)} answered ({time.perf_counter() - started:.0f} s)", flush=True)
         await ledger.close()
@@ -112,8 +123,14 @@ async def run(args: argparse.Namespace) -> dict:
     result = await answer_all(args, questions, generator)
     await generator.close()
     label = ("fine-tuned" if args.adapter else "base") + (" only" if args.no_retrieval else " + RAG")
-    return {"corpus": str(args.corpus), "questions_file": str(args.questions), "setup": label,
-            "adapter": args.adapter or "", "retrieval": not args.no_retrieval, **result}
+    return {
+        "corpus": str(args.corpus),
+        "questions_file": str(args.questions),
+        "setup": label,
+        "adapter": args.adapter or "",
+        "retrieval": not args.no_retrieval,
+        **result,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,9 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     result = asyncio.run(run(args))
-    print_table(["setup", "questions", "token F1", "ROUGE-L", "gold cited", "IDK (unanswerable)"],
-                [[result["setup"], result["questions"], result["token_f1"], result["rouge_l"],
-                  result["gold_citation_rate"], result["unknown_rate_unanswerable"]]])
+    print_table(
+        ["setup", "questions", "token F1", "ROUGE-L", "gold cited", "IDK (unanswerable)"],
+        [
+            [
+                result["setup"],
+                result["questions"],
+                result["token_f1"],
+                result["rouge_l"],
+                result["gold_citation_rate"],
+                result["unknown_rate_unanswerable"],
+            ]
+        ],
+    )
     name = f"answer_quality_{Path(args.corpus).parent.name or 'corpus'}"
     print(f"wrote {write_result(name, result, args.out)}")
 

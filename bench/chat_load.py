@@ -52,8 +52,12 @@ from slack_sdk.signature import SignatureVerifier
 from tests.channels.recorder import Recorder
 
 SECRET = "bench-signing-secret"
-QUESTIONS = ["How do I reset my VPN password?", "How do I report a phishing email?",
-             "How do I book a meeting room?", "How do I claim travel expenses?"]
+QUESTIONS = [
+    "How do I reset my VPN password?",
+    "How do I report a phishing email?",
+    "How do I book a meeting room?",
+    "How do I claim travel expenses?",
+]
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
@@ -90,8 +94,10 @@ class Stores:
         server = shutil.which("redis-server")
         if server is None:
             raise SystemExit("--stores needs redis-server on PATH (apt-get install redis-server)")
-        self._redis = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                        "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self._redis = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         import redis
 
@@ -109,12 +115,14 @@ class Stores:
     def snapshot(self) -> dict:
         """Counters now: Redis calls per command and memory; the database's transactions, rows
         written and read, and size; how many turns the ledger holds."""
-        commands = {name.removeprefix("cmdstat_"): stats["calls"]
-                    for name, stats in self.redis.info("commandstats").items()}
+        commands = {
+            name.removeprefix("cmdstat_"): stats["calls"] for name, stats in self.redis.info("commandstats").items()
+        }
         [row] = self._admin(
             "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_fetched, tup_returned, "
             f"pg_database_size('{self.database}') AS size FROM pg_stat_database WHERE datname = '{self.database}'",
-            fetch=True)
+            fetch=True,
+        )
         import asyncpg
 
         async def turns() -> int:
@@ -124,23 +132,33 @@ class Stores:
             finally:
                 await conn.close()
 
-        return {"redis": commands, "redis_memory": self.redis.info("memory")["used_memory"],
-                "pg": dict(row), "turns": asyncio.run(turns())}
+        return {
+            "redis": commands,
+            "redis_memory": self.redis.info("memory")["used_memory"],
+            "pg": dict(row),
+            "turns": asyncio.run(turns()),
+        }
 
     @staticmethod
     def per_thousand_turns(before: dict, after: dict) -> dict:
         turns = after["turns"] - before["turns"]
         scale = 1000 / max(1, turns)
-        commands = {name: round((calls - before["redis"].get(name, 0)) * scale)
-                    for name, calls in sorted(after["redis"].items())
-                    if calls - before["redis"].get(name, 0) > 0 and name not in ("info", "ping")}
+        commands = {
+            name: round((calls - before["redis"].get(name, 0)) * scale)
+            for name, calls in sorted(after["redis"].items())
+            if calls - before["redis"].get(name, 0) > 0 and name not in ("info", "ping")
+        }
         pg = {f"pg_{k}": round((after["pg"][k] - before["pg"][k]) * scale) for k in after["pg"] if k != "size"}
         # pg_stat_database is updated asynchronously (at transaction end, flushed about every
         # second): the 2 s pause before the last snapshot lets the counts settle.
-        return {"turns_measured": turns, "redis_commands": sum(commands.values()),
-                "redis_memory_bytes": round((after["redis_memory"] - before["redis_memory"]) * scale),
-                **pg, "pg_size_bytes": round((after["pg"]["size"] - before["pg"]["size"]) * scale),
-                "redis_commands_per_1000_turns": commands}
+        return {
+            "turns_measured": turns,
+            "redis_commands": sum(commands.values()),
+            "redis_memory_bytes": round((after["redis_memory"] - before["redis_memory"]) * scale),
+            **pg,
+            "pg_size_bytes": round((after["pg"]["size"] - before["pg"]["size"]) * scale),
+            "redis_commands_per_1000_turns": commands,
+        }
 
     def close(self) -> None:
         self._redis.terminate()
@@ -162,23 +180,47 @@ def redis_or_memory(url: str) -> str:
 
 def slack_request(event_id: str, channel: str, user: str, text: str) -> tuple[bytes, dict[str, str]]:
     ts = f"{time.time():.6f}"
-    body = json.dumps({
-        "token": "t", "team_id": "T1", "api_app_id": "A1", "type": "event_callback", "event_id": event_id,
-        "event_time": int(time.time()),
-        "event": {"type": "message", "channel": channel, "channel_type": "im", "user": user, "text": text,
-                  "ts": ts, "event_ts": ts, "team": "T1"},
-    }).encode()
+    body = json.dumps(
+        {
+            "token": "t",
+            "team_id": "T1",
+            "api_app_id": "A1",
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": int(time.time()),
+            "event": {
+                "type": "message",
+                "channel": channel,
+                "channel_type": "im",
+                "user": user,
+                "text": text,
+                "ts": ts,
+                "event_ts": ts,
+                "team": "T1",
+            },
+        }
+    ).encode()
     stamp = str(int(time.time()))
-    return body, {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp,
-                  "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)}
+    return body, {
+        "Content-Type": "application/json",
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body),
+    }
 
 
 def teams_activity(conversation: str, service_url: str, text: str) -> dict:
-    return {"type": "message", "id": uuid.uuid4().hex, "serviceUrl": service_url + "/", "channelId": "msteams",
-            "from": {"id": "29:bench", "name": "Bench User", "aadObjectId": "aad-bench"},
-            "conversation": {"id": conversation, "conversationType": "personal", "tenantId": "t1"},
-            "recipient": {"id": "28:bot", "name": "Deskmate"}, "text": text, "textFormat": "plain",
-            "channelData": {"tenant": {"id": "t1"}}}
+    return {
+        "type": "message",
+        "id": uuid.uuid4().hex,
+        "serviceUrl": service_url + "/",
+        "channelId": "msteams",
+        "from": {"id": "29:bench", "name": "Bench User", "aadObjectId": "aad-bench"},
+        "conversation": {"id": conversation, "conversationType": "personal", "tenantId": "t1"},
+        "recipient": {"id": "28:bot", "name": "Deskmate"},
+        "text": text,
+        "textFormat": "plain",
+        "channelData": {"tenant": {"id": "t1"}},
+    }
 
 
 async def timed_post(http: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[int, float]:
@@ -206,8 +248,13 @@ def answered(recorder: Recorder, slack_channels: set[str], teams_conversations: 
 
 async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float) -> dict:
     tag = uuid.uuid4().hex[:6]
-    latencies: dict[str, list[float]] = {"slack_burst": [], "teams_burst": [], "slack_during": [],
-                                         "teams_during": [], "slack_retry": []}
+    latencies: dict[str, list[float]] = {
+        "slack_burst": [],
+        "teams_burst": [],
+        "slack_during": [],
+        "teams_during": [],
+        "slack_retry": [],
+    }
     statuses: list[int] = []
     slack_channels: set[str] = set()
     teams_conversations: set[str] = set()
@@ -231,22 +278,27 @@ async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float)
     async def one_teams(http: aiohttp.ClientSession, i: int, phase: str) -> None:
         conversation = f"a:{tag}{i}"
         teams_conversations.add(conversation)
-        status, ms = await timed_post(http, f"{url}/api/messages",
-                                      json=teams_activity(conversation, recorder.url, QUESTIONS[i % len(QUESTIONS)]))
+        status, ms = await timed_post(
+            http, f"{url}/api/messages", json=teams_activity(conversation, recorder.url, QUESTIONS[i % len(QUESTIONS)])
+        )
         statuses.append(status)
         latencies[f"teams_{phase}"].append(ms)
 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         # The burst that starts N answers on each platform (a tenth of the Slack ones retried) ...
-        await asyncio.gather(*[one_slack(http, i, i % 10 == 0, "burst") for i in range(n)],
-                             *[one_teams(http, i, "burst") for i in range(n)])
+        await asyncio.gather(
+            *[one_slack(http, i, i % 10 == 0, "burst") for i in range(n)],
+            *[one_teams(http, i, "burst") for i in range(n)],
+        )
         # ... then one request of each every 100 ms while those answers are being written.
         probes, i = [], n
         deadline = time.monotonic() + probe_seconds
         while time.monotonic() < deadline:
-            probes += [asyncio.create_task(one_slack(http, i, False, "during")),
-                       asyncio.create_task(one_teams(http, i, "during"))]
+            probes += [
+                asyncio.create_task(one_slack(http, i, False, "during")),
+                asyncio.create_task(one_teams(http, i, "during")),
+            ]
             i += 1
             await asyncio.sleep(0.1)
         await asyncio.gather(*probes)
@@ -270,12 +322,14 @@ async def load_round(url: str, recorder: Recorder, n: int, probe_seconds: float)
             row[f"{name}_p50_ms"] = round(percentile(values, 50), 2)
             row[f"{name}_p99_ms"] = round(percentile(values, 99), 2)
             row[f"{name}_slowest_ms"] = [round(v, 1) for v in sorted(values)[-5:]]
-    row.update({
-        "non_2xx": sum(1 for s in statuses if not 200 <= s < 300),
-        "answers_expected": sum(expected),
-        "lost": (expected[0] - len(slack)) + (expected[1] - len(teams)),
-        "answered_twice": len(twice),
-    })
+    row.update(
+        {
+            "non_2xx": sum(1 for s in statuses if not 200 <= s < 300),
+            "answers_expected": sum(expected),
+            "lost": (expected[0] - len(slack)) + (expected[1] - len(teams)),
+            "answered_twice": len(twice),
+        }
+    )
     return row
 
 
@@ -285,10 +339,16 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=2.0, help="Seconds the generator takes per answer.")
     parser.add_argument("--probe-seconds", type=float, default=1.5)
     parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--stores", action="store_true", help="Ledger in a PostgreSQL database and cache "
-                        "in a Redis of their own, and count the load on each.")
-    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="Where --stores creates (and drops) its database.")
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="Ledger in a PostgreSQL database and cache in a Redis of their own, and count the load on each.",
+    )
+    parser.add_argument(
+        "--pg-admin",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="Where --stores creates (and drops) its database.",
+    )
     parser.add_argument("--name", default="chat_load", help="Result file name (bench/results/NAME.json).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -302,18 +362,25 @@ def main() -> None:
         ledger = {"DESKMATE_LEDGER_URL": stores.ledger_url} if stores else {}
         env = server_env(
             **ledger,
-            DESKMATE_DATA_DIR=tmp, DESKMATE_PORT=str(port), DESKMATE_CACHE_URL=cache_url,
-            DESKMATE_CACHE_PREFIX=prefix, DESKMATE_GENERATOR_URL=f"echo://?delay={args.delay}",
-            DESKMATE_RATE_LIMIT_PER_MINUTE="0", DESKMATE_ANSWER_CACHE_TTL="0",
-            SLACK_BOT_TOKEN="xoxb-bench", SLACK_SIGNING_SECRET=SECRET,
+            DESKMATE_DATA_DIR=tmp,
+            DESKMATE_PORT=str(port),
+            DESKMATE_CACHE_URL=cache_url,
+            DESKMATE_CACHE_PREFIX=prefix,
+            DESKMATE_GENERATOR_URL=f"echo://?delay={args.delay}",
+            DESKMATE_RATE_LIMIT_PER_MINUTE="0",
+            DESKMATE_ANSWER_CACHE_TTL="0",
+            SLACK_BOT_TOKEN="xoxb-bench",
+            SLACK_SIGNING_SECRET=SECRET,
             DESKMATE_SLACK_API_URL=f"{recorder.url}/api/",
             # Teams activities are unsigned here: the development flag, allowed on loopback only
             DESKMATE_TEAMS_DEV_OPEN="true",
         )
-        subprocess.run([DESKMATE, "ingest", str(REPO / "examples" / "kb")], env=env, cwd=tmp, check=True,
-                       capture_output=True)
-        server = subprocess.Popen([DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL,
-                                  stderr=open(Path(tmp) / "serve.log", "w"))  # noqa: SIM115
+        subprocess.run(
+            [DESKMATE, "ingest", str(REPO / "examples" / "kb")], env=env, cwd=tmp, check=True, capture_output=True
+        )
+        server = subprocess.Popen(
+            [DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "serve.log", "w")
+        )  # noqa: SIM115
         try:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, server)
@@ -338,15 +405,30 @@ def main() -> None:
     table = []
     for r in rows:
         for phase in ("burst", "during", "retry"):
-            table.append([r["n"], phase, r.get(f"slack_{phase}_requests", 0), r.get(f"slack_{phase}_p50_ms", "-"),
-                          r.get(f"slack_{phase}_p99_ms", "-"), r.get(f"teams_{phase}_requests", "-"),
-                          r.get(f"teams_{phase}_p50_ms", "-"), r.get(f"teams_{phase}_p99_ms", "-")])
+            table.append(
+                [
+                    r["n"],
+                    phase,
+                    r.get(f"slack_{phase}_requests", 0),
+                    r.get(f"slack_{phase}_p50_ms", "-"),
+                    r.get(f"slack_{phase}_p99_ms", "-"),
+                    r.get(f"teams_{phase}_requests", "-"),
+                    r.get(f"teams_{phase}_p50_ms", "-"),
+                    r.get(f"teams_{phase}_p99_ms", "-"),
+                ]
+            )
     print_table(headers, table)
-    print_table(["N", "answers expected", "lost", "answered twice", "non-2xx"],
-                [[r["n"], r["answers_expected"], r["lost"], r["answered_twice"], r["non_2xx"]] for r in rows])
-    figures = {"generator_delay_s": args.delay, "cache": cache_url.split(":")[0],
-               "ledger": "postgresql" if stores else "sqlite",
-               "target": "p99 <= 100 ms at N=50, none lost, none twice", "rounds": rows}
+    print_table(
+        ["N", "answers expected", "lost", "answered twice", "non-2xx"],
+        [[r["n"], r["answers_expected"], r["lost"], r["answered_twice"], r["non_2xx"]] for r in rows],
+    )
+    figures = {
+        "generator_delay_s": args.delay,
+        "cache": cache_url.split(":")[0],
+        "ledger": "postgresql" if stores else "sqlite",
+        "target": "p99 <= 100 ms at N=50, none lost, none twice",
+        "rounds": rows,
+    }
     if load:
         figures["store_load"] = load
         print_table(["per 1,000 turns", "value"], [[k, v] for k, v in load.items() if not isinstance(v, dict)])

@@ -45,8 +45,12 @@ from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
 from retrieval.store import open_store
 
-SETUPS = {"base only": (False, False), "base + RAG": (False, True),
-          "fine-tuned only": (True, False), "fine-tuned + RAG": (True, True)}  # (adapter, retrieval)
+SETUPS = {
+    "base only": (False, False),
+    "base + RAG": (False, True),
+    "fine-tuned only": (True, False),
+    "fine-tuned + RAG": (True, True),
+}  # (adapter, retrieval)
 GAIN_TARGET, SECONDS_TARGET, RSS_TARGET_GB = 0.05, 30 * 60, 6.0
 
 
@@ -85,10 +89,14 @@ def split_by_section(questions: list[dict], test_share: float, seed: int) -> tup
 
 def overlap(train: list[dict], test: list[dict]) -> dict[str, int]:
     """Sections and gold documents found on both sides (0 and 0 for a clean split)."""
+
     def keys(qs: list[dict], kind: str) -> set[str]:
         return {k for i, q in enumerate(qs) for k in _keys(q, i) if k.startswith(kind)}
-    return {"shared_sections": len(keys(train, "section:") & keys(test, "section:")),
-            "shared_gold_docs": len(keys(train, "doc:") & keys(test, "doc:"))}
+
+    return {
+        "shared_sections": len(keys(train, "section:") & keys(test, "section:")),
+        "shared_gold_docs": len(keys(train, "doc:") & keys(test, "doc:")),
+    }
 
 
 def question_text(question: dict[str, Any]) -> str:
@@ -103,23 +111,30 @@ async def record_rated_turns(args: argparse.Namespace, questions: list[dict], ex
     embedder = Embedder(args.model or "")
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
-        docs = [Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text")
-                for d in read_jsonl(args.corpus)]
+        docs = [
+            Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in read_jsonl(args.corpus)
+        ]
         await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(
-            docs, finish=True)
+            docs, finish=True
+        )
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
         async with MIGRATING:
             await ledger.migrate()
         cache = MemoryCache()
-        policy = TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0,
-                            max_answer_tokens=args.max_tokens, context_passages=args.passages)
+        policy = TurnPolicy(
+            rate_limit_per_minute=0,
+            answer_cache_ttl=0,
+            history_turns=0,
+            max_answer_tokens=args.max_tokens,
+            context_passages=args.passages,
+        )
         # Echo answers instantly; the prompt on record is the one the model would have seen.
         bot = Orchestrator(Searcher(store, embedder, cache), EchoGenerator(), ledger, cache, policy)
         for i, q in enumerate(questions, start=1):
-            answer = await bot.ask(IncomingMessage(platform="bench", user_key="bench:user",
-                                                   text=question_text(q), thread_id=f"train-{i}"))
-            await submit(ledger, Rating(answer.turn_id, "bench:lead", Role.lead, "bench",
-                                        correction=references(q)[0]))
+            answer = await bot.ask(
+                IncomingMessage(platform="bench", user_key="bench:user", text=question_text(q), thread_id=f"train-{i}")
+            )
+            await submit(ledger, Rating(answer.turn_id, "bench:lead", Role.lead, "bench", correction=references(q)[0]))
         records = [json.dumps(r, ensure_ascii=False) + "\n" async for r in rated_turns(ledger)]
         export.write_text("".join(records), encoding="utf-8")
         await ledger.close()
@@ -129,25 +144,52 @@ async def record_rated_turns(args: argparse.Namespace, questions: list[dict], ex
 
 def train_adapter(args: argparse.Namespace, export: Path, job_dir: Path) -> dict[str, Any]:
     """Run the retraining pipeline as a child process; its outcome, wall seconds and peak RSS."""
-    config = {"dataset": {"eval_share": 0.0, "distractor_share": args.distractor_share, "seed": args.seed},
-              "train": {"epochs": args.epochs, "max_steps": args.max_steps, "learning_rate": args.lr,
-                        "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-                        "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
-                        "save_steps": 1000, "seed": args.seed, "threads": args.train_threads}}
+    config = {
+        "dataset": {"eval_share": 0.0, "distractor_share": args.distractor_share, "seed": args.seed},
+        "train": {
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "learning_rate": args.lr,
+            "batch_size": args.batch_size,
+            "grad_accum": args.grad_accum,
+            "max_length": args.max_length,
+            "lora_r": args.lora_r,
+            "lora_alpha": 2 * args.lora_r,
+            "save_steps": 1000,
+            "seed": args.seed,
+            "threads": args.train_threads,
+        },
+    }
     (job_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     with open(job_dir / "pipeline.log", "w") as log:
-        code = subprocess.run([sys.executable, "-m", "finetune.pipeline", "--export", str(export),
-                               "--job-dir", str(job_dir), "--cache", str(args.cache),
-                               "--config", str(job_dir / "config.json")],
-                              check=False, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "finetune.pipeline",
+                "--export",
+                str(export),
+                "--job-dir",
+                str(job_dir),
+                "--cache",
+                str(args.cache),
+                "--config",
+                str(job_dir / "config.json"),
+            ],
+            check=False,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ).returncode
     outcome = json.loads((job_dir / "outcome.json").read_text()) if (job_dir / "outcome.json").is_file() else {}
     if code != 0:
         tail = (job_dir / "pipeline.log").read_text()[-3000:]
         raise RuntimeError(f"finetune.pipeline exited {code}: {outcome.get('error')}\n{tail}")
     outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
-    outcome["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2, 2)
+    outcome["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 2)
     return outcome
 
 
@@ -199,25 +241,36 @@ async def run(args: argparse.Namespace, job_dir: Path) -> dict[str, Any]:
 
     # The base setups need no adapter: they are answered on one core while training uses the other.
     training = asyncio.create_task(asyncio.to_thread(train_adapter, args, export, job_dir))
-    results = {s: await answer_setup(args, s, test, await load_generator(args, None))
-               for s in args.setups if not SETUPS[s][0]}
+    results = {
+        s: await answer_setup(args, s, test, await load_generator(args, None)) for s in args.setups if not SETUPS[s][0]
+    }
     outcome = await training
     seconds["training"] = outcome["wall_seconds"]
-    print(f"trained in {seconds['training']} s, peak RSS {outcome['peak_rss_gb']} GB: {outcome.get('training')}",
-          flush=True)
+    print(
+        f"trained in {seconds['training']} s, peak RSS {outcome['peak_rss_gb']} GB: {outcome.get('training')}",
+        flush=True,
+    )
     adapter = Path(outcome["adapter"]) / "adapter.gguf"
     tuned = [s for s in args.setups if SETUPS[s][0]]
     generators = [await load_generator(args, adapter) for _ in tuned]
-    results.update(zip(tuned, await asyncio.gather(*(answer_setup(args, s, test, g) for s, g in zip(tuned, generators)))))
+    results.update(
+        zip(tuned, await asyncio.gather(*(answer_setup(args, s, test, g) for s, g in zip(tuned, generators))))
+    )
     results = {s: results[s] for s in args.setups}
     seconds.update({s: r["wall_seconds"] for s, r in results.items()})
     seconds["total"] = round(time.perf_counter() - started, 1)
-    return {"corpus": str(args.corpus), "questions_file": str(args.questions or ""),
-            "train_questions_file": str(args.train_questions or ""),
-            "test_questions_file": str(args.test_questions or ""), "split": split,
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "training": {k: outcome.get(k) for k in ("dataset_card", "training", "train_config", "peak_rss_gb")},
-            "seconds": seconds, "results": results, "targets": targets(results, seconds, outcome["peak_rss_gb"])}
+    return {
+        "corpus": str(args.corpus),
+        "questions_file": str(args.questions or ""),
+        "train_questions_file": str(args.train_questions or ""),
+        "test_questions_file": str(args.test_questions or ""),
+        "split": split,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "training": {k: outcome.get(k) for k in ("dataset_card", "training", "train_config", "peak_rss_gb")},
+        "seconds": seconds,
+        "results": results,
+        "targets": targets(results, seconds, outcome["peak_rss_gb"]),
+    }
 
 
 def targets(results: dict[str, dict[str, Any]], seconds: dict[str, float], rss_gb: float) -> dict[str, dict]:
@@ -228,7 +281,9 @@ def targets(results: dict[str, dict[str, Any]], seconds: dict[str, float], rss_g
     margin = None if None in (both, ft) else round(both - ft, 4)
     return {
         "fine-tuned + RAG beats RAG-only by >= 0.05 token F1": {
-            "measured": gain, "met": None if gain is None else gain >= GAIN_TARGET},
+            "measured": gain,
+            "met": None if gain is None else gain >= GAIN_TARGET,
+        },
         "fine-tuned + RAG beats fine-tuned only": {"measured": margin, "met": None if margin is None else margin > 0},
         "whole run <= 30 minutes": {"measured": seconds["total"], "met": seconds["total"] <= SECONDS_TARGET},
         "training peak RSS <= 6 GB": {"measured": rss_gb, "met": rss_gb <= RSS_TARGET_GB},
@@ -249,8 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--job-dir", type=Path, help="keep the export, dataset and adapter here")
     parser.add_argument("--cache", type=Path, default=REPO / ".deskmate" / "cache", help="converted base model")
-    parser.add_argument("--setups", type=lambda s: [x.strip() for x in s.split(",")], default=list(SETUPS),
-                        help=f"comma-separated, of: {', '.join(SETUPS)}")
+    parser.add_argument(
+        "--setups",
+        type=lambda s: [x.strip() for x in s.split(",")],
+        default=list(SETUPS),
+        help=f"comma-separated, of: {', '.join(SETUPS)}",
+    )
     training = parser.add_argument_group("training")
     training.add_argument("--epochs", type=float, default=1.0)
     training.add_argument("--max-steps", type=int, default=-1, help="> 0 overrides --epochs")
@@ -281,12 +340,16 @@ def main() -> None:
         parser.error(f"unknown setup(s) {unknown}; choose from {list(SETUPS)}")
     with tempfile.TemporaryDirectory(prefix="finetune-effect-") as tmp:
         result = asyncio.run(run(args, args.job_dir or Path(tmp)))
-    rows = [[setup, r["questions"], r["token_f1"], r["rouge_l"], r["gold_citation_rate"], r["wall_seconds"]]
-            for setup, r in result["results"].items()]
+    rows = [
+        [setup, r["questions"], r["token_f1"], r["rouge_l"], r["gold_citation_rate"], r["wall_seconds"]]
+        for setup, r in result["results"].items()
+    ]
     print_table(["setup", "questions", "token F1", "ROUGE-L", "gold cited", "seconds"], rows)
     s = result["seconds"]
-    print(f"total {s['total']} s, training {s['training']} s, peak training RSS "
-          f"{result['training']['peak_rss_gb']} GB; split {result['split']}")
+    print(
+        f"total {s['total']} s, training {s['training']} s, peak training RSS "
+        f"{result['training']['peak_rss_gb']} GB; split {result['split']}"
+    )
     for target, t in result["targets"].items():
         print(f"  {'met' if t['met'] else 'n/a' if t['met'] is None else 'NOT met'}: {target} ({t['measured']})")
     name = f"finetune_effect_{Path(args.corpus).parent.name or 'corpus'}"

@@ -73,12 +73,21 @@ async def run(args: argparse.Namespace) -> dict:
     figures = {m: {"recall@5": t[0] / n, "ndcg@10": t[1] / n, "mrr@10": t[2] / n} for m, t in totals.items()}
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
-        "corpus": str(args.corpus), "questions": str(args.questions),
-        "documents": len(corpus), "chunks": report.chunks_embedded, "answerable_questions": n,
-        "unanswerable_questions": len(unanswerable), "ingest_seconds": round(ingest_s, 1),
-        "config": {"chunk_size": args.chunk_size, "chunk_overlap": args.chunk_overlap, "alpha": args.alpha,
-                   "candidates": args.candidates, "history_turns": args.history_turns,
-                   "model": embedder.name},
+        "corpus": str(args.corpus),
+        "questions": str(args.questions),
+        "documents": len(corpus),
+        "chunks": report.chunks_embedded,
+        "answerable_questions": n,
+        "unanswerable_questions": len(unanswerable),
+        "ingest_seconds": round(ingest_s, 1),
+        "config": {
+            "chunk_size": args.chunk_size,
+            "chunk_overlap": args.chunk_overlap,
+            "alpha": args.alpha,
+            "candidates": args.candidates,
+            "history_turns": args.history_turns,
+            "model": embedder.name,
+        },
         "results": figures,
         "mean_confidence": {k: mean(v) for k, v in confidences.items()},
     }
@@ -98,10 +107,14 @@ def main() -> None:
     parser.add_argument("--history-turns", type=int, default=1)
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    print(f"{result['documents']} documents, {result['chunks']} chunks, {result['answerable_questions']} "
-          f"answerable questions (ingest {result['ingest_seconds']} s)")
-    print_table(["ranking", "recall@5", "nDCG@10", "MRR@10"],
-                [[m, f["recall@5"], f["ndcg@10"], f["mrr@10"]] for m, f in result["results"].items()])
+    print(
+        f"{result['documents']} documents, {result['chunks']} chunks, {result['answerable_questions']} "
+        f"answerable questions (ingest {result['ingest_seconds']} s)"
+    )
+    print_table(
+        ["ranking", "recall@5", "nDCG@10", "MRR@10"],
+        [[m, f["recall@5"], f["ndcg@10"], f["mrr@10"]] for m, f in result["results"].items()],
+    )
     print(f"mean confidence: {result['mean_confidence']}")
     name = f"retrieval_quality_{Path(args.corpus).parent.name or 'corpus'}"
     print(f"wrote {write_result(name, result, args.out)}")

@@ -51,8 +51,9 @@ async def measure_ingest(corpus: list[dict], embedder: Embedder, chunking: Chunk
     texts = [c.search_text for d in docs for c in chunk_document(d, chunking)]
     embedder.embed(texts[:64])  # warm the model so neither side pays for loading it
     started = time.perf_counter()
-    embedder._load().encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True,
-                            convert_to_numpy=True, show_progress_bar=False)
+    embedder._load().encode(
+        texts, batch_size=embedder.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     bare = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
@@ -92,8 +93,16 @@ def synthetic_writes(n_chunks: int, sentences: list[str], vectors: np.ndarray, s
         mixed = vectors[a] + 0.5 * vectors[b] + rng.normal(0, 0.02, (per_doc, vectors.shape[1]))
         mixed = (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
         chunks = [
-            Chunk(id=f"{doc_id}#{i}", doc_id=doc_id, title=f"Synthetic {d}", heading="",
-                  url="", groups=groups, text=" ".join(pick.sample(sentences, 3)), position=i)
+            Chunk(
+                id=f"{doc_id}#{i}",
+                doc_id=doc_id,
+                title=f"Synthetic {d}",
+                heading="",
+                url="",
+                groups=groups,
+                text=" ".join(pick.sample(sentences, 3)),
+                position=i,
+            )
             for i in range(per_doc)
         ]
         record = DocumentRecord(doc_id, f"Synthetic {d}", "", groups, str(d), doc_id, per_doc, "")
@@ -101,8 +110,14 @@ def synthetic_writes(n_chunks: int, sentences: list[str], vectors: np.ndarray, s
     return writes
 
 
-async def measure_search(size: int, corpus_texts: list[str], corpus_vectors: np.ndarray,
-                         questions: list[str], embedder: Embedder, args: argparse.Namespace) -> dict:
+async def measure_search(
+    size: int,
+    corpus_texts: list[str],
+    corpus_vectors: np.ndarray,
+    questions: list[str],
+    embedder: Embedder,
+    args: argparse.Namespace,
+) -> dict:
     sentences = [s.strip() for t in corpus_texts for s in t.split(".") if len(s.strip()) > 20]
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
@@ -149,12 +164,21 @@ async def run(args: argparse.Namespace) -> dict:
     embedder = Embedder(args.model or "")
     chunking = ChunkingConfig(args.chunk_size, args.chunk_overlap)
     ingest = await measure_ingest(corpus, embedder, chunking)
-    texts = [c.search_text for d in corpus
-             for c in chunk_document(Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text"), chunking)]
+    texts = [
+        c.search_text
+        for d in corpus
+        for c in chunk_document(Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text"), chunking)
+    ]
     vectors = embedder.embed(texts)
     search = [await measure_search(size, texts, vectors, questions, embedder, args) for size in args.sizes]
-    return {"corpus": str(args.corpus), "model": embedder.name, "ingest": ingest, "search": search,
-            "reader_groups": ["everyone", *READER], "peak_rss_mb": round(peak_rss_mb(), 0)}
+    return {
+        "corpus": str(args.corpus),
+        "model": embedder.name,
+        "ingest": ingest,
+        "search": search,
+        "reader_groups": ["everyone", *READER],
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+    }
 
 
 def main() -> None:
@@ -171,14 +195,27 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args))
     ing = result["ingest"]
-    print(f"ingest: {ing['chunks']} chunks in {ing['ingest_seconds']} s "
-          f"({ing['ingest_chunks_per_second']}/s) vs bare encode {ing['bare_encode_seconds']} s: "
-          f"ratio {ing['throughput_ratio']} (target >= 0.85)")
+    print(
+        f"ingest: {ing['chunks']} chunks in {ing['ingest_seconds']} s "
+        f"({ing['ingest_chunks_per_second']}/s) vs bare encode {ing['bare_encode_seconds']} s: "
+        f"ratio {ing['throughput_ratio']} (target >= 0.85)"
+    )
     print(f"re-ingest unchanged: {ing['reingest_seconds']} s, {ing['reingest_speedup']}x faster (target >= 20x)")
     print(f"peak RSS after ingest: {ing['peak_rss_mb_after_ingest']} MB")
-    print_table(["chunks", "store p50 ms", "store p99 ms", "search p50 ms", "search p99 ms", "indexes"],
-                [[s["chunks"], s["store_query_p50_ms"], s["store_query_p99_ms"], s["whole_search_p50_ms"],
-                  s["whole_search_p99_ms"], " ".join(s["indexes"])] for s in result["search"]])
+    print_table(
+        ["chunks", "store p50 ms", "store p99 ms", "search p50 ms", "search p99 ms", "indexes"],
+        [
+            [
+                s["chunks"],
+                s["store_query_p50_ms"],
+                s["store_query_p99_ms"],
+                s["whole_search_p50_ms"],
+                s["whole_search_p99_ms"],
+                " ".join(s["indexes"]),
+            ]
+            for s in result["search"]
+        ],
+    )
     print("targets at 100k: store query p50 <= 10 ms, whole search p50 <= 30 ms (with a group filter)")
     print(f"wrote {write_result('retrieval_speed', result, args.out)}")
 

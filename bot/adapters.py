@@ -71,11 +71,30 @@ async def history(ledger: Ledger, limit: int = 50) -> list[AdapterEventRow]:
 
 async def record_candidate(ledger: Ledger, info: AdapterInfo, status: str) -> None:
     """The adapter's row: `candidate` (passed the gate, not live), `rejected` (failed it)."""
-    meta = {k: info.metadata.get(k) for k in ("base_model", "base_revision", "started_by", "job_id", "dataset_card",
-                                              "training", "train_config", "evaluation")}
+    meta = {
+        k: info.metadata.get(k)
+        for k in (
+            "base_model",
+            "base_revision",
+            "started_by",
+            "job_id",
+            "dataset_card",
+            "training",
+            "train_config",
+            "evaluation",
+        )
+    }
     async with ledger.sessions.begin() as session:
-        session.add(AdapterRow(name=info.name, created_at=datetime.now(UTC), base_model=info.metadata.get("base_model", ""),
-                               path=str(info.path), status=status, meta=meta))
+        session.add(
+            AdapterRow(
+                name=info.name,
+                created_at=datetime.now(UTC),
+                base_model=info.metadata.get("base_model", ""),
+                path=str(info.path),
+                status=status,
+                meta=meta,
+            )
+        )
 
 
 async def list_adapters(ledger: Ledger) -> list[AdapterView]:
@@ -122,7 +141,8 @@ async def check_loadable(info: AdapterInfo, generator: Generator) -> None:
         if info.name not in served:
             raise AdapterNotServed(
                 f"the model server does not list {info.name} yet: add it to TGI's LORA_ADAPTERS and "
-                "roll the servers, or load it into vLLM (/v1/load_lora_adapter), then promote again")
+                "roll the servers, or load it into vLLM (/v1/load_lora_adapter), then promote again"
+            )
 
 
 async def _verified(registry: Registry, name: str, generator: Generator) -> AdapterInfo:
@@ -137,23 +157,36 @@ async def _verified(registry: Registry, name: str, generator: Generator) -> Adap
 
 async def _record(ledger: Ledger, action: str, name: str, previous: str, actor: str, note: str) -> None:
     async with ledger.sessions.begin() as session:
-        session.add(AdapterEventRow(created_at=datetime.now(UTC), adapter=name, action=action, actor=actor,
-                                    note=note, previous=previous))
+        session.add(
+            AdapterEventRow(
+                created_at=datetime.now(UTC), adapter=name, action=action, actor=actor, note=note, previous=previous
+            )
+        )
         if previous:
             await session.execute(update(AdapterRow).where(AdapterRow.name == previous).values(status="retired"))
         if name:
             await session.execute(update(AdapterRow).where(AdapterRow.name == name).values(status="live"))
 
 
-async def promote(ledger: Ledger, registry: Registry, name: str, *, actor: str, generator: Generator,
-                  note: str = "", force: bool = False) -> AdapterInfo:
+async def promote(
+    ledger: Ledger,
+    registry: Registry,
+    name: str,
+    *,
+    actor: str,
+    generator: Generator,
+    note: str = "",
+    force: bool = False,
+) -> AdapterInfo:
     """Put `name` live after every check; `force` allows an adapter the gate rejected."""
     row = await get_adapter(ledger, name)
     if row is None:
         raise PromotionRefused(f"no adapter version {name!r} in the ledger (see `deskmate adapters list`)")
     if row.status == "rejected" and not force:
-        raise PromotionRefused(f"{name} did not pass the evaluation gate; promoting it anyway needs force "
-                               "(--force in the CLI, the force box in the console)")
+        raise PromotionRefused(
+            f"{name} did not pass the evaluation gate; promoting it anyway needs force "
+            "(--force in the CLI, the force box in the console)"
+        )
     current = await live_adapter(ledger)
     if current == name:
         raise PromotionRefused(f"{name} is already live")
@@ -204,5 +237,3 @@ async def follow_live(ledger: Ledger, registry: Registry, generator: Generator, 
         except Exception as exc:  # noqa: BLE001 (a ledger outage must not end the loop)
             log.warning("adapter.poll_failed error=%s", exc)
         await asyncio.sleep(every)
-
-

@@ -46,19 +46,17 @@ class Retrieval:
         await self.cache.close()
 
 
-async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None,
-                         patient: bool = False) -> Retrieval:
+async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None, patient: bool = False) -> Retrieval:
     """Connect the store and cache the settings name, sharing one embedder. `patient` (for
     servers): a store that is not up yet is connected later instead of failing the start."""
     cache = open_cache(settings.cache_url, settings.cache_prefix)
-    embedder = embedder or Embedder(
-        settings.embedding_model, cache=cache, batch_size=settings.embedding_batch_size
-    )
+    embedder = embedder or Embedder(settings.embedding_model, cache=cache, batch_size=settings.embedding_batch_size)
     api_key = settings.weaviate_api_key.get_secret_value() if settings.weaviate_api_key else None
 
     def connect() -> Awaitable[KnowledgeStore]:
-        return open_store(settings.resolved_store_url(), dim=embedder.dim, api_key=api_key,
-                          grpc_port=settings.weaviate_grpc_port)
+        return open_store(
+            settings.resolved_store_url(), dim=embedder.dim, api_key=api_key, grpc_port=settings.weaviate_grpc_port
+        )
 
     try:
         store = await connect()
@@ -68,11 +66,17 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
         log.warning("store.unavailable_at_start error=%s; not ready until it answers", exc)
         store = DeferredStore(connect, dim=embedder.dim, first_error=str(exc))  # type: ignore[assignment]
     searcher = Searcher(
-        store, embedder, cache, alpha=settings.hybrid_alpha,
-        min_confidence=settings.min_confidence, max_query_chars=settings.max_query_chars,
+        store,
+        embedder,
+        cache,
+        alpha=settings.hybrid_alpha,
+        min_confidence=settings.min_confidence,
+        max_query_chars=settings.max_query_chars,
     )
     ingestor = Ingestor(
-        store, embedder, cache=cache,
+        store,
+        embedder,
+        cache=cache,
         chunking=ChunkingConfig(settings.chunk_size, settings.chunk_overlap),
         max_file_bytes=int(settings.max_file_mb * 1_000_000),
     )
@@ -81,17 +85,26 @@ async def open_retrieval(settings: Settings, *, embedder: Embedder | None = None
 
 def turn_policy(settings: Settings) -> TurnPolicy:
     return TurnPolicy(
-        prompt_version=settings.prompt_version, context_passages=settings.context_passages,
-        max_answer_tokens=settings.max_answer_tokens, generator_timeout=settings.generator_timeout,
-        fallback_contact=settings.fallback_contact, rate_limit_per_minute=settings.rate_limit_per_minute,
-        answer_cache_ttl=settings.answer_cache_ttl, history_turns=settings.history_turns,
+        prompt_version=settings.prompt_version,
+        context_passages=settings.context_passages,
+        max_answer_tokens=settings.max_answer_tokens,
+        generator_timeout=settings.generator_timeout,
+        fallback_contact=settings.fallback_contact,
+        rate_limit_per_minute=settings.rate_limit_per_minute,
+        answer_cache_ttl=settings.answer_cache_ttl,
+        history_turns=settings.history_turns,
     )
 
 
 def make_generator(settings: Settings) -> Generator:
     key = settings.generator_api_key.get_secret_value() if settings.generator_api_key else None
-    return open_generator(settings.generator_url, api_key=key, timeout=settings.generator_timeout,
-                          n_threads=settings.generator_threads, max_waiting=settings.generator_max_waiting)
+    return open_generator(
+        settings.generator_url,
+        api_key=key,
+        timeout=settings.generator_timeout,
+        n_threads=settings.generator_threads,
+        max_waiting=settings.generator_max_waiting,
+    )
 
 
 @dataclass
@@ -152,8 +165,9 @@ async def open_records(settings: Settings) -> Records:
     return Records(await open_retrieval(settings), await open_ledger(settings))
 
 
-async def open_deskmate(settings: Settings, *, generator: Generator | None = None,
-                        embedder: Embedder | None = None, patient: bool = False) -> Deskmate:
+async def open_deskmate(
+    settings: Settings, *, generator: Generator | None = None, embedder: Embedder | None = None, patient: bool = False
+) -> Deskmate:
     """Connect every part. The ledger is migrated when reachable; when it is not, Deskmate
     starts anyway, spools turns, and `/readyz` says so. `patient` (servers): a knowledge store
     that is not up yet is connected when it is, instead of failing the start."""
@@ -165,8 +179,7 @@ async def open_deskmate(settings: Settings, *, generator: Generator | None = Non
             await generator.use_adapter(settings.adapter, settings.adapter_path)
         except AdapterNotServed as exc:
             log.error("adapter.refused name=%s reason=%s; serving the base model", settings.adapter, exc)
-    orchestrator = Orchestrator(retrieval.searcher, generator, ledger, retrieval.cache,
-                                turn_policy(settings))
+    orchestrator = Orchestrator(retrieval.searcher, generator, ledger, retrieval.cache, turn_policy(settings))
     deskmate = Deskmate(settings, retrieval, ledger, generator, orchestrator, roles_from_settings(settings))
     deskmate.jobs = job_runner(settings, lambda job_id: deskmate.retrainer().run(job_id))
     return deskmate
@@ -223,8 +236,11 @@ async def metrics_view(request: web.Request) -> web.Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     if not _token_ok(request, _ops_token(request.app[DESKMATE_KEY])):
-        return web.json_response({"error": "/metrics needs Authorization: Bearer <DESKMATE_METRICS_TOKEN>"},
-                                 status=401, headers={"WWW-Authenticate": "Bearer"})
+        return web.json_response(
+            {"error": "/metrics needs Authorization: Bearer <DESKMATE_METRICS_TOKEN>"},
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -281,8 +297,9 @@ def build_web_app(deskmate: Deskmate, host: str | None = None) -> web.Applicatio
             await adapters.apply_live(deskmate.ledger, registry, deskmate.generator)
         except Exception as exc:  # noqa: BLE001 (a ledger outage at start must not stop the server)
             log.warning("adapter.startup_check_failed error=%s", exc)
-        task = asyncio.create_task(adapters.follow_live(deskmate.ledger, registry, deskmate.generator,
-                                                        deskmate.settings.adapter_poll_seconds))
+        task = asyncio.create_task(
+            adapters.follow_live(deskmate.ledger, registry, deskmate.generator, deskmate.settings.adapter_poll_seconds)
+        )
         yield
         task.cancel()
         if isinstance(deskmate.jobs, InProcessRunner):
@@ -299,11 +316,16 @@ def build_web_app(deskmate: Deskmate, host: str | None = None) -> web.Applicatio
             await resume_orphans(deskmate.ledger, deskmate.jobs, stale_after)
 
         deskmate.ledger.replica = replicas.new_replica_id()
-        task = asyncio.create_task(replicas.keep_alive(
-            deskmate.ledger, deskmate.notifiers, deskmate.settings.replica_heartbeat_seconds,
-            also=resume_jobs,
-            # a `deskmate forget` run elsewhere reaches this process's own cache here
-            forgotten=lambda stone: purge_cache(deskmate.retrieval.cache, stone)))
+        task = asyncio.create_task(
+            replicas.keep_alive(
+                deskmate.ledger,
+                deskmate.notifiers,
+                deskmate.settings.replica_heartbeat_seconds,
+                also=resume_jobs,
+                # a `deskmate forget` run elsewhere reaches this process's own cache here
+                forgotten=lambda stone: purge_cache(deskmate.retrieval.cache, stone),
+            )
+        )
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

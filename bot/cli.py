@@ -33,8 +33,9 @@ from retrieval.ingest import OutsideKnowledgeFolder
 from retrieval.search import QueryError, SearchResult
 from retrieval.users import import_users, load_directory
 
-app = typer.Typer(help="Deskmate: answers from your knowledge base, in Slack and Teams.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Deskmate: answers from your knowledge base, in Slack and Teams.", no_args_is_help=True, add_completion=False
+)
 kb_app = typer.Typer(help="The knowledge base.", no_args_is_help=True)
 users_app = typer.Typer(help="The employee directory (user context).", no_args_is_help=True)
 roles_app = typer.Typer(help="Who is a support lead or an admin.", no_args_is_help=True)
@@ -93,8 +94,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
-    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                               help="Print the version and exit.")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     _setup_logging(verbose)
 
@@ -102,9 +104,9 @@ def main(
 @app.command()
 def ingest(
     path: Annotated[Path, typer.Argument(help="A folder (read recursively) or one file.")],
-    prune: Annotated[bool, typer.Option(
-        help="Remove documents whose files were under PATH and are gone (nothing outside PATH)."
-    )] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Remove documents whose files were under PATH and are gone (nothing outside PATH).")
+    ] = False,
 ) -> None:
     """Ingest Markdown, HTML, text and PDF files. Unchanged files are skipped.
 
@@ -115,24 +117,30 @@ def ingest(
         raise typer.Exit(2)
 
     async def work(r: Retrieval):
-        with Progress(TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                      console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=err,
+            transient=True,
+        ) as bar:
             task = bar.add_task("", total=None)
 
             def progress(done: int, total: int, label: str) -> None:
                 bar.update(task, completed=done, total=total, description=label)
 
-            return await r.ingestor.ingest_path(
-                path, prune=prune, progress=progress, root=r.settings.kb_root
-            )
+            return await r.ingestor.ingest_path(path, prune=prune, progress=progress, root=r.settings.kb_root)
 
     try:
         report = _run(work)
     except OutsideKnowledgeFolder as exc:
-        err.print(f"[red]error:[/] {exc}. Ingest a folder or file inside it, or set "
-                  "DESKMATE_KB_ROOT to the folder that holds the whole knowledge base "
-                  "(a moved folder keeps its document ids).")
+        err.print(
+            f"[red]error:[/] {exc}. Ingest a folder or file inside it, or set "
+            "DESKMATE_KB_ROOT to the folder that holds the whole knowledge base "
+            "(a moved folder keeps its document ids)."
+        )
         raise typer.Exit(2) from None
     for source, reason in report.failed:
         err.print(f"[yellow]skipped[/] {source}: {reason}")
@@ -191,7 +199,9 @@ def search(
         if user:
             profile = await r.store.get_user(user.strip().lower())
             if profile is None:
-                err.print(f"[red]error:[/] unknown user {user!r}: import the directory with `deskmate users import FILE`")
+                err.print(
+                    f"[red]error:[/] unknown user {user!r}: import the directory with `deskmate users import FILE`"
+                )
                 raise typer.Exit(2)
             groups, key = profile.groups, profile.key
         if question is not None:
@@ -223,9 +233,13 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
     stats = _run(work)
     data = {
-        "store": settings.resolved_store_url(), "embedding_model": settings.embedding_model or "all-MiniLM-L6-v2 (bundled)",
-        "documents": stats.documents, "chunks": stats.chunks, "users": stats.users,
-        "kb_version": stats.kb_version, "chunks_by_group": stats.chunks_by_group,
+        "store": settings.resolved_store_url(),
+        "embedding_model": settings.embedding_model or "all-MiniLM-L6-v2 (bundled)",
+        "documents": stats.documents,
+        "chunks": stats.chunks,
+        "users": stats.users,
+        "kb_version": stats.kb_version,
+        "chunks_by_group": stats.chunks_by_group,
     }
     if as_json:
         print(json.dumps(data))
@@ -259,6 +273,7 @@ def users_import(path: Annotated[Path, typer.Argument(help="CSV or JSON director
 
 # --- answering -------------------------------------------------------------------------------
 
+
 def _run_deskmate(work: Callable[[Deskmate], Awaitable[T]]) -> T:
     """Every part: retrieval, ledger, generator, orchestrator."""
     return _run_with(open_deskmate, work)
@@ -271,8 +286,16 @@ async def _cli_message(d: Deskmate, user: str | None, text: str, thread: str) ->
     if profile is None:
         err.print(f"[red]error:[/] unknown user {user!r}: import the directory with `deskmate users import FILE`")
         raise typer.Exit(2)
-    return IncomingMessage(platform="cli", user_key=profile.key, user_name=profile.name, text=text,
-                           channel="cli", thread_id=thread, groups=profile.groups, private=True)
+    return IncomingMessage(
+        platform="cli",
+        user_key=profile.key,
+        user_name=profile.name,
+        text=text,
+        channel="cli",
+        thread_id=thread,
+        groups=profile.groups,
+        private=True,
+    )
 
 
 async def _stream_answer(d: Deskmate, message: IncomingMessage, as_json: bool) -> str:
@@ -291,7 +314,7 @@ async def _stream_answer(d: Deskmate, message: IncomingMessage, as_json: bool) -
                 print(json.dumps(answer.to_dict(), ensure_ascii=False))
                 return answer.outcome
             # The final text may add to what streamed (who to ask) or replace it (an apology).
-            rest = answer.text[len(streamed):] if answer.text.startswith(streamed) else "\n" + answer.text
+            rest = answer.text[len(streamed) :] if answer.text.startswith(streamed) else "\n" + answer.text
             out.print(rest, highlight=False)
             for source in answer.sources:
                 where = " › ".join(p for p in (source.title, source.heading) if p)
@@ -299,8 +322,11 @@ async def _stream_answer(d: Deskmate, message: IncomingMessage, as_json: bool) -
             if answer.notice:
                 err.print(f"[yellow]note:[/] {answer.notice}")
             adapter = f" + {answer.adapter_version}" if answer.adapter_version else ""
-            out.print(f"[dim]ref {answer.reference} · {answer.outcome}{' (cached)' if answer.cache_hit else ''}"
-                      f" · {answer.model}{adapter}[/]", highlight=False)
+            out.print(
+                f"[dim]ref {answer.reference} · {answer.outcome}{' (cached)' if answer.cache_hit else ''}"
+                f" · {answer.model}{adapter}[/]",
+                highlight=False,
+            )
             return answer.outcome
     return "failed"
 
@@ -346,6 +372,7 @@ def chat(
 
 # --- roles, the console, ratings, forgetting -------------------------------------------------
 
+
 @roles_app.command("list")
 def roles_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every rule that makes someone a support lead or an admin (settings and roles file)."""
@@ -361,8 +388,10 @@ def roles_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
         print(json.dumps([{"role": r, "kind": k, "who": w} for r, k, w in rows]))
         return
     if not rows:
-        out.print("No leads or admins yet: set DESKMATE_LEADS / DESKMATE_ADMINS or DESKMATE_ROLES_FILE. "
-                  "Everyone else is an employee.")
+        out.print(
+            "No leads or admins yet: set DESKMATE_LEADS / DESKMATE_ADMINS or DESKMATE_ROLES_FILE. "
+            "Everyone else is an employee."
+        )
         return
     table = Table("role", "by", "who")
     for row in rows:
@@ -374,8 +403,10 @@ def roles_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
 
 @console_app.command("token")
 def console_token(
-    user: Annotated[str | None, typer.Option(help="Sign this email in (its role comes from the "
-                                                   "roles). Without it: the first-start admin.")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(help="Sign this email in (its role comes from the roles). Without it: the first-start admin."),
+    ] = None,
 ) -> None:
     """A one-time sign-in token for the console, valid for a day. Shown once, stored hashed."""
     from bot.console.auth import LOCAL_ADMIN, issue_token
@@ -404,8 +435,9 @@ def export_ratings(
     if fmt not in ("jsonl", "csv"):
         err.print("[red]error:[/] --format is jsonl or csv")
         raise typer.Exit(2)
-    filters = Filters.from_query({"since": since or "", "until": until or "", "platform": platform or "",
-                                  "verdict": verdict or ""})
+    filters = Filters.from_query(
+        {"since": since or "", "until": until or "", "platform": platform or "", "verdict": verdict or ""}
+    )
 
     async def work(ledger: Ledger) -> int:
         count = 0
@@ -426,8 +458,9 @@ def export_ratings(
 @app.command()
 def retrain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and show the training set only.")] = False,
-    include_restricted: Annotated[bool, typer.Option(help="Keep turns whose context held a document "
-                                                          "restricted to an access group.")] = False,
+    include_restricted: Annotated[
+        bool, typer.Option(help="Keep turns whose context held a document restricted to an access group.")
+    ] = False,
     steps: Annotated[int, typer.Option(help="Stop training after this many steps (0: the configured epochs).")] = 0,
     actor: Annotated[str, typer.Option(help="Who is asking (recorded with the job and the adapter).")] = "cli",
 ) -> None:
@@ -449,8 +482,14 @@ def retrain(
             err.print(f"[red]Not started:[/] {exc}")
             raise typer.Exit(1) from None
         task = asyncio.create_task(Retrainer(settings, d.ledger, d.retrieval).run(job.id))
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             shown = bar.add_task("queued", total=1.0)
             while not task.done():
                 await asyncio.wait([task], timeout=1.0)
@@ -653,12 +692,17 @@ def platform_lines(settings: Settings, faces: Exposure, base: str) -> list[str]:
         if settings.teams_tenants:
             teams += f", tenants {', '.join(settings.teams_tenants)} only"
     elif faces.teams_open:
-        teams = (f"Teams: {base}/api/messages is OPEN without authentication (DESKMATE_TEAMS_DEV_OPEN, "
-                 "loopback only): local development and the Bot Framework Emulator")
+        teams = (
+            f"Teams: {base}/api/messages is OPEN without authentication (DESKMATE_TEAMS_DEV_OPEN, "
+            "loopback only): local development and the Bot Framework Emulator"
+        )
     else:
         teams = "Teams: off (set DESKMATE_TEAMS_APP_ID and DESKMATE_TEAMS_APP_PASSWORD; see README, Install in Teams)"
-    web_chat = (f"Web chat: {base}/ (anyone who can open it may ask as anyone in the directory)"
-                if faces.web_chat else "Web chat: off (it is served on loopback only unless DESKMATE_WEB_CHAT says otherwise)")
+    web_chat = (
+        f"Web chat: {base}/ (anyone who can open it may ask as anyone in the directory)"
+        if faces.web_chat
+        else "Web chat: off (it is served on loopback only unless DESKMATE_WEB_CHAT says otherwise)"
+    )
     if settings.console_auth_header:
         console = f"Review console: {base}/console (signed in by the proxy's {settings.console_auth_header})"
     else:
@@ -668,8 +712,7 @@ def platform_lines(settings: Settings, faces: Exposure, base: str) -> list[str]:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings: "
-                                                  "127.0.0.1).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
 ) -> None:
     """Run the server: the console, /healthz, /readyz, /metrics, the platform endpoints, and on
@@ -714,11 +757,13 @@ def serve(
         await web.TCPSite(runner, settings.host, settings.port).start()
         bound = bound_addresses(runner)
         base = _url(*bound[0]) if bound else _url(settings.host, settings.port)
-        out.print(f"Deskmate is running: {', '.join(_url(*a) for a in bound) or base}  (Ctrl-C to stop)",
-                  highlight=False)
+        out.print(
+            f"Deskmate is running: {', '.join(_url(*a) for a in bound) or base}  (Ctrl-C to stop)", highlight=False
+        )
         if not faces.loopback:
-            out.print("  listening beyond loopback: put TLS and a network policy in front (README, Security)",
-                      highlight=False)
+            out.print(
+                "  listening beyond loopback: put TLS and a network policy in front (README, Security)", highlight=False
+            )
         for line in platform_lines(settings, faces, base):
             out.print(line, highlight=False)
         if ops_runner is not None:
@@ -726,8 +771,11 @@ def serve(
             ops = ", ".join(_url(*a) for a in bound_addresses(ops_runner))
             out.print(f"Operations: {ops}/metrics, /readyz, /healthz (not on the main port)", highlight=False)
         else:
-            out.print(f"Operations: {base}/metrics, /readyz, /healthz"
-                      + (" (metrics need the bearer token)" if settings.metrics_token else ""), highlight=False)
+            out.print(
+                f"Operations: {base}/metrics, /readyz, /healthz"
+                + (" (metrics need the bearer token)" if settings.metrics_token else ""),
+                highlight=False,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

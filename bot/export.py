@@ -21,10 +21,32 @@ from bot.console.queries import Filters
 from bot.ledger import FeedbackRow, Ledger, TurnRow, is_lead_review
 
 EXPORT_VERSION = 1
-CSV_FIELDS = ["turn_id", "reference", "created_at", "platform", "private", "status", "question", "answer",
-              "correction", "score", "verdict", "thumbs_up", "thumbs_down", "notes", "reviewed_by_role",
-              "prompt_version", "model", "adapter_version", "kb_version", "confidence", "cited", "prompt",
-              "retrieved", "redacted"]
+CSV_FIELDS = [
+    "turn_id",
+    "reference",
+    "created_at",
+    "platform",
+    "private",
+    "status",
+    "question",
+    "answer",
+    "correction",
+    "score",
+    "verdict",
+    "thumbs_up",
+    "thumbs_down",
+    "notes",
+    "reviewed_by_role",
+    "prompt_version",
+    "model",
+    "adapter_version",
+    "kb_version",
+    "confidence",
+    "cited",
+    "prompt",
+    "retrieved",
+    "redacted",
+]
 # A spreadsheet runs a cell that starts with one of these as a formula (`=HYPERLINK(...)`).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -46,8 +68,9 @@ def reduce_ratings(ratings: list[FeedbackRow]) -> dict[str, Any]:
     }
 
 
-async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int = 500, *,
-                      asker: bool = False) -> AsyncIterator[dict[str, Any]]:
+async def rated_turns(
+    ledger: Ledger, filters: Filters | None = None, batch: int = 500, *, asker: bool = False
+) -> AsyncIterator[dict[str, Any]]:
     """Every rated turn matching the filters, oldest first, in batches (the ledger may be large).
 
     With `asker`, each record also has `asker` (user key, name, facts): only for the console,
@@ -59,31 +82,53 @@ async def rated_turns(ledger: Ledger, filters: Filters | None = None, batch: int
     while True:
         query = filters.apply(select(TurnRow)).order_by(TurnRow.created_at, TurnRow.id).limit(batch)
         if last is not None:
-            query = query.where((TurnRow.created_at > last[0]) | ((TurnRow.created_at == last[0]) & (TurnRow.id > last[1])))
+            query = query.where(
+                (TurnRow.created_at > last[0]) | ((TurnRow.created_at == last[0]) & (TurnRow.id > last[1]))
+            )
         async with ledger.sessions() as session:
             turns = list(await session.scalars(query))
             if not turns:
                 return
-            ratings = list(await session.scalars(
-                select(FeedbackRow).where(FeedbackRow.turn_id.in_([t.id for t in turns]))
-                .order_by(FeedbackRow.created_at, FeedbackRow.id)))
+            ratings = list(
+                await session.scalars(
+                    select(FeedbackRow)
+                    .where(FeedbackRow.turn_id.in_([t.id for t in turns]))
+                    .order_by(FeedbackRow.created_at, FeedbackRow.id)
+                )
+            )
         by_turn: dict[str, list[FeedbackRow]] = {}
         for r in ratings:
             by_turn.setdefault(r.turn_id, []).append(r)
         for t in turns:
             record = {
-                "export_version": EXPORT_VERSION, "turn_id": t.id, "reference": t.reference,
-                "created_at": t.created_at.isoformat(), "platform": t.platform, "private": t.private,
-                "status": t.status, "question": t.question, "answer": t.answer,
+                "export_version": EXPORT_VERSION,
+                "turn_id": t.id,
+                "reference": t.reference,
+                "created_at": t.created_at.isoformat(),
+                "platform": t.platform,
+                "private": t.private,
+                "status": t.status,
+                "question": t.question,
+                "answer": t.answer,
                 **reduce_ratings(by_turn.get(t.id, [])),
-                "prompt_version": t.prompt_version, "model": t.model, "adapter_version": t.adapter_version,
-                "kb_version": t.kb_version, "confidence": t.confidence, "cited": t.cited, "prompt": t.prompt,
-                "retrieved": [{k: c.get(k) for k in ("chunk_id", "doc_id", "title", "groups", "score", "text")}
-                              for c in t.retrieved or []],
+                "prompt_version": t.prompt_version,
+                "model": t.model,
+                "adapter_version": t.adapter_version,
+                "kb_version": t.kb_version,
+                "confidence": t.confidence,
+                "cited": t.cited,
+                "prompt": t.prompt,
+                "retrieved": [
+                    {k: c.get(k) for k in ("chunk_id", "doc_id", "title", "groups", "score", "text")}
+                    for c in t.retrieved or []
+                ],
             }
             if asker:
-                record["asker"] = {"user_key": t.user_key, "user_name": t.user_name,
-                                   "user_facts": list(t.user_facts or [])}
+                record["asker"] = {
+                    "user_key": t.user_key,
+                    "user_name": t.user_name,
+                    "user_facts": list(t.user_facts or []),
+                }
             yield record
         last = (turns[-1].created_at, turns[-1].id)
 
@@ -110,8 +155,12 @@ def neutralise(value: Any) -> Any:
 def to_csv_row(record: dict[str, Any]) -> str:
     """One CSV line; lists and the prompt are JSON inside their cell; no cell is a formula."""
     out = io.StringIO()
-    csv.writer(out).writerow([
-        neutralise(json.dumps(record[f], ensure_ascii=False) if isinstance(record.get(f), (list, dict))
-                   else record.get(f))
-        for f in CSV_FIELDS])
+    csv.writer(out).writerow(
+        [
+            neutralise(
+                json.dumps(record[f], ensure_ascii=False) if isinstance(record.get(f), (list, dict)) else record.get(f)
+            )
+            for f in CSV_FIELDS
+        ]
+    )
     return out.getvalue()

@@ -63,7 +63,8 @@ def exposure(settings: Settings, host: str | None = None) -> Exposure:
                 f"DESKMATE_TEAMS_DEV_OPEN accepts unsigned Teams activities, so it is refused on "
                 f"{bind or 'every address'}: anyone who reaches /api/messages could ask as anyone. "
                 "Set DESKMATE_TEAMS_APP_ID and DESKMATE_TEAMS_APP_PASSWORD (the Azure Bot's "
-                "credentials), or listen on 127.0.0.1 for local development.")
+                "credentials), or listen on 127.0.0.1 for local development."
+            )
         teams = "dev-open"
     else:
         teams = "off"
@@ -74,7 +75,8 @@ def exposure(settings: Settings, host: str | None = None) -> Exposure:
             f"DESKMATE_WEB_CHAT=true on {bind or 'every address'}: the web chat lets whoever opens "
             "it ask as anyone in the directory. Listen on 127.0.0.1, or set DESKMATE_WEB_CHAT=false, "
             "or, if only trusted people can reach this address (a container port published to the "
-            "host's loopback), say so with DESKMATE_WEB_CHAT_BEYOND_LOOPBACK=true.")
+            "host's loopback), say so with DESKMATE_WEB_CHAT_BEYOND_LOOPBACK=true."
+        )
     else:
         web_chat = bool(settings.web_chat)
     return Exposure(loopback=loopback, web_chat=web_chat, teams=teams)

@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNTRAINABLE = ("an adapter's weights cannot be untrained: retrain without these turns (they are "
-               "gone from the ledger now) and retire these adapters")
+UNTRAINABLE = (
+    "an adapter's weights cannot be untrained: retrain without these turns (they are "
+    "gone from the ledger now) and retire these adapters"
+)
 
 
 def user_key_of(user: str) -> str:
@@ -63,8 +65,14 @@ def cache_keys_of(user_key: str) -> Callable[[list[ForgottenTurn]], list[str]]:
     def keys(turns: list[ForgottenTurn]) -> list[str]:
         found = []
         for t in turns:
-            message = IncomingMessage(platform=t.platform, user_key=user_key, text="",  # type: ignore[arg-type]
-                                      workspace=t.workspace, channel=t.channel, thread_id=t.thread_id)
+            message = IncomingMessage(
+                platform=t.platform,
+                user_key=user_key,
+                text="",  # type: ignore[arg-type]
+                workspace=t.workspace,
+                channel=t.channel,
+                thread_id=t.thread_id,
+            )
             found.append(f"hist:{message.conversation_key}")
             if t.platform == "teams" and t.private and t.thread_id:
                 # where to post into their personal chat later: it names them
@@ -78,10 +86,15 @@ async def purge_cache(cache: Cache, stone: Tombstone) -> dict[str, int]:
     """Drop what a cache holds of a forgotten person, knowing only the tombstone's hashes."""
     tag = stone.person[:16]  # the orchestrator's user_tag(user_key)
     answers = await cache.keys(f"answer:*:{tag}:*")
-    histories = [k for pattern in ("hist:*", "teams-conversation:*") for k in await cache.keys(pattern)
-                 if key_hash(k) in stone.cache_keys]
-    counters = [k for k in await cache.keys("rate:*")
-                if person_hash(k.removeprefix("rate:").rsplit(":", 1)[0]) == stone.person]
+    histories = [
+        k
+        for pattern in ("hist:*", "teams-conversation:*")
+        for k in await cache.keys(pattern)
+        if key_hash(k) in stone.cache_keys
+    ]
+    counters = [
+        k for k in await cache.keys("rate:*") if person_hash(k.removeprefix("rate:").rsplit(":", 1)[0]) == stone.person
+    ]
     identities = []
     for pattern in ("slack-user:*", "teams-user:*"):
         for cache_key in await cache.keys(pattern):
@@ -95,9 +108,13 @@ async def purge_cache(cache: Cache, stone: Tombstone) -> dict[str, int]:
         if raw and raw.decode(errors="replace") in stone.turn_ids:
             messages.append(cache_key)
     await cache.delete(*answers, *histories, *counters, *identities, *messages)
-    return {"cached_histories": len(histories), "cached_answers": len(answers),
-            "cached_identities": len(identities), "cached_rate_counters": len(counters),
-            "cached_answer_messages": len(messages)}
+    return {
+        "cached_histories": len(histories),
+        "cached_answers": len(answers),
+        "cached_identities": len(identities),
+        "cached_rate_counters": len(counters),
+        "cached_answer_messages": len(messages),
+    }
 
 
 # --- job folders and the adapter registry ----------------------------------------------------
@@ -131,8 +148,11 @@ def _scrub(value: Any, ids: set[str]) -> tuple[Any, int]:
     if isinstance(value, list):
         removed, kept = 0, []
         for item in value:
-            names = item in ids if isinstance(item, str) else (
-                isinstance(item, dict) and (item.get("turn_id") in ids or item.get("id") in ids))
+            names = (
+                item in ids
+                if isinstance(item, str)
+                else (isinstance(item, dict) and (item.get("turn_id") in ids or item.get("id") in ids))
+            )
             if names:
                 removed += 1
                 continue
@@ -190,15 +210,15 @@ def _forget_in_scratch_ledger(path: Path, user_key: str) -> int:
         return db.execute("DELETE FROM turns WHERE user_key = ?", (user_key,)).rowcount
 
 
-def forget_in_files(jobs_dir: Path, adapters_dir: Path, skip: set[Path], user_key: str,
-                    ids: set[str]) -> FileCopies:
+def forget_in_files(jobs_dir: Path, adapters_dir: Path, skip: set[Path], user_key: str, ids: set[str]) -> FileCopies:
     """Remove the person's records from every job folder and their turn ids from every adapter's
     card. Files that cannot be rewritten here (a read-only mount) are named, not skipped
     silently."""
     done = FileCopies()
     person = person_hash(user_key)
-    folders = sorted(p for p in jobs_dir.iterdir() if p.is_dir() and p.resolve() not in skip) \
-        if jobs_dir.is_dir() else []
+    folders = (
+        sorted(p for p in jobs_dir.iterdir() if p.is_dir() and p.resolve() not in skip) if jobs_dir.is_dir() else []
+    )
     for folder in folders:
         for path in sorted(folder.rglob("*")):
             if not path.is_file() or any(part.startswith("checkpoint-") for part in path.parts):
@@ -247,6 +267,7 @@ def adapters_trained_on(adapters_dir: Path, jobs: set[str]) -> list[str]:
 
 # --- the whole request -----------------------------------------------------------------------
 
+
 async def _live_servers(deskmate: Deskmate | Records, every: float) -> int:
     cutoff = datetime.now(UTC) - stale_window(every)
     async with deskmate.ledger.sessions() as session:
@@ -263,11 +284,14 @@ async def forget(deskmate: Deskmate | Records, user: str) -> dict[str, Any]:
     not_reached: list[str] = []
     held = report.pop("spool_files_held_by_running_processes")
     if held:
-        not_reached.append(f"spool files held by running processes ({', '.join(held)}): their "
-                           "replay skips this person's writes (tombstone)")
+        not_reached.append(
+            f"spool files held by running processes ({', '.join(held)}): their "
+            "replay skips this person's writes (tombstone)"
+        )
 
-    files = forget_in_files(settings.resolved_jobs_dir(), settings.resolved_adapters_dir(),
-                            {settings.resolved_model_cache()}, key, ids)
+    files = forget_in_files(
+        settings.resolved_jobs_dir(), settings.resolved_adapters_dir(), {settings.resolved_model_cache()}, key, ids
+    )
     report["job_records"] = files.records + files.scratch_turns
     report["job_folders"] = sorted(files.folders)
     report["turn_ids_in_cards_and_reports"] = files.mentions
@@ -282,12 +306,22 @@ async def forget(deskmate: Deskmate | Records, user: str) -> dict[str, Any]:
         # This process's cache is not the servers': each serving replica purges its own.
         every = settings.replica_heartbeat_seconds
         live = await _live_servers(deskmate, every)
-        report["running_servers"] = (f"{live} alive: each drops this person's cached answers and "
-                                     f"history within one heartbeat ({every:g} s), tombstone {stone.id}")
+        report["running_servers"] = (
+            f"{live} alive: each drops this person's cached answers and "
+            f"history within one heartbeat ({every:g} s), tombstone {stone.id}"
+        )
     report["directory_entries_and_facts"] = await deskmate.retrieval.store.delete_user(key)
     report["not_reachable"] = not_reached
-    report["outside_deskmate"] = ("exports saved with `deskmate export ratings` or the console's CSV "
-                                  "download carry their turns: delete those copies where they were saved")
-    log.warning("forget.done person=%s tombstone=%s turns=%s job_records=%s unreachable=%d",
-                stone.person[:16], stone.id, report["turns"], report["job_records"], len(not_reached))
+    report["outside_deskmate"] = (
+        "exports saved with `deskmate export ratings` or the console's CSV "
+        "download carry their turns: delete those copies where they were saved"
+    )
+    log.warning(
+        "forget.done person=%s tombstone=%s turns=%s job_records=%s unreachable=%d",
+        stone.person[:16],
+        stone.id,
+        report["turns"],
+        report["job_records"],
+        len(not_reached),
+    )
     return report

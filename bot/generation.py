@@ -33,8 +33,8 @@ from bot.prompts import ChatMessage
 log = logging.getLogger(__name__)
 
 
-
 # --- errors ----------------------------------------------------------------------------------
+
 
 class GenerationError(Exception):
     """Base of every generation failure. `kind` names it in logs and metrics."""
@@ -104,6 +104,7 @@ def parse_error(exc: BaseException) -> GenerationError:
 
 # --- the interface ---------------------------------------------------------------------------
 
+
 class Generator(ABC):
     """Streams a chat answer. `model` names the base model; `adapter` the live adapter version
     ('' for none); both go into every turn record."""
@@ -112,8 +113,9 @@ class Generator(ABC):
     adapter: str = ""
 
     @abstractmethod
-    def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 256,
-               temperature: float = 0.0) -> AsyncIterator[str]:
+    def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int = 256, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
         """Answer text in pieces, as the model produces them."""
 
     async def generate(self, messages: Sequence[ChatMessage], **kwargs: Any) -> str:
@@ -146,9 +148,16 @@ class LlamaCppGenerator(Generator):
     worker thread (two generations on two cores only thrash), and at most `max_waiting` wait;
     more are refused at once with `GeneratorOverloaded` instead of queueing for minutes."""
 
-    def __init__(self, model_path: Path, *, n_threads: int | None = None, n_ctx: int = 2048,
-                 max_waiting: int = 16, token_timeout: float = 30.0,
-                 model_name: str = "SmolLM2-135M-Instruct") -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_threads: int | None = None,
+        n_ctx: int = 2048,
+        max_waiting: int = 16,
+        token_timeout: float = 30.0,
+        model_name: str = "SmolLM2-135M-Instruct",
+    ) -> None:
         self.model_path = Path(model_path)
         self.model = model_name
         self.n_threads = n_threads
@@ -170,8 +179,11 @@ class LlamaCppGenerator(Generator):
         # leave them there.
         with _LOADING:
             return Llama(
-                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads,
-                lora_path=str(lora_path) if lora_path else None, verbose=False,
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                lora_path=str(lora_path) if lora_path else None,
+                verbose=False,
             )
 
     def _loaded(self) -> Any:
@@ -199,11 +211,21 @@ class LlamaCppGenerator(Generator):
     async def ping(self) -> bool:
         return self.model_path.is_file()
 
-    def _run(self, llm: Any, messages: list[ChatMessage], max_tokens: int, temperature: float,
-             emit: Any, cancelled: threading.Event) -> None:
+    def _run(
+        self,
+        llm: Any,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        emit: Any,
+        cancelled: threading.Event,
+    ) -> None:
         try:
             chunks = llm.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
             )
             for chunk in chunks:
                 if cancelled.is_set():
@@ -215,8 +237,9 @@ class LlamaCppGenerator(Generator):
         except BaseException as exc:  # noqa: BLE001 (handed to the event loop, raised there)
             emit(exc)
 
-    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 256,
-                     temperature: float = 0.0) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int = 256, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
         if self._waiting >= self.max_waiting:
             raise GeneratorOverloaded(f"{self._waiting} answers are already waiting for the model")
         self._waiting += 1
@@ -302,9 +325,13 @@ def _allow_model_server(url: str) -> None:
         if response.status_code >= 400 and int(response.headers.get("content-length") or 1_000_001) < 1_000_000:
             await response.aread()
 
-    set_async_client_factory(lambda: httpx2.AsyncClient(
-        event_hooks={"request": [on_request], "response": [on_response]}, follow_redirects=True, timeout=None,
-    ))
+    set_async_client_factory(
+        lambda: httpx2.AsyncClient(
+            event_hooks={"request": [on_request], "response": [on_response]},
+            follow_redirects=True,
+            timeout=None,
+        )
+    )
 
 
 class RemoteGenerator(Generator):
@@ -312,8 +339,16 @@ class RemoteGenerator(Generator):
     or cannot be reached, but only before the first token: a half-streamed answer is never
     started again."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 2, backoff: float = 0.5, model_name: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+        model_name: str = "",
+    ) -> None:
         from huggingface_hub import AsyncInferenceClient
 
         self.base_url = base_url.rstrip("/")
@@ -392,15 +427,19 @@ class RemoteGenerator(Generator):
             return False
         return True
 
-    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 256,
-                     temperature: float = 0.0) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int = 256, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
         attempt = 0
         while True:
             started = False
             try:
                 chunks = await self._client.chat_completion(
-                    list(messages), model=self.adapter or await self._base_name(), stream=True,
-                    max_tokens=max_tokens, temperature=temperature,
+                    list(messages),
+                    model=self.adapter or await self._base_name(),
+                    stream=True,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
                 )
                 async for chunk in chunks:
                     piece = chunk.choices[0].delta.content if chunk.choices else None
@@ -426,6 +465,7 @@ class RemoteGenerator(Generator):
 
 # --- echo: the plumbing check ----------------------------------------------------------------
 
+
 class EchoGenerator(Generator):
     """Answers by quoting the first context passage, citing it as [1]; `delay` seconds per
     answer, spread over its pieces. Not a model: a way to test and load-test everything else."""
@@ -442,8 +482,9 @@ class EchoGenerator(Generator):
     async def ping(self) -> bool:
         return True
 
-    async def stream(self, messages: Sequence[ChatMessage], *, max_tokens: int = 256,
-                     temperature: float = 0.0) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int = 256, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
         user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         found = self.CONTEXT_LINE.search(user)
         text = f"{found.group(1)[:300]} [1]" if found else "I don't know."
@@ -457,8 +498,10 @@ class EchoGenerator(Generator):
 
 # --- choosing one by URL ---------------------------------------------------------------------
 
-def open_generator(url: str, *, api_key: str | None = None, timeout: float = 60.0,
-                   n_threads: int | None = None, max_waiting: int = 16) -> Generator:
+
+def open_generator(
+    url: str, *, api_key: str | None = None, timeout: float = 60.0, n_threads: int | None = None, max_waiting: int = 16
+) -> Generator:
     """`local` (or empty: the bundled GGUF), `llama:///path/model.gguf`, `echo://?delay=2`,
     or `http(s)://server` for TGI / vLLM."""
     parsed = urlparse(url or "local")
@@ -473,4 +516,3 @@ def open_generator(url: str, *, api_key: str | None = None, timeout: float = 60.
     if parsed.scheme in ("http", "https"):
         return RemoteGenerator(url, api_key=api_key, timeout=timeout)
     raise ValueError(f"unsupported generator URL {url!r}: use local, llama:///file.gguf, echo:// or http(s)://")
-

@@ -33,12 +33,14 @@ async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:
         except Exception as exc:  # noqa: BLE001
             return name, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
 
-    results = dict(await asyncio.gather(
-        check("store", deskmate.retrieval.store.ping),
-        check("cache", deskmate.retrieval.cache.ping),
-        check("ledger", deskmate.ledger.ping),
-        check("generator", deskmate.generator.ping),
-    ))
+    results = dict(
+        await asyncio.gather(
+            check("store", deskmate.retrieval.store.ping),
+            check("cache", deskmate.retrieval.cache.ping),
+            check("ledger", deskmate.ledger.ping),
+            check("generator", deskmate.generator.ping),
+        )
+    )
     results["ledger"].update(ledger_state(deskmate, answered=bool(results["ledger"]["ok"])))
     return results
 
@@ -57,8 +59,10 @@ def ledger_state(deskmate: Deskmate, *, answered: bool) -> dict[str, object]:
         state["ok"] = False
         state["spooled_writes"] = spooled
         if answered:
-            state["error"] = (f"{spooled} writes wait in the spool although the database answers: "
-                              "it does not take them (see the log for ledger.unavailable)")
+            state["error"] = (
+                f"{spooled} writes wait in the spool although the database answers: "
+                "it does not take them (see the log for ledger.unavailable)"
+            )
     if dead:
         state["dead_letters"] = dead
         state["dead_letter_file"] = str(ledger.spool.dead_letter_path)

@@ -41,14 +41,27 @@ class JobBusy(RuntimeError):
     def __init__(self, job: JobRow) -> None:
         self.job = job
         when = job.created_at.strftime("%Y-%m-%d %H:%M UTC") if job.created_at else "?"
-        super().__init__(f"retraining job {job.id[:8]} is already {job.status} (started by "
-                         f"{job.actor or 'someone'} at {when}, {job.progress:.0%} done); one runs at a time")
+        super().__init__(
+            f"retraining job {job.id[:8]} is already {job.status} (started by "
+            f"{job.actor or 'someone'} at {when}, {job.progress:.0%} done); one runs at a time"
+        )
 
 
 async def create_job(ledger: Ledger, kind: str, actor: str, params: dict[str, Any]) -> JobRow:
     """A new queued job, or `JobBusy` when one of this kind is active anywhere."""
-    job = JobRow(id=str(uuid.uuid4()), kind=kind, status="queued", created_at=datetime.now(UTC),
-                 actor=actor, params=params, result={}, progress=0.0, active_slot=kind, runner="", stage="queued")
+    job = JobRow(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        status="queued",
+        created_at=datetime.now(UTC),
+        actor=actor,
+        params=params,
+        result={},
+        progress=0.0,
+        active_slot=kind,
+        runner="",
+        stage="queued",
+    )
     try:
         async with ledger.sessions.begin() as session:
             session.add(job)
@@ -85,11 +98,17 @@ async def update_job(ledger: Ledger, job_id: str, **values: Any) -> None:
         await session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
 
-async def finish_job(ledger: Ledger, job_id: str, status: str, *, result: dict[str, Any] | None = None,
-                     error: str | None = None) -> None:
+async def finish_job(
+    ledger: Ledger, job_id: str, status: str, *, result: dict[str, Any] | None = None, error: str | None = None
+) -> None:
     """Mark the job done and free the slot for the next one."""
-    values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC), "active_slot": None,
-                              "error": error, "stage": status}
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": datetime.now(UTC),
+        "active_slot": None,
+        "error": error,
+        "stage": status,
+    }
     if result is not None:
         values["result"] = result
     if status == "succeeded":
@@ -168,10 +187,16 @@ async def claim_orphan(ledger: Ledger, job: JobRow) -> bool:
     job finished meanwhile. The status is left alone (a pending cancel stays pending)."""
     async with ledger.sessions.begin() as session:
         result = await session.execute(
-            update(JobRow).where(JobRow.id == job.id, JobRow.runner == job.runner,
-                                 JobRow.status.in_(("running", "cancelling")), JobRow.active_slot.is_not(None))
+            update(JobRow)
+            .where(
+                JobRow.id == job.id,
+                JobRow.runner == job.runner,
+                JobRow.status.in_(("running", "cancelling")),
+                JobRow.active_slot.is_not(None),
+            )
             .values(runner="", claimed_at=datetime.now(UTC), resumes=JobRow.resumes + 1)
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False)
+        )
         return result.rowcount == 1
 
 
@@ -229,8 +254,14 @@ class RedisRunner:
 
             queue = Queue(self.queue, connection=Redis.from_url(self.redis_url))
             # A resumed job is a new RQ job: the old one may sit in RQ's failed registry.
-            queue.enqueue("bot.retrain.run_job_sync", job_id, job_id=f"deskmate-{job_id}-{uuid.uuid4().hex[:6]}",
-                          job_timeout=self.timeout_s, result_ttl=7 * 86400, failure_ttl=30 * 86400)
+            queue.enqueue(
+                "bot.retrain.run_job_sync",
+                job_id,
+                job_id=f"deskmate-{job_id}-{uuid.uuid4().hex[:6]}",
+                job_timeout=self.timeout_s,
+                result_ttl=7 * 86400,
+                failure_ttl=30 * 86400,
+            )
 
         await asyncio.to_thread(enqueue)
 

@@ -104,8 +104,10 @@ class TurnRow(Base):
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
     replica: Mapped[str] = mapped_column(String(80), default="")  # the server process answering it
 
-    __table_args__ = (Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),
-                      Index("ix_turns_thread", "platform", "workspace", "channel", "thread_id", "created_at"))
+    __table_args__ = (
+        Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),
+        Index("ix_turns_thread", "platform", "workspace", "channel", "thread_id", "created_at"),
+    )
 
 
 class FeedbackRow(Base):
@@ -234,6 +236,7 @@ class ForgottenRow(Base):
 
 # --- the turn record -------------------------------------------------------------------------
 
+
 @dataclass
 class TurnStart:
     """What is known before generation starts."""
@@ -281,6 +284,8 @@ def is_lead_review(role: str | None, score: int | None, verdict: str | None, cor
     """A rating that reviews the answer (not a thumb or a note), by someone allowed to: the
     kind that marks a turn reviewed and that training learns from."""
     return role in LEAD_ROLES and (score is not None or bool(verdict) or bool(correction))
+
+
 SLOW_TURN_MS = 10_000
 
 
@@ -477,8 +482,7 @@ class Ledger:
     `spool` is the spool directory (one file per process), or, as older callers pass it, a file
     path whose folder and name the files are made from (bot/spool.py)."""
 
-    def __init__(self, url: str, spool: Path, *, connect_timeout: float = 3.0,
-                 owner: str | None = None) -> None:
+    def __init__(self, url: str, spool: Path, *, connect_timeout: float = 3.0, owner: str | None = None) -> None:
         self.url = normalise_url(url)
         self.spool = Spool(Path(spool), owner)
         connect_args: dict[str, Any] = {}
@@ -487,7 +491,9 @@ class Ledger:
         elif self.url.startswith("sqlite"):
             connect_args = {"timeout": 15}
         self.engine: AsyncEngine = create_async_engine(
-            self.url, connect_args=connect_args, pool_pre_ping=True,
+            self.url,
+            connect_args=connect_args,
+            pool_pre_ping=True,
         )
         if self.url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -528,21 +534,30 @@ class Ledger:
         self._owners[start.id] = person_hash(start.user_key)
         while len(self._owners) > OWNERS_REMEMBERED:
             self._owners.popitem(last=False)
-        await self._write("begin", {**asdict(start), "created_at": start.created_at.isoformat(),
-                                    "replica": self.replica})
+        await self._write(
+            "begin", {**asdict(start), "created_at": start.created_at.isoformat(), "replica": self.replica}
+        )
 
     async def finish_turn(self, turn_id: str, end: TurnEnd) -> None:
         """Record the outcome (spooled when the database is down)."""
         asker = self._owners.pop(turn_id, None)
-        await self._write("finish", {"id": turn_id, **asdict(end), "completed_at": end.completed_at.isoformat()},
-                          who=[asker] if asker else [])
+        await self._write(
+            "finish",
+            {"id": turn_id, **asdict(end), "completed_at": end.completed_at.isoformat()},
+            who=[asker] if asker else [],
+        )
 
     async def record_turn(self, start: TurnStart, end: TurnEnd) -> None:
         """Record a turn that is already over (a cache hit, a refusal) in one write."""
-        await self._write("record", {
-            **asdict(start), "created_at": start.created_at.isoformat(),
-            **asdict(end), "completed_at": end.completed_at.isoformat(),
-        })
+        await self._write(
+            "record",
+            {
+                **asdict(start),
+                "created_at": start.created_at.isoformat(),
+                **asdict(end),
+                "completed_at": end.completed_at.isoformat(),
+            },
+        )
 
     async def get_turn(self, turn_id: str) -> TurnRow | None:
         async with self.sessions() as session:
@@ -553,31 +568,55 @@ class Ledger:
             rows = await session.scalars(select(TurnRow).order_by(TurnRow.created_at.desc()).limit(limit))
             return list(rows)
 
-    async def record_feedback(self, turn_id: str, rater_key: str, *, platform: str,
-                              thumb: int | None = None, note: str | None = None, rater_role: str = "employee",
-                              score: int | None = None, verdict: str | None = None,
-                              correction: str | None = None, owner_check: bool = False) -> None:
+    async def record_feedback(
+        self,
+        turn_id: str,
+        rater_key: str,
+        *,
+        platform: str,
+        thumb: int | None = None,
+        note: str | None = None,
+        rater_role: str = "employee",
+        score: int | None = None,
+        verdict: str | None = None,
+        correction: str | None = None,
+        owner_check: bool = False,
+    ) -> None:
         """A rating, as a new row (re-rating keeps the history). Spooled like turns when the
         database is down, because a click or a lead's review cannot be asked for again.
         Validation and permissions are `bot.ratings`' job; this only stores. Raises
         LookupError (now, not later) for a turn that is not on record."""
-        await self._write("feedback", {"turn_id": turn_id, "rater_key": rater_key, "platform": platform,
-                                       "thumb": thumb, "note": note, "rater_role": rater_role, "score": score,
-                                       "verdict": verdict, "correction": correction,
-                                       "created_at": utcnow().isoformat(),
-                                       **({"owner_check": True} if owner_check else {})})
+        await self._write(
+            "feedback",
+            {
+                "turn_id": turn_id,
+                "rater_key": rater_key,
+                "platform": platform,
+                "thumb": thumb,
+                "note": note,
+                "rater_role": rater_role,
+                "score": score,
+                "verdict": verdict,
+                "correction": correction,
+                "created_at": utcnow().isoformat(),
+                **({"owner_check": True} if owner_check else {}),
+            },
+        )
 
     async def ratings_of(self, turn_id: str) -> list[FeedbackRow]:
         """Every rating of a turn, oldest first."""
         async with self.sessions() as session:
-            rows = await session.scalars(select(FeedbackRow).where(FeedbackRow.turn_id == turn_id)
-                                         .order_by(FeedbackRow.created_at, FeedbackRow.id))
+            rows = await session.scalars(
+                select(FeedbackRow)
+                .where(FeedbackRow.turn_id == turn_id)
+                .order_by(FeedbackRow.created_at, FeedbackRow.id)
+            )
             return list(rows)
 
     # --- forgetting a person ---------------------------------------------------------------
-    async def forget_user(self, user_key: str,
-                          cache_keys: Callable[[list[ForgottenTurn]], Iterable[str]] | None = None
-                          ) -> dict[str, Any]:
+    async def forget_user(
+        self, user_key: str, cache_keys: Callable[[list[ForgottenTurn]], Iterable[str]] | None = None
+    ) -> dict[str, Any]:
         """Delete a person everywhere the ledger keeps them: their turns (with every rating of
         them), the ratings they gave, their console tokens and sessions, their writes waiting in
         spool files and their dead letters. A tombstone records the request, with the hashes
@@ -601,19 +640,31 @@ class Ledger:
             stone = ForgottenRow(person=person, created_at=utcnow(), turn_ids=[], cache_keys=[])
             session.add(stone)
             await session.flush()  # the first write: on SQLite, replays wait from here on
-            rows = list(await session.execute(select(TurnRow.id, TurnRow.platform, TurnRow.workspace,
-                                                     TurnRow.channel, TurnRow.thread_id, TurnRow.private)
-                                              .where(TurnRow.user_key == user_key)))
+            rows = list(
+                await session.execute(
+                    select(
+                        TurnRow.id,
+                        TurnRow.platform,
+                        TurnRow.workspace,
+                        TurnRow.channel,
+                        TurnRow.thread_id,
+                        TurnRow.private,
+                    ).where(TurnRow.user_key == user_key)
+                )
+            )
             ids = [t.id for t in rows]
             on_turns = 0
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
+                chunk = ids[start : start + 500]
                 on_turns += (await session.execute(delete(FeedbackRow).where(FeedbackRow.turn_id.in_(chunk)))).rowcount
                 await session.execute(delete(TurnRow).where(TurnRow.id.in_(chunk)))
             by_them = (await session.execute(delete(FeedbackRow).where(FeedbackRow.rater_key == user_key))).rowcount
-            tokens = (await session.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.user_key == user_key))).rowcount
-            sessions = (await session.execute(delete(ConsoleSessionRow)
-                                              .where(ConsoleSessionRow.user_key == user_key))).rowcount
+            tokens = (
+                await session.execute(delete(ConsoleTokenRow).where(ConsoleTokenRow.user_key == user_key))
+            ).rowcount
+            sessions = (
+                await session.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.user_key == user_key))
+            ).rowcount
             turns = [ForgottenTurn(t.id, t.platform, t.workspace, t.channel, t.thread_id, t.private) for t in rows]
             turns += [t for t in spooled.values() if t.id not in set(ids)]
             all_ids = set(ids) | set(spooled)
@@ -630,11 +681,18 @@ class Ledger:
         metrics.LEDGER_SPOOLED.set(len(self.spool.entries()))
         metrics.LEDGER_DEAD_LETTER_ROWS.set(self.dead_letters())
         held = sorted(r.path.name for r in rewrites if not r.reached)
-        return {"turns": len(ids), "ratings_of_their_turns": on_turns, "ratings_they_gave": by_them,
-                "console_tokens": tokens, "console_sessions": sessions,
-                "spooled_writes": sum(r.removed for r in rewrites), "dead_letters": dead,
-                "spool_files_held_by_running_processes": held,
-                "tombstone": stone.id, "turn_ids": sorted(all_ids)}
+        return {
+            "turns": len(ids),
+            "ratings_of_their_turns": on_turns,
+            "ratings_they_gave": by_them,
+            "console_tokens": tokens,
+            "console_sessions": sessions,
+            "spooled_writes": sum(r.removed for r in rewrites),
+            "dead_letters": dead,
+            "spool_files_held_by_running_processes": held,
+            "tombstone": stone.id,
+            "turn_ids": sorted(all_ids),
+        }
 
     async def tombstones(self) -> list[Tombstone]:
         """Every forget request on record, oldest first. Read incrementally: they never change,
@@ -655,8 +713,11 @@ class Ledger:
         people = entry_people(entry) | extra
         if not people:
             return
-        hit = await session.scalar(select(ForgottenRow.id).where(
-            ForgottenRow.person.in_(sorted(people)), ForgottenRow.created_at > _entry_time(entry)).limit(1))
+        hit = await session.scalar(
+            select(ForgottenRow.id)
+            .where(ForgottenRow.person.in_(sorted(people)), ForgottenRow.created_at > _entry_time(entry))
+            .limit(1)
+        )
         if hit is not None:
             raise Forgotten(f"its person was forgotten afterwards (tombstone {hit})")
 
@@ -703,8 +764,9 @@ class Ledger:
                 if owner_check and turn.user_key != data["rater_key"]:
                     raise NotTheirs(f"a spooled rating of turn {data['turn_id']} by someone it was not for")
                 session.add(FeedbackRow(**{**data, "created_at": datetime.fromisoformat(data["created_at"])}))
-                if is_lead_review(data.get("rater_role"), data.get("score"), data.get("verdict"),
-                                  data.get("correction")):
+                if is_lead_review(
+                    data.get("rater_role"), data.get("score"), data.get("verdict"), data.get("correction")
+                ):
                     turn.reviewed = True
                 if data.get("thumb") == -1:
                     turn.risk = (turn.risk or 0) + 3
@@ -758,8 +820,13 @@ class Ledger:
                     if await self._refused(entry, exc) != "outage":
                         return
                 self.available = False
-                log.warning("ledger.unavailable kind=%s turn=%s error=%s; spooling to %s",
-                            kind, entry_turn(entry), type(exc).__name__, self.spool.path.name)
+                log.warning(
+                    "ledger.unavailable kind=%s turn=%s error=%s; spooling to %s",
+                    kind,
+                    entry_turn(entry),
+                    type(exc).__name__,
+                    self.spool.path.name,
+                )
         async with self._spool_lock:
             self.spool.append([entry])
         metrics.LEDGER_SPOOLED.inc()
@@ -780,12 +847,18 @@ class Ledger:
                 return "outage"
             raise
         reason = describe(exc)
-        self.spool.dead_letter({**entry, "reason": reason, "dead_lettered_at": utcnow().isoformat(),
-                                "by": self.spool.owner})
+        self.spool.dead_letter(
+            {**entry, "reason": reason, "dead_lettered_at": utcnow().isoformat(), "by": self.spool.owner}
+        )
         metrics.LEDGER_DEAD_LETTERS.labels(str(entry.get("kind"))).inc()
         metrics.LEDGER_DEAD_LETTER_ROWS.set(self.dead_letters())
-        log.error("ledger.dead_lettered kind=%s turn=%s error=%s file=%s", entry.get("kind"), entry_turn(entry),
-                  type(exc).__name__, self.spool.dead_letter_path)
+        log.error(
+            "ledger.dead_lettered kind=%s turn=%s error=%s file=%s",
+            entry.get("kind"),
+            entry_turn(entry),
+            type(exc).__name__,
+            self.spool.dead_letter_path,
+        )
         if entry.get("kind") == "finish" and not isinstance(exc, NotOnRecord):
             await self._close_refused(str(entry_turn(entry)), reason)
         return "dead"
@@ -796,22 +869,27 @@ class Ledger:
         try:
             async with self.sessions.begin() as session:
                 await session.execute(
-                    update(TurnRow).where(TurnRow.id == turn_id, TurnRow.status == "pending")
-                    .values(status="failed", completed_at=utcnow(), risk=TurnRow.risk + 2,
-                            error=f"its outcome was refused by the ledger ({reason[:200]}); it is in "
-                                  f"{self.spool.dead_letter_path.name}")
-                    .execution_options(synchronize_session=False))
+                    update(TurnRow)
+                    .where(TurnRow.id == turn_id, TurnRow.status == "pending")
+                    .values(
+                        status="failed",
+                        completed_at=utcnow(),
+                        risk=TurnRow.risk + 2,
+                        error=f"its outcome was refused by the ledger ({reason[:200]}); it is in "
+                        f"{self.spool.dead_letter_path.name}",
+                    )
+                    .execution_options(synchronize_session=False)
+                )
         except Exception as exc:  # noqa: BLE001 (the dead letter holds it either way)
             log.warning("ledger.close_refused_failed turn=%s error=%s", turn_id, type(exc).__name__)
 
     async def _replay_one(self, entry: Entry) -> str:
-        """"written", "forgotten", "dead", "dropped", or "outage" (stop: keep it and the rest)."""
+        """ "written", "forgotten", "dead", "dropped", or "outage" (stop: keep it and the rest)."""
         try:
             await self._apply(str(entry.get("kind")), entry.get("data") or {}, guard=entry)
             return "written"
         except Forgotten as exc:
-            log.info("ledger.spool_entry_skipped kind=%s turn=%s reason=%s", entry.get("kind"),
-                     entry_turn(entry), exc)
+            log.info("ledger.spool_entry_skipped kind=%s turn=%s reason=%s", entry.get("kind"), entry_turn(entry), exc)
             return "forgotten"
         except Exception as exc:
             if write_failure(exc) == "outage":
@@ -840,8 +918,7 @@ class Ledger:
             if done == len(entries):
                 self.available = True
             if done:
-                log.warning("ledger.spool_flushed writes=%d landed=%d remaining=%d", done, landed,
-                            len(entries) - done)
+                log.warning("ledger.spool_flushed writes=%d landed=%d remaining=%d", done, landed, len(entries) - done)
             return landed
 
     async def flush_spool(self) -> int:
@@ -862,10 +939,17 @@ class Ledger:
 
 
 def _forgotten_turn(data: dict[str, Any]) -> ForgottenTurn:
-    return ForgottenTurn(str(data.get("id")), str(data.get("platform") or ""), str(data.get("workspace") or ""),
-                         str(data.get("channel") or ""), str(data.get("thread_id") or ""), bool(data.get("private")))
+    return ForgottenTurn(
+        str(data.get("id")),
+        str(data.get("platform") or ""),
+        str(data.get("workspace") or ""),
+        str(data.get("channel") or ""),
+        str(data.get("thread_id") or ""),
+        bool(data.get("private")),
+    )
 
 
 def _tombstone(row: ForgottenRow) -> Tombstone:
-    return Tombstone(row.id, row.person, _aware(row.created_at), frozenset(row.turn_ids or ()),
-                     frozenset(row.cache_keys or ()))
+    return Tombstone(
+        row.id, row.person, _aware(row.created_at), frozenset(row.turn_ids or ()), frozenset(row.cache_keys or ())
+    )

@@ -74,12 +74,22 @@ class Source:
         object.__setattr__(self, "url", safe_link(self.url))
 
     def to_dict(self) -> dict[str, str | int]:
-        return {"number": self.number, "doc_id": self.doc_id, "title": self.title,
-                "url": self.url, "heading": self.heading, "chunk_id": self.chunk_id}
+        return {
+            "number": self.number,
+            "doc_id": self.doc_id,
+            "title": self.title,
+            "url": self.url,
+            "heading": self.heading,
+            "chunk_id": self.chunk_id,
+        }
 
 
 Outcome = Literal[
-    "answered", "unknown", "rate_limited", "invalid", "failed",
+    "answered",
+    "unknown",
+    "rate_limited",
+    "invalid",
+    "failed",
 ]
 
 
@@ -100,10 +110,16 @@ class Answer:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "turn_id": self.turn_id, "reference": self.reference, "text": self.text,
-            "outcome": self.outcome, "sources": [s.to_dict() for s in self.sources],
-            "confidence": round(self.confidence, 4), "cache_hit": self.cache_hit,
-            "model": self.model, "adapter_version": self.adapter_version, "notice": self.notice,
+            "turn_id": self.turn_id,
+            "reference": self.reference,
+            "text": self.text,
+            "outcome": self.outcome,
+            "sources": [s.to_dict() for s in self.sources],
+            "confidence": round(self.confidence, 4),
+            "cache_hit": self.cache_hit,
+            "model": self.model,
+            "adapter_version": self.adapter_version,
+            "notice": self.notice,
         }
 
 

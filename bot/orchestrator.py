@@ -86,8 +86,9 @@ def normalise_question(text: str) -> str:
 class Orchestrator:
     """Answers messages. One instance serves every channel and every request."""
 
-    def __init__(self, searcher: Searcher, generator: Generator, ledger: Ledger, cache: Cache,
-                 policy: TurnPolicy | None = None) -> None:
+    def __init__(
+        self, searcher: Searcher, generator: Generator, ledger: Ledger, cache: Cache, policy: TurnPolicy | None = None
+    ) -> None:
         self.searcher = searcher
         self.generator = generator
         self.ledger = ledger
@@ -98,12 +99,25 @@ class Orchestrator:
     async def handle(self, message: IncomingMessage) -> AsyncIterator[AnswerEvent]:
         """Stream the events of one turn; the last one is always `Done`."""
         turn_id, reference = new_turn_ids()
-        turn = _Turn(message, turn_id, reference, TurnStart(
-            id=turn_id, reference=reference, created_at=datetime.now(UTC),
-            platform=message.platform, user_key=message.user_key, question=message.text,
-            workspace=message.workspace, channel=message.channel, thread_id=message.thread_id,
-            user_name=message.user_name, private=message.private, groups=list(message.groups),
-        ))
+        turn = _Turn(
+            message,
+            turn_id,
+            reference,
+            TurnStart(
+                id=turn_id,
+                reference=reference,
+                created_at=datetime.now(UTC),
+                platform=message.platform,
+                user_key=message.user_key,
+                question=message.text,
+                workspace=message.workspace,
+                channel=message.channel,
+                thread_id=message.thread_id,
+                user_name=message.user_name,
+                private=message.private,
+                groups=list(message.groups),
+            ),
+        )
         try:
             async for event in self._answer(turn):
                 yield event
@@ -111,15 +125,23 @@ class Orchestrator:
             log.exception("turn.internal_error turn=%s", turn_id)
             metrics.ERRORS.labels("internal").inc()
             answer = self._apology(turn)
-            await self._finish(turn, answer, TurnEnd(status="failed", answer=answer.text,
-                                                      error=f"{type(exc).__name__}: {exc}"))
+            await self._finish(
+                turn, answer, TurnEnd(status="failed", answer=answer.text, error=f"{type(exc).__name__}: {exc}")
+            )
             yield Done(answer)
         finally:
             if not turn.finished:
                 # The consumer went away mid-answer (a closed page, a killed request).
-                await asyncio.shield(self._record(turn, TurnEnd(
-                    status="failed", error="the answer was abandoned before it finished",
-                    latency_ms=turn.latency)))
+                await asyncio.shield(
+                    self._record(
+                        turn,
+                        TurnEnd(
+                            status="failed",
+                            error="the answer was abandoned before it finished",
+                            latency_ms=turn.latency,
+                        ),
+                    )
+                )
                 metrics.TURNS.labels(message.platform, "failed").inc()
 
     async def ask(self, message: IncomingMessage) -> Answer:
@@ -136,16 +158,19 @@ class Orchestrator:
         message, policy = turn.message, self.policy
         question = " ".join(message.text.split())
         if not HAS_WORDS.search(question):
-            answer = self._make(turn, "invalid",
-                                "Ask me a question in words, for example: \"How do I reset my VPN password?\"")
+            answer = self._make(
+                turn, "invalid", 'Ask me a question in words, for example: "How do I reset my VPN password?"'
+            )
             await self._finish(turn, answer, TurnEnd(status="invalid", answer=answer.text))
             yield Done(answer)
             return
 
         if policy.rate_limit_per_minute and await self._over_rate_limit(message.user_key):
-            answer = self._make(turn, "rate_limited",
-                                "You're asking faster than I can keep up with. Please wait a minute "
-                                "and ask again.")
+            answer = self._make(
+                turn,
+                "rate_limited",
+                "You're asking faster than I can keep up with. Please wait a minute and ask again.",
+            )
             await self._finish(turn, answer, TurnEnd(status="rate_limited", answer=answer.text))
             yield Done(answer)
             return
@@ -155,8 +180,7 @@ class Orchestrator:
         since = turn.lap("history", since)
 
         search_text, truncated = self.searcher.prepare(question)
-        notice = (f"Your message was long, so I read its first {len(search_text):,} characters."
-                  if truncated else "")
+        notice = f"Your message was long, so I read its first {len(search_text):,} characters." if truncated else ""
         version = await self.searcher.kb_version()
         cache_key = None if history else self._answer_key(search_text, message, version)
         if cache_key and policy.answer_cache_ttl:
@@ -177,30 +201,37 @@ class Orchestrator:
         earlier = earlier_questions(history, turns=1)
         if policy.use_retrieval:
             result = await self.searcher.search(
-                search_text, groups=message.groups, k=policy.context_passages,
-                user_key=message.user_key, earlier=earlier, kb_version=version,
+                search_text,
+                groups=message.groups,
+                k=policy.context_passages,
+                user_key=message.user_key,
+                earlier=earlier,
+                kb_version=version,
             )
         else:
-            result = SearchResult(query=search_text, hits=[], confidence=1.0, confident=True,
-                                  kb_version=version)
+            result = SearchResult(query=search_text, hits=[], confidence=1.0, confident=True, kb_version=version)
         since = turn.lap("retrieval", since)
         retrieved = [self._served_chunk(h) for h in result.hits]
         searched = f"{earlier} | {result.query}" if earlier else result.query
-        common = dict(search_query=searched, retrieved=retrieved, user_facts=result.user_facts,
-                      kb_version=result.kb_version, confidence=result.confidence,
-                      model=self.generator.model, adapter_version=self.generator.adapter,
-                      prompt_version=policy.prompt_version)
+        common = dict(
+            search_query=searched,
+            retrieved=retrieved,
+            user_facts=result.user_facts,
+            kb_version=result.kb_version,
+            confidence=result.confidence,
+            model=self.generator.model,
+            adapter_version=self.generator.adapter,
+            prompt_version=policy.prompt_version,
+        )
 
         if not result.confident:
-            answer = self._make(turn, "unknown", self._not_covered(), confidence=result.confidence,
-                                notice=notice)
+            answer = self._make(turn, "unknown", self._not_covered(), confidence=result.confidence, notice=notice)
             await self._finish(turn, answer, TurnEnd(status="unknown", answer=answer.text, **common))
             await self._remember(message.conversation_key, history, question, answer.text)
             yield Done(answer)
             return
 
-        prompt, tampered = build_messages(result.query, result.hits, result.user_facts,
-                                          version=policy.prompt_version)
+        prompt, tampered = build_messages(result.query, result.hits, result.user_facts, version=policy.prompt_version)
         if tampered:
             log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
         since = turn.lap("prompt", since)
@@ -226,9 +257,13 @@ class Orchestrator:
             metrics.ERRORS.labels(f"generator_{kind}").inc()
             turn.lap("generation", since)
             answer = self._apology(turn)
-            await self._finish(turn, answer, TurnEnd(
-                status="failed", answer=answer.text, error=f"{type(exc).__name__}: {exc}",
-                prompt=prompt, **common))
+            await self._finish(
+                turn,
+                answer,
+                TurnEnd(
+                    status="failed", answer=answer.text, error=f"{type(exc).__name__}: {exc}", prompt=prompt, **common
+                ),
+            )
             yield Done(answer)
             return
         turn.lap("generation", since)
@@ -237,9 +272,17 @@ class Orchestrator:
         if looped:
             log.info("turn.repetition_cut turn=%s", turn.turn_id)
         answer = self._finalise(turn, text, result, notice)
-        await self._finish(turn, answer, TurnEnd(
-            status=answer.outcome, answer=answer.text, prompt=prompt,
-            cited=[s.chunk_id for s in answer.sources], **common))
+        await self._finish(
+            turn,
+            answer,
+            TurnEnd(
+                status=answer.outcome,
+                answer=answer.text,
+                prompt=prompt,
+                cited=[s.chunk_id for s in answer.sources],
+                **common,
+            ),
+        )
         await self._remember(message.conversation_key, history, question, answer.text)
         if cache_key and policy.answer_cache_ttl and answer.outcome == "answered":
             payload = {"answer": asdict(answer), "common": common, "prompt": prompt}
@@ -250,8 +293,9 @@ class Orchestrator:
     def _finalise(self, turn: _Turn, text: str, result: SearchResult, notice: str) -> Answer:
         """Citations mapped to sources; an "I don't know" turned into who to ask."""
         if says_unknown(text):
-            return self._make(turn, "unknown", f"{text}\n\n{self._not_covered()}".strip(),
-                              confidence=result.confidence, notice=notice)
+            return self._make(
+                turn, "unknown", f"{text}\n\n{self._not_covered()}".strip(), confidence=result.confidence, notice=notice
+            )
         numbers = cited_numbers(text, len(result.hits)) or ([1] if result.hits else [])
         sources, seen_docs = [], set()
         for number in numbers:
@@ -260,49 +304,92 @@ class Orchestrator:
                 continue
             seen_docs.add(chunk.doc_id)
             sources.append(Source(number, chunk.doc_id, chunk.title, chunk.url, chunk.heading, chunk.id))
-        return self._make(turn, "answered", text, sources=sources, confidence=result.confidence,
-                          notice=notice)
+        return self._make(turn, "answered", text, sources=sources, confidence=result.confidence, notice=notice)
 
     def _make(self, turn: _Turn, outcome: str, text: str, **kwargs: object) -> Answer:
-        return Answer(turn_id=turn.turn_id, reference=turn.reference, text=text, outcome=outcome,  # type: ignore[arg-type]
-                      model=self.generator.model, adapter_version=self.generator.adapter, **kwargs)  # type: ignore[arg-type]
+        return Answer(
+            turn_id=turn.turn_id,
+            reference=turn.reference,
+            text=text,
+            outcome=outcome,  # type: ignore[arg-type]
+            model=self.generator.model,
+            adapter_version=self.generator.adapter,
+            **kwargs,
+        )  # type: ignore[arg-type]
 
     def _apology(self, turn: _Turn) -> Answer:
-        return self._make(turn, "failed",
-                          f"Sorry, I couldn't answer that just now (reference {turn.reference}). "
-                          f"Please try again in a minute; if it keeps happening, contact "
-                          f"{self.policy.fallback_contact} and quote the reference.")
+        return self._make(
+            turn,
+            "failed",
+            f"Sorry, I couldn't answer that just now (reference {turn.reference}). "
+            f"Please try again in a minute; if it keeps happening, contact "
+            f"{self.policy.fallback_contact} and quote the reference.",
+        )
 
     def _not_covered(self) -> str:
-        return (f"I couldn't find this in the knowledge base, so I won't guess. "
-                f"Please ask {self.policy.fallback_contact}.")
+        return (
+            f"I couldn't find this in the knowledge base, so I won't guess. Please ask {self.policy.fallback_contact}."
+        )
 
     async def _serve_cached(self, turn: _Turn, payload: dict, notice: str) -> AsyncIterator[AnswerEvent]:
         data = payload["answer"]
         answer = Answer(
-            turn_id=turn.turn_id, reference=turn.reference, text=data["text"], outcome="answered",
-            sources=[Source(**s) for s in data["sources"]], confidence=data["confidence"],
-            cache_hit=True, model=data["model"], adapter_version=data["adapter_version"], notice=notice,
+            turn_id=turn.turn_id,
+            reference=turn.reference,
+            text=data["text"],
+            outcome="answered",
+            sources=[Source(**s) for s in data["sources"]],
+            confidence=data["confidence"],
+            cache_hit=True,
+            model=data["model"],
+            adapter_version=data["adapter_version"],
+            notice=notice,
         )
         metrics.ANSWER_CACHE_HITS.inc()
         yield Delta(answer.text)
-        await self._finish(turn, answer, TurnEnd(
-            status="answered", answer=answer.text, prompt=payload["prompt"], cache_hit=True,
-            cited=[s.chunk_id for s in answer.sources], **payload["common"]))
+        await self._finish(
+            turn,
+            answer,
+            TurnEnd(
+                status="answered",
+                answer=answer.text,
+                prompt=payload["prompt"],
+                cache_hit=True,
+                cited=[s.chunk_id for s in answer.sources],
+                **payload["common"],
+            ),
+        )
         yield Done(answer)
 
     @staticmethod
     def _served_chunk(hit: Hit) -> dict:
         c = hit.chunk
-        return {"chunk_id": c.id, "doc_id": c.doc_id, "title": c.title, "heading": c.heading,
-                "url": c.url, "groups": list(c.groups), "text": c.text, "score": round(hit.score, 4)}
+        return {
+            "chunk_id": c.id,
+            "doc_id": c.doc_id,
+            "title": c.title,
+            "heading": c.heading,
+            "url": c.url,
+            "groups": list(c.groups),
+            "text": c.text,
+            "score": round(hit.score, 4),
+        }
 
     def _answer_key(self, question: str, message: IncomingMessage, kb_version: int) -> str:
         """Same question, same reader, same knowledge base, same model: same answer. The user key
         is part of the scope because answers may use that user's own context."""
         scope = ",".join(reader_groups(message.groups))
-        raw = "|".join([normalise_question(question), scope, message.user_key, str(kb_version),
-                        self.generator.model, self.generator.adapter, self.policy.prompt_version])
+        raw = "|".join(
+            [
+                normalise_question(question),
+                scope,
+                message.user_key,
+                str(kb_version),
+                self.generator.model,
+                self.generator.adapter,
+                self.policy.prompt_version,
+            ]
+        )
         return f"answer:v{kb_version}:{user_tag(message.user_key)}:{hashlib.sha256(raw.encode()).hexdigest()}"
 
     async def _over_rate_limit(self, user_key: str) -> bool:
@@ -316,11 +403,12 @@ class Orchestrator:
         raw = await self.cache.get(f"hist:{conversation_key}")
         return [tuple(item) for item in json.loads(raw)] if raw else []  # type: ignore[misc]
 
-    async def _remember(self, conversation_key: str, history: list[tuple[str, str]],
-                        question: str, answer: str) -> None:
+    async def _remember(
+        self, conversation_key: str, history: list[tuple[str, str]], question: str, answer: str
+    ) -> None:
         if not self.policy.history_turns:
             return
-        kept = [*history, ("user", question), ("assistant", answer)][-2 * self.policy.history_turns:]
+        kept = [*history, ("user", question), ("assistant", answer)][-2 * self.policy.history_turns :]
         await self.cache.set(f"hist:{conversation_key}", json.dumps(kept).encode(), ttl=HISTORY_TTL_SECONDS)
 
     async def _finish(self, turn: _Turn, answer: Answer, end: TurnEnd) -> None:
@@ -330,9 +418,15 @@ class Orchestrator:
         turn.finished = True
         await self._record(turn, end)
         metrics.TURNS.labels(turn.message.platform, answer.outcome if not answer.cache_hit else "cached").inc()
-        log.info("turn.done turn=%s ref=%s platform=%s outcome=%s cache_hit=%s total_ms=%.0f",
-                 turn.turn_id, turn.reference, turn.message.platform, answer.outcome,
-                 answer.cache_hit, turn.latency["total"])
+        log.info(
+            "turn.done turn=%s ref=%s platform=%s outcome=%s cache_hit=%s total_ms=%.0f",
+            turn.turn_id,
+            turn.reference,
+            turn.message.platform,
+            answer.outcome,
+            answer.cache_hit,
+            turn.latency["total"],
+        )
 
     async def _record(self, turn: _Turn, end: TurnEnd) -> None:
         """Close the turn's record; a turn that ended before retrieval (a cache hit, a refusal)

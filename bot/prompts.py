@@ -92,8 +92,7 @@ def build_messages(
         if dropped:
             tampered.append(hit.chunk.id)
         title = " > ".join(p for p in (hit.chunk.title, hit.chunk.heading) if p)
-        items.append(template.context_item.format(
-            number=number, title=title, text=text[: template.passage_chars]))
+        items.append(template.context_item.format(number=number, title=title, text=text[: template.passage_chars]))
     facts = template.user_fact_intro + " ".join(user_facts) + "\n" if user_facts else ""
     if items:
         user = template.user.format(context="\n".join(items), facts=facts, question=question)

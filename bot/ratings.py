@@ -70,8 +70,9 @@ def clean(rating: Rating) -> Rating:
     if rating.note and len(rating.note) > MAX_NOTE_CHARS:
         raise RatingRefused(f"The note is {len(rating.note):,} characters; the limit is {MAX_NOTE_CHARS:,}.")
     if rating.correction and len(rating.correction) > MAX_CORRECTION_CHARS:
-        raise RatingRefused(f"The corrected answer is {len(rating.correction):,} characters; "
-                            f"the limit is {MAX_CORRECTION_CHARS:,}.")
+        raise RatingRefused(
+            f"The corrected answer is {len(rating.correction):,} characters; the limit is {MAX_CORRECTION_CHARS:,}."
+        )
     if rating.thumb is None and not rating.is_review and not rating.note:
         raise RatingRefused("The rating is empty: give a score, a verdict, a note or a correction.")
     return rating
@@ -97,12 +98,25 @@ async def submit(ledger: Ledger, rating: Rating) -> None:
         log.warning("rating.refused reason=not_their_answer rater=%s turn=%s", rating.rater_key, rating.turn_id)
         raise RatingRefused("You can rate only the answers you were given.")
     await _store(ledger, rating)
-    log.info("rating.stored turn=%s role=%s platform=%s review=%s", rating.turn_id, rating.role.name,
-             rating.platform, rating.is_review)
+    log.info(
+        "rating.stored turn=%s role=%s platform=%s review=%s",
+        rating.turn_id,
+        rating.role.name,
+        rating.platform,
+        rating.is_review,
+    )
 
 
 async def _store(ledger: Ledger, rating: Rating, owner_check: bool = False) -> None:
     await ledger.record_feedback(
-        rating.turn_id, rating.rater_key, platform=rating.platform, rater_role=rating.role.name,
-        thumb=rating.thumb, score=rating.score, verdict=rating.verdict, note=rating.note,
-        correction=rating.correction, owner_check=owner_check)
+        rating.turn_id,
+        rating.rater_key,
+        platform=rating.platform,
+        rater_role=rating.role.name,
+        thumb=rating.thumb,
+        score=rating.score,
+        verdict=rating.verdict,
+        note=rating.note,
+        correction=rating.correction,
+        owner_check=owner_check,
+    )

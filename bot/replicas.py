@@ -59,8 +59,10 @@ def new_replica_id() -> str:
 
 
 def interrupted_message(turn: TurnRow) -> str:
-    return (f"Sorry, I was interrupted while answering your question (the Deskmate server "
-            f"handling it stopped). Please ask again. ref {turn.reference}")
+    return (
+        f"Sorry, I was interrupted while answering your question (the Deskmate server "
+        f"handling it stopped). Please ask again. ref {turn.reference}"
+    )
 
 
 async def heartbeat(ledger: Ledger) -> None:
@@ -89,9 +91,12 @@ async def interrupted_turns(ledger: Ledger, stale_after: timedelta) -> list[Turn
     cutoff = datetime.now(UTC) - stale_after
     async with ledger.sessions() as session:
         rows = await session.scalars(
-            select(TurnRow).join(ReplicaRow, ReplicaRow.id == TurnRow.replica)
+            select(TurnRow)
+            .join(ReplicaRow, ReplicaRow.id == TurnRow.replica)
             .where(TurnRow.status == "pending", ReplicaRow.seen_at < cutoff)
-            .order_by(TurnRow.created_at).limit(200))
+            .order_by(TurnRow.created_at)
+            .limit(200)
+        )
         return list(rows)
 
 
@@ -101,14 +106,17 @@ async def close_interrupted(ledger: Ledger, turn: TurnRow) -> bool:
     error = f"interrupted: replica {turn.replica} stopped answering (no heartbeat)"
     async with ledger.sessions.begin() as session:
         result = await session.execute(
-            update(TurnRow).where(TurnRow.id == turn.id, TurnRow.status == "pending")
+            update(TurnRow)
+            .where(TurnRow.id == turn.id, TurnRow.status == "pending")
             .values(status="failed", error=error, completed_at=now, risk=TurnRow.risk + 2)
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False)
+        )
         return result.rowcount == 1
 
 
-async def sweep(ledger: Ledger, notifiers: dict[str, Notifier], stale_after: timedelta,
-                notice_timeout: float = 10.0) -> int:
+async def sweep(
+    ledger: Ledger, notifiers: dict[str, Notifier], stale_after: timedelta, notice_timeout: float = 10.0
+) -> int:
     """One pass: close every interrupted turn this replica wins and tell its user. Returns how
     many it closed. Notices are sent concurrently with a time limit: a slow Slack (rate limits)
     must not hold the pass up."""
@@ -152,9 +160,13 @@ async def apply_tombstones(ledger: Ledger, purge: Purger, since: datetime, appli
     return count
 
 
-async def keep_alive(ledger: Ledger, notifiers: dict[str, Notifier], every: float,
-                     also: Callable[[timedelta], Awaitable[Any]] | None = None,
-                     forgotten: Purger | None = None) -> None:
+async def keep_alive(
+    ledger: Ledger,
+    notifiers: dict[str, Notifier],
+    every: float,
+    also: Callable[[timedelta], Awaitable[Any]] | None = None,
+    forgotten: Purger | None = None,
+) -> None:
     """Heartbeat and sweep until cancelled; `also(stale_after)` runs with each sweep (the bot
     resumes retraining jobs whose runner died there); `forgotten(tombstone)` runs once for each
     forget request made while this process runs, within one beat of it (the server purges its

@@ -70,8 +70,14 @@ class Retrainer:
                 self.ledger.replica = ""
 
     async def _run(self, job: JobRow, folder: Path, resumed: bool) -> JobRow | None:
-        await jobs.update_job(self.ledger, job.id, status="running", runner=self.ledger.replica,
-                              stage="export", started_at=job.started_at or datetime.now(UTC))
+        await jobs.update_job(
+            self.ledger,
+            job.id,
+            status="running",
+            runner=self.ledger.replica,
+            stage="export",
+            started_at=job.started_at or datetime.now(UTC),
+        )
         log.info("job.started id=%s actor=%s resumed=%s", job.id, job.actor, resumed)
         try:
             result = await self._stages(job, folder)
@@ -114,8 +120,11 @@ class Retrainer:
         if not export.is_file():
             records = [r async for r in rated_turns(self.ledger)]
             if not records:
-                return {"_status": "failed", "error": "No rated turns yet: nothing to learn from. Leads rate and "
-                        "correct answers in the review console (or with the Review button in Slack and Teams) first."}
+                return {
+                    "_status": "failed",
+                    "error": "No rated turns yet: nothing to learn from. Leads rate and "
+                    "correct answers in the review console (or with the Review button in Slack and Teams) first.",
+                }
             tmp = export.with_suffix(".part")
             tmp.write_text("".join(to_jsonl(r) for r in records), encoding="utf-8")
             tmp.replace(export)
@@ -123,18 +132,27 @@ class Retrainer:
             (folder / "names.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
         # The asker's facts that may stay in training prompts come from their own setting only,
         # last, so that neither DESKMATE_TRAIN_CONFIG nor a job's parameters can widen it.
-        config = {"dataset": {**self.settings.train_config.get("dataset", {}),
-                              **job.params.get("dataset", {}),
-                              "user_facts": list(self.settings.train_user_facts)},
-                  "train": {**self.settings.train_config.get("train", {}), **job.params.get("train", {})}}
+        config = {
+            "dataset": {
+                **self.settings.train_config.get("dataset", {}),
+                **job.params.get("dataset", {}),
+                "user_facts": list(self.settings.train_user_facts),
+            },
+            "train": {**self.settings.train_config.get("train", {}), **job.params.get("train", {})},
+        }
         (folder / "config.json").write_text(json.dumps(config, indent=2))
         if job.params.get("dry_run"):
             from finetune.dataset import DatasetConfig
             from finetune.pipeline import _config, make_dataset
 
             names = (folder / "names.txt").read_text(encoding="utf-8").split("\n")
-            card = await asyncio.to_thread(make_dataset, export, [n for n in names if n], folder / "dataset",
-                                           _config(DatasetConfig, config["dataset"]))
+            card = await asyncio.to_thread(
+                make_dataset,
+                export,
+                [n for n in names if n],
+                folder / "dataset",
+                _config(DatasetConfig, config["dataset"]),
+            )
             return {"dry_run": True, "dataset_card": card, "folder": str(folder)}
 
         outcome = await self._train(job, folder)
@@ -153,21 +171,44 @@ class Retrainer:
         name = report["candidate_adapter"]
         # Off the event loop (it copies and hashes the adapter), like every slow step here: the
         # loop also carries this runner's heartbeat.
-        info = await asyncio.to_thread(self.registry.register, name, candidate_dir, {
-            "base_model": outcome["base_model"], "base_revision": outcome["base_revision"],
-            "started_by": job.actor, "job_id": job.id, "dataset_card": outcome["dataset_card"],
-            "train_config": outcome["train_config"], "training": outcome["training"], "evaluation": report,
-        })
+        info = await asyncio.to_thread(
+            self.registry.register,
+            name,
+            candidate_dir,
+            {
+                "base_model": outcome["base_model"],
+                "base_revision": outcome["base_revision"],
+                "started_by": job.actor,
+                "job_id": job.id,
+                "dataset_card": outcome["dataset_card"],
+                "train_config": outcome["train_config"],
+                "training": outcome["training"],
+                "evaluation": report,
+            },
+        )
         passed = bool(report["decision"]["promote"])
         await adapters.record_candidate(self.ledger, info, "candidate" if passed else "rejected")
-        result: dict[str, Any] = {"adapter": name, "passed_gate": passed, "promoted": False,
-                                  "reasons": report["decision"]["reasons"], "candidate": report["candidate"],
-                                  "live": report["live"], "live_adapter": live, "folder": str(folder),
-                                  "dataset": outcome["dataset_card"].get("train", {})}
+        result: dict[str, Any] = {
+            "adapter": name,
+            "passed_gate": passed,
+            "promoted": False,
+            "reasons": report["decision"]["reasons"],
+            "candidate": report["candidate"],
+            "live": report["live"],
+            "live_adapter": live,
+            "folder": str(folder),
+            "dataset": outcome["dataset_card"].get("train", {}),
+        }
         if passed and self.settings.auto_promote:
             try:
-                await adapters.promote(self.ledger, self.registry, name, actor=f"gate (job {job.id[:8]}, {job.actor})",
-                                       generator=self._serving_kind(), note="passed the evaluation gate")
+                await adapters.promote(
+                    self.ledger,
+                    self.registry,
+                    name,
+                    actor=f"gate (job {job.id[:8]}, {job.actor})",
+                    generator=self._serving_kind(),
+                    note="passed the evaluation gate",
+                )
                 result["promoted"] = True
                 if self.serving is not None:
                     await adapters.apply_live(self.ledger, self.registry, self.serving)
@@ -191,9 +232,22 @@ class Retrainer:
         log_file = open(folder / "training.log", "ab")  # noqa: SIM115, ASYNC230 (handed to the child)
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "finetune.pipeline", "--export", str(folder / "export.jsonl"),
-            "--names", str(folder / "names.txt"), "--job-dir", str(folder), "--cache", str(cache),
-            "--config", str(folder / "config.json"), stdout=log_file, stderr=log_file, env=env,
+            sys.executable,
+            "-m",
+            "finetune.pipeline",
+            "--export",
+            str(folder / "export.jsonl"),
+            "--names",
+            str(folder / "names.txt"),
+            "--job-dir",
+            str(folder),
+            "--cache",
+            str(cache),
+            "--config",
+            str(folder / "config.json"),
+            stdout=log_file,
+            stderr=log_file,
+            env=env,
         )
         log_file.close()
         await jobs.update_job(self.ledger, job.id, stage="training")
@@ -215,8 +269,10 @@ class Retrainer:
         await self._mirror_progress(job.id, folder, last)
         if outcome_file.is_file():
             return json.loads(outcome_file.read_text())
-        return {"exit": process.returncode or 1,
-                "error": f"training stopped without an outcome (exit {process.returncode}); see {folder / 'training.log'}"}
+        return {
+            "exit": process.returncode or 1,
+            "error": f"training stopped without an outcome (exit {process.returncode}); see {folder / 'training.log'}",
+        }
 
     async def _mirror_progress(self, job_id: str, folder: Path, last: Any) -> Any:
         current = await jobs.get_job(self.ledger, job_id)
@@ -230,8 +286,12 @@ class Retrainer:
                 continue
             if state != last:
                 stage = state.get("stage", "training")
-                await jobs.update_job(self.ledger, job_id, stage=stage if stage != "trained" else "training",
-                                      progress=round(0.05 + 0.8 * float(state.get("progress", 0.0)), 4))
+                await jobs.update_job(
+                    self.ledger,
+                    job_id,
+                    stage=stage if stage != "trained" else "training",
+                    progress=round(0.05 + 0.8 * float(state.get("progress", 0.0)), 4),
+                )
             return state
         return last
 
@@ -250,8 +310,12 @@ class Retrainer:
                         ids.append(example["turn_id"])
                         first = min(first or example["created_at"], example["created_at"])
         for record in records.values():
-            if record.get("verdict") == "should_not_answer" and first and record["created_at"] >= first \
-                    and record["turn_id"] not in ids:
+            if (
+                record.get("verdict") == "should_not_answer"
+                and first
+                and record["created_at"] >= first
+                and record["turn_id"] not in ids
+            ):
                 ids.append(record["turn_id"])
         return ids[: self.settings.eval_max_turns]
 
@@ -259,7 +323,9 @@ class Retrainer:
         """Both adapters answer the held-out turns and the guard questions; scores and decision."""
         from finetune.model import BASE_MODEL_ID, base_gguf_path
 
-        records = {r["turn_id"]: r for r in map(json.loads, (folder / "export.jsonl").read_text(encoding="utf-8").splitlines())}
+        records = {
+            r["turn_id"]: r for r in map(json.loads, (folder / "export.jsonl").read_text(encoding="utf-8").splitlines())
+        }
         turns: list[tuple[TurnRow, dict[str, Any]]] = []
         for turn_id in self._eval_turn_ids(folder, records):
             row = await self.ledger.get_turn(turn_id)
@@ -287,13 +353,25 @@ class Retrainer:
             for generator in setups.values():
                 await generator.close()
         decision = evaluate.decide(scores["candidate"], scores["live"], guard_rows, self.settings.promotion_margin)
-        return {"candidate_adapter": name, "live_adapter": live, "held_out_turns": len(turns),
-                "candidate": scores["candidate"], "live": scores["live"], "guards": guard_rows,
-                "decision": decision, "evaluated_at": datetime.now(UTC).isoformat()}
+        return {
+            "candidate_adapter": name,
+            "live_adapter": live,
+            "held_out_turns": len(turns),
+            "candidate": scores["candidate"],
+            "live": scores["live"],
+            "guards": guard_rows,
+            "decision": decision,
+            "evaluated_at": datetime.now(UTC).isoformat(),
+        }
 
-    async def _answer_all(self, folder: Path, label: str, generator: Generator,
-                          turns: list[tuple[TurnRow, dict[str, Any]]], guards: list[dict[str, Any]]
-                          ) -> tuple[list[dict[str, Any]], list[bool]]:
+    async def _answer_all(
+        self,
+        folder: Path,
+        label: str,
+        generator: Generator,
+        turns: list[tuple[TurnRow, dict[str, Any]]],
+        guards: list[dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], list[bool]]:
         from bot.app import turn_policy
         from bot.orchestrator import Orchestrator
         from retrieval.cache import MemoryCache
@@ -307,15 +385,31 @@ class Retrainer:
         rows: list[dict[str, Any]] = []
         try:
             for row, record in turns:
-                answer = await bot.ask(IncomingMessage(platform=EVAL_PLATFORM, user_key=row.user_key, text=row.question,
-                                                       groups=tuple(row.groups or ()), private=row.private))
-                rows.append({"turn_id": row.id, "answer": answer.text, "outcome": answer.outcome,
-                             "cited": [s.doc_id for s in answer.sources], "gold": _gold_docs(row, record),
-                             "reference": _reference(record),
-                             "should_not_answer": record.get("verdict") == "should_not_answer"})
+                answer = await bot.ask(
+                    IncomingMessage(
+                        platform=EVAL_PLATFORM,
+                        user_key=row.user_key,
+                        text=row.question,
+                        groups=tuple(row.groups or ()),
+                        private=row.private,
+                    )
+                )
+                rows.append(
+                    {
+                        "turn_id": row.id,
+                        "answer": answer.text,
+                        "outcome": answer.outcome,
+                        "cited": [s.doc_id for s in answer.sources],
+                        "gold": _gold_docs(row, record),
+                        "reference": _reference(record),
+                        "should_not_answer": record.get("verdict") == "should_not_answer",
+                    }
+                )
             guard_results = []
             for guard in guards:
-                answer = await bot.ask(IncomingMessage(platform=EVAL_PLATFORM, user_key="eval:guard", text=guard["question"]))
+                answer = await bot.ask(
+                    IncomingMessage(platform=EVAL_PLATFORM, user_key="eval:guard", text=guard["question"])
+                )
                 guard_results.append(evaluate.guard_passed(guard, answer.text, [s.doc_id for s in answer.sources]))
         finally:
             await scratch.close()
@@ -327,7 +421,14 @@ class Retrainer:
 def _forget_raw(folder: Path) -> None:
     """The export and the names are unscrubbed: they leave the job folder once the job is over
     (a resume exports again). Scratch ledgers of the gate hold the questions as asked: same."""
-    for pattern in ("export.jsonl", "export.part", "names.txt", "eval-*.db*", "eval-*-spool*.jsonl", "eval-*-dead-letters.jsonl"):
+    for pattern in (
+        "export.jsonl",
+        "export.part",
+        "names.txt",
+        "eval-*.db*",
+        "eval-*-spool*.jsonl",
+        "eval-*-dead-letters.jsonl",
+    ):
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)
 
@@ -347,8 +448,11 @@ def _gold_docs(row: TurnRow, record: dict[str, Any]) -> list[str]:
     """The document the answer should cite: the one the approved answer cited; for a correction,
     the served passage closest to the lead's text."""
     if record.get("correction"):
-        best = max(row.retrieved or [], default=None,
-                   key=lambda c: evaluate.token_f1(c.get("text") or "", record["correction"]))
+        best = max(
+            row.retrieved or [],
+            default=None,
+            key=lambda c: evaluate.token_f1(c.get("text") or "", record["correction"]),
+        )
         return [best["doc_id"]] if best else []
     return sorted({c.get("doc_id") for c in row.cited or [] if isinstance(c, dict) and c.get("doc_id")})
 
@@ -365,8 +469,16 @@ def _read_guards(path: Path | None) -> list[dict[str, Any]]:
 
 # --- entry points ----------------------------------------------------------------------------
 
-async def start(settings: Settings, ledger: Ledger, runner: Any, actor: str, *, dry_run: bool = False,
-                params: dict[str, Any] | None = None) -> JobRow:
+
+async def start(
+    settings: Settings,
+    ledger: Ledger,
+    runner: Any,
+    actor: str,
+    *,
+    dry_run: bool = False,
+    params: dict[str, Any] | None = None,
+) -> JobRow:
     """Queue a retraining job (or raise `jobs.JobBusy`) and hand it to the runner."""
     job = await jobs.create_job(ledger, KIND, actor, {"dry_run": dry_run, **(params or {})})
     await runner.submit(job.id)
@@ -383,11 +495,19 @@ async def resume_orphans(ledger: Ledger, runner: Any, stale_after: timedelta) ->
             continue
         if job.resumes + 1 > jobs.MAX_RESUMES:
             log.error("job.given_up id=%s resumes=%d", job.id, job.resumes + 1)
-            await jobs.finish_job(ledger, job.id, "failed", error=(
-                f"its runner stopped {job.resumes + 1} times (killed for memory or time?); "
-                "see the worker's log, then start a new retraining"))
+            await jobs.finish_job(
+                ledger,
+                job.id,
+                "failed",
+                error=(
+                    f"its runner stopped {job.resumes + 1} times (killed for memory or time?); "
+                    "see the worker's log, then start a new retraining"
+                ),
+            )
             continue
-        log.warning("job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner or "never started")
+        log.warning(
+            "job.resuming id=%s stage=%s (its runner %s is gone)", job.id, job.stage, job.runner or "never started"
+        )
         await runner.submit(job.id)  # if this fails, the claim's lease runs out and it is tried again
         resumed.append(job.id)
     return resumed

@@ -46,8 +46,11 @@ class RoleRule:
     entra_groups: frozenset[str] = frozenset()
 
     def matches(self, user_key: str, slack_groups: Iterable[str], entra_groups: Iterable[str]) -> bool:
-        return (user_key.lower() in self.users or bool(self.slack_groups & set(slack_groups))
-                or bool(self.entra_groups & {g.lower() for g in entra_groups}))
+        return (
+            user_key.lower() in self.users
+            or bool(self.slack_groups & set(slack_groups))
+            or bool(self.entra_groups & {g.lower() for g in entra_groups})
+        )
 
 
 def _rule(data: object, extra_users: Iterable[str] = ()) -> RoleRule:

@@ -73,20 +73,26 @@ class AskerFactsReport:
     kept: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"allowed": self.allowed, "prompts_with_block": self.prompts_with_block,
-                "unreadable_removed_whole": self.unreadable, "fields_removed": dict(self.removed),
-                "fields_kept": dict(self.kept)}
+        return {
+            "allowed": self.allowed,
+            "prompts_with_block": self.prompts_with_block,
+            "unreadable_removed_whole": self.unreadable,
+            "fields_removed": dict(self.removed),
+            "fields_kept": dict(self.kept),
+        }
 
     def markdown(self) -> list[str]:
         def fields(counts: Counter) -> str:
             return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items())) or "none"
 
         allowed = ", ".join(self.allowed) or "none (the whole block is removed)"
-        lines = ["About the person asking (the asker's directory facts):",
-                 f"- prompts that had the block: {self.prompts_with_block}",
-                 f"- fields allowed to stay: {allowed}",
-                 f"- fields removed: {fields(self.removed)}",
-                 f"- fields kept: {fields(self.kept)}"]
+        lines = [
+            "About the person asking (the asker's directory facts):",
+            f"- prompts that had the block: {self.prompts_with_block}",
+            f"- fields allowed to stay: {allowed}",
+            f"- fields removed: {fields(self.removed)}",
+            f"- fields kept: {fields(self.kept)}",
+        ]
         if self.unreadable:
             lines.append(f"- blocks not in the known shape, removed whole: {self.unreadable}")
         return lines
@@ -105,19 +111,43 @@ class DatasetCard:
     asker: AskerFactsReport = field(default_factory=AskerFactsReport)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "examples": dict(self.examples), "train": dict(self.train),
-                "eval": dict(self.eval), "filtered": dict(self.filtered), "scrubbed": dict(self.scrubbed),
-                "asker_facts": self.asker.to_dict(), "kto": self.kto, "config": self.config}
+        return {
+            "records": self.records,
+            "examples": dict(self.examples),
+            "train": dict(self.train),
+            "eval": dict(self.eval),
+            "filtered": dict(self.filtered),
+            "scrubbed": dict(self.scrubbed),
+            "asker_facts": self.asker.to_dict(),
+            "kto": self.kto,
+            "config": self.config,
+        }
 
     def markdown(self) -> str:
-        lines = ["# Dataset card", "", f"Rated turns read: {self.records}", "", "| examples | train | eval |",
-                 "|---|---|---|"]
+        lines = [
+            "# Dataset card",
+            "",
+            f"Rated turns read: {self.records}",
+            "",
+            "| examples | train | eval |",
+            "|---|---|---|",
+        ]
         for kind in sorted(set(self.train) | set(self.eval)):
             lines.append(f"| {kind} | {self.train[kind]} | {self.eval[kind]} |")
         left_out = [f"- {why}: {n}" for why, n in sorted(self.filtered.items())] or ["- nothing"]
         scrubbed = [f"- {kind}: {n}" for kind, n in sorted(self.scrubbed.items())] or ["- nothing"]
-        lines += ["", "Left out:", *left_out, "", "Scrubbed:", *scrubbed, "",
-                  *self.asker.markdown(), "", f"KTO: {self.kto}"]
+        lines += [
+            "",
+            "Left out:",
+            *left_out,
+            "",
+            "Scrubbed:",
+            *scrubbed,
+            "",
+            *self.asker.markdown(),
+            "",
+            f"KTO: {self.kto}",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -155,8 +185,9 @@ def _targets(record: dict[str, Any], config: DatasetConfig) -> list[tuple[str, s
     return out
 
 
-def _without_asker_facts(prompt: list[dict[str, str]], keep: frozenset[str], scrub: Scrubber,
-                        card: DatasetCard) -> tuple[list[dict[str, str]], Callable[[str], str]]:
+def _without_asker_facts(
+    prompt: list[dict[str, str]], keep: frozenset[str], scrub: Scrubber, card: DatasetCard
+) -> tuple[list[dict[str, str]], Callable[[str], str]]:
     """The prompt without the asker's facts (but the fields in `keep`), and the scrubber for
     this turn's texts, which also replaces that person's own values; counted on the card."""
     served: list[dict[str, str]] = []
@@ -181,8 +212,9 @@ def _without_asker_facts(prompt: list[dict[str, str]], keep: frozenset[str], scr
     return served, scrub.for_person(identifying)
 
 
-def build(records: list[dict[str, Any]], config: DatasetConfig, names: list[str]) -> tuple[
-        dict[str, list[Example]], DatasetCard]:
+def build(
+    records: list[dict[str, Any]], config: DatasetConfig, names: list[str]
+) -> tuple[dict[str, list[Example]], DatasetCard]:
     """The train and eval splits (SFT and KTO) and their card."""
     card = DatasetCard(records=len(records), config=asdict(config))
     scrub = Scrubber(names=names, region=config.region)
@@ -222,25 +254,39 @@ def build(records: list[dict[str, Any]], config: DatasetConfig, names: list[str]
         clean_prompt = [{"role": m["role"], "content": person(m["content"])} for m in prompt]
         for kind, target, label in targets:
             answer = {"role": "assistant", "content": person(target)}
-            example = Example(kind, record["turn_id"], record.get("created_at", ""),
-                              [*clean_prompt, answer], label)
+            example = Example(kind, record["turn_id"], record.get("created_at", ""), [*clean_prompt, answer], label)
             splits[("kto_" if kind.startswith("kto") else "") + split].append(example)
             card.examples[kind] += 1
-        if split == "train" and any(k.startswith("sft") for k, _, _ in targets) and rng.random() < config.distractor_share:
+        if (
+            split == "train"
+            and any(k.startswith("sft") for k, _, _ in targets)
+            and rng.random() < config.distractor_share
+        ):
             own = CONTEXT_BLOCK.search(prompt[-1]["content"])
             others = [c for c in contexts if own is None or c != own.group(1)]
             if own and others:
                 user = prompt[-1]["content"].replace(own.group(1), rng.choice(others), 1)
-                splits["train"].append(Example("sft_unknown", record["turn_id"], record.get("created_at", ""), [
-                    *clean_prompt[:-1], {"role": "user", "content": person(user)},
-                    {"role": "assistant", "content": UNKNOWN_TARGET}]))
+                splits["train"].append(
+                    Example(
+                        "sft_unknown",
+                        record["turn_id"],
+                        record.get("created_at", ""),
+                        [
+                            *clean_prompt[:-1],
+                            {"role": "user", "content": person(user)},
+                            {"role": "assistant", "content": UNKNOWN_TARGET},
+                        ],
+                    )
+                )
                 card.examples["sft_unknown"] += 1
 
     good = sum(1 for e in splits["kto_train"] if e.label)
     bad = sum(1 for e in splits["kto_train"] if e.label is False)
     if min(good, bad) < config.kto_min_each:
-        card.kto = (f"skipped: {good} desirable and {bad} undesirable training examples, fewer than "
-                    f"{config.kto_min_each} of each")
+        card.kto = (
+            f"skipped: {good} desirable and {bad} undesirable training examples, fewer than "
+            f"{config.kto_min_each} of each"
+        )
         splits["kto_train"], splits["kto_eval"] = [], []
     else:
         card.kto = f"{good} desirable and {bad} undesirable training examples"

@@ -65,6 +65,7 @@ def best_of(metric, prediction: str, references: Iterable[str]) -> float:
 # orchestrator; these functions score the answers and decide. They see only plain dicts, so a
 # GPU batch job can call them too.
 
+
 def score_answers(rows: list[dict]) -> dict:
     """Means over answered rows. Each row: `answer`, `reference` (lead's answer; '' for a turn
     that should not be answered), `outcome`, `cited` and `gold` (document ids),
@@ -125,8 +126,20 @@ def plot(report: dict, path) -> None:
     cand = [report["candidate"].get(m) or 0.0 for m in metrics]
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
     xs = range(len(metrics))
-    ax.bar([x - 0.2 for x in xs], live, width=0.4, label=f"live: {report.get('live_adapter') or 'base model'}", color="#9aa5b1")
-    ax.bar([x + 0.2 for x in xs], cand, width=0.4, label=f"candidate: {report.get('candidate_adapter', '')}", color="#2f6fde")
+    ax.bar(
+        [x - 0.2 for x in xs],
+        live,
+        width=0.4,
+        label=f"live: {report.get('live_adapter') or 'base model'}",
+        color="#9aa5b1",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        cand,
+        width=0.4,
+        label=f"candidate: {report.get('candidate_adapter', '')}",
+        color="#2f6fde",
+    )
     ax.set_xticks(list(xs), labels)
     ax.set_ylim(0, 1)
     verdict = "promoted" if report.get("decision", {}).get("promote") else "not promoted"

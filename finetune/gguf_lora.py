@@ -29,8 +29,7 @@ class AdapterConversionError(ValueError):
 def _permute_rows(weights, n_head: int):
     """llama.cpp's row order for a rotary projection (its converter's `permute`)."""
     rows = weights.shape[0]
-    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
 def convert(adapter_dir: Path, base_config: dict, out_file: Path) -> Path:

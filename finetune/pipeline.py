@@ -55,8 +55,15 @@ def make_dataset(export: Path, names: list[str], out: Path, config: datasets.Dat
     return card.to_dict()
 
 
-def run(export: Path, names: list[str], job_dir: Path, *, cache_root: Path,
-        dataset_config: datasets.DatasetConfig, train_config: TrainConfig) -> int:
+def run(
+    export: Path,
+    names: list[str],
+    job_dir: Path,
+    *,
+    cache_root: Path,
+    dataset_config: datasets.DatasetConfig,
+    train_config: TrainConfig,
+) -> int:
     """All the file steps; returns the exit code (also written to outcome.json)."""
     from finetune.gguf_lora import convert
     from finetune.model import BASE_MODEL_ID, base_revision, hf_base_folder
@@ -79,9 +86,17 @@ def run(export: Path, names: list[str], job_dir: Path, *, cache_root: Path,
         adapter = job_dir / "training" / "adapter"
         convert(adapter, json.loads((base / "config.json").read_text()), adapter / "adapter.gguf")
         _progress(job_dir, "trained", 1.0)
-        return _outcome(job_dir, EXIT_OK, adapter=str(adapter), base_model=BASE_MODEL_ID,
-                        base_revision=base_revision(), dataset_card=card, training=result,
-                        train_config=asdict(train_config), seconds=round(time.time() - started, 1))
+        return _outcome(
+            job_dir,
+            EXIT_OK,
+            adapter=str(adapter),
+            base_model=BASE_MODEL_ID,
+            base_revision=base_revision(),
+            dataset_card=card,
+            training=result,
+            train_config=asdict(train_config),
+            seconds=round(time.time() - started, 1),
+        )
     except NothingToTrain as exc:
         return _outcome(job_dir, EXIT_NOTHING, error=str(exc))
     except TrainingCancelled as exc:
@@ -89,13 +104,20 @@ def run(export: Path, names: list[str], job_dir: Path, *, cache_root: Path,
     except Exception as exc:
         why = disk_full(exc)
         if why:
-            return _outcome(job_dir, EXIT_DISK, error=f"the disk filled up during {stage} ({why}); free space "
-                            "and retrain: the live adapter is untouched")
+            return _outcome(
+                job_dir,
+                EXIT_DISK,
+                error=f"the disk filled up during {stage} ({why}); free space "
+                "and retrain: the live adapter is untouched",
+            )
         raise
 
 
-DISK_MESSAGES = re.compile(r"No space left on device|File too large|Disk quota exceeded|os error (28|27|122)\b"
-                           r"|file write failed", re.IGNORECASE)
+DISK_MESSAGES = re.compile(
+    r"No space left on device|File too large|Disk quota exceeded|os error (28|27|122)\b"
+    r"|file write failed",
+    re.IGNORECASE,
+)
 
 
 def disk_full(exc: BaseException) -> str | None:
@@ -128,9 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     raw = json.loads(args.config.read_text()) if args.config else {}
     names = [n.strip() for n in args.names.read_text(encoding="utf-8").splitlines() if n.strip()] if args.names else []
     try:
-        return run(args.export, names, args.job_dir, cache_root=args.cache,
-                   dataset_config=_config(datasets.DatasetConfig, raw.get("dataset", {})),
-                   train_config=_config(TrainConfig, raw.get("train", {})))
+        return run(
+            args.export,
+            names,
+            args.job_dir,
+            cache_root=args.cache,
+            dataset_config=_config(datasets.DatasetConfig, raw.get("dataset", {})),
+            train_config=_config(TrainConfig, raw.get("train", {})),
+        )
     except Exception as exc:  # noqa: BLE001 (the outcome file is how the supervisor learns why)
         import traceback
 

@@ -83,8 +83,12 @@ class Registry:
         staging.mkdir()
         for file in REQUIRED:
             shutil.copy2(Path(source) / file, staging / file)
-        sealed = {**metadata, "name": name, "registered_at": datetime.now(UTC).isoformat(),
-                  "files": {f: _digest(staging / f) for f in REQUIRED}}
+        sealed = {
+            **metadata,
+            "name": name,
+            "registered_at": datetime.now(UTC).isoformat(),
+            "files": {f: _digest(staging / f) for f in REQUIRED},
+        }
         (staging / "metadata.json").write_text(json.dumps(sealed, indent=2, default=str) + "\n")
         for file in staging.iterdir():
             os.chmod(file, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -113,12 +117,14 @@ class Registry:
         """Refuse an adapter trained on a different base model than the one serving."""
         trained = info.metadata.get("base_model", "")
         if trained != base_model:
-            raise BaseModelMismatch(f"adapter {info.name} was trained on {trained!r}, but the "
-                                    f"server runs {base_model!r}")
+            raise BaseModelMismatch(
+                f"adapter {info.name} was trained on {trained!r}, but the server runs {base_model!r}"
+            )
         trained_rev = info.metadata.get("base_revision", "")
         if revision and trained_rev and trained_rev != revision:
-            raise BaseModelMismatch(f"adapter {info.name} was trained on revision {trained_rev}, "
-                                    f"but the server runs {revision}")
+            raise BaseModelMismatch(
+                f"adapter {info.name} was trained on revision {trained_rev}, but the server runs {revision}"
+            )
 
     def names(self) -> list[str]:
         """Every registered version, oldest first (names sort by time)."""

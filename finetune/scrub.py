@@ -29,11 +29,11 @@ import phonenumbers
 
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 SECRET_PATTERNS = [
-    re.compile(r"\b(?:xox[abposr]|xapp)-[A-Za-z0-9-]{8,}"),          # Slack tokens
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),                       # GitHub tokens
-    re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{16,}"),                  # OpenAI-style keys
-    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),                      # AWS access key ids
-    re.compile(r"\bdmt_[A-Za-z0-9_-]{16,}"),                           # Deskmate console tokens
+    re.compile(r"\b(?:xox[abposr]|xapp)-[A-Za-z0-9-]{8,}"),  # Slack tokens
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"),  # GitHub tokens
+    re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{16,}"),  # OpenAI-style keys
+    re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),  # AWS access key ids
+    re.compile(r"\bdmt_[A-Za-z0-9_-]{16,}"),  # Deskmate console tokens
     re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"),  # JWTs
     re.compile(r"(?i)\b(bearer|token|password|passwd|pwd|secret|api[_-]?key)\s*[:=]\s*\S{6,}"),
 ]
@@ -87,6 +87,7 @@ class Scrubber:
                 return match.group(0)
             self.counts[kind] += 1
             return f"[{kind.upper()}]"
+
         return pattern.sub(replace, text)
 
     def __call__(self, text: str) -> str:
@@ -98,8 +99,12 @@ class Scrubber:
         text = self._sub(CARD_CANDIDATE, text, "card", lambda s: _luhn(re.sub(r"\D", "", s)))
         text = self._sub(IP_CANDIDATE, text, "ip", self._is_ip)
         text = self._phones(text)
-        text = self._sub(LONG_TOKEN, text, "secret",
-                         lambda s: _entropy(s) > 4.0 and any(c.isdigit() for c in s) and any(c.isalpha() for c in s))
+        text = self._sub(
+            LONG_TOKEN,
+            text,
+            "secret",
+            lambda s: _entropy(s) > 4.0 and any(c.isdigit() for c in s) and any(c.isalpha() for c in s),
+        )
         if self._names is not None:
             text = self._sub(self._names, text, "name")
         return text
@@ -112,8 +117,9 @@ class Scrubber:
         before it is recognised whole; their name goes last, as the directory's names do, so
         that an address made of it is still recognised as one."""
         names = literal_pattern(known.get("name", ()), name_parts=True)
-        others = [(kind, p) for kind, values in known.items()
-                  if kind != "name" and (p := literal_pattern(values)) is not None]
+        others = [
+            (kind, p) for kind, values in known.items() if kind != "name" and (p := literal_pattern(values)) is not None
+        ]
 
         def scrub(text: str) -> str:
             for kind, pattern in others:
@@ -135,7 +141,7 @@ class Scrubber:
         found = list(phonenumbers.PhoneNumberMatcher(text, self.region))
         for match in reversed(found):
             self.counts["phone"] += 1
-            text = text[:match.start] + "[PHONE]" + text[match.end:]
+            text = text[: match.start] + "[PHONE]" + text[match.end :]
         return text
 
 
@@ -148,8 +154,7 @@ class Scrubber:
 FACTS_INTRO = "About the person asking: "
 #: To the line end before "\nQuestion: " (a value with a line break in it must not leave half a
 #: block behind); a block anywhere else runs to its line's end.
-FACTS_BLOCK = re.compile(r"^About the person asking: (?:(.*?)\n(?=\nQuestion: )|([^\n]*)\n?)",
-                         re.MULTILINE | re.DOTALL)
+FACTS_BLOCK = re.compile(r"^About the person asking: (?:(.*?)\n(?=\nQuestion: )|([^\n]*)\n?)", re.MULTILINE | re.DOTALL)
 NAME_SENTENCE = "The person asking is "
 #: (field, what follows the person's name in the sentence); "" takes the field from the sentence.
 FACT_SHAPES: list[tuple[str, str]] = [
@@ -160,8 +165,7 @@ FACT_SHAPES: list[tuple[str, str]] = [
     ("devices", r" uses this device: (?P<value>.+)\."),
     ("", r"'s (?P<field>[^:]+): (?P<value>.+)\."),  # any other directory column
 ]
-NAME_FOLLOWERS = (" works in the ", "'s ", " works from ", " belongs to the groups: ",
-                  " uses this device: ")
+NAME_FOLLOWERS = (" works in the ", "'s ", " works from ", " belongs to the groups: ", " uses this device: ")
 #: Removed facts whose values identify a person wherever they appear. Department, role and
 #: groups are not here: their values are everyday words ("IT", "Finance", "hr") that passages
 #: and answers use in their own right, and they leave with the block.
@@ -202,13 +206,13 @@ def _who_candidates(body: str) -> list[str]:
     the name sentence, which carries it after NAME_SENTENCE."""
     found: set[str] = set()
     if body.startswith(NAME_SENTENCE):
-        rest = body[len(NAME_SENTENCE):]
+        rest = body[len(NAME_SENTENCE) :]
         for dot in re.finditer(r"\.", rest):
-            head = rest[:dot.start()]
+            head = rest[: dot.start()]
             found |= {head, re.sub(r" \([^()]*\)$", "", head)}
     else:
         for follower in NAME_FOLLOWERS:
-            found |= {body[:m.start()] for m in re.finditer(re.escape(follower), body)}
+            found |= {body[: m.start()] for m in re.finditer(re.escape(follower), body)}
     return sorted((c for c in found if c.strip()), key=len)
 
 
@@ -274,7 +278,7 @@ def strip_asker_facts(text: str, keep: frozenset[str] = frozenset()) -> Stripped
             if fact.field in keep:
                 out.kept.add(fact.field)
                 anonymous = fact.field != "name" and "name" not in keep
-                sentence = "[NAME]" + fact.sentence[len(facts.who):] if anonymous else fact.sentence
+                sentence = "[NAME]" + fact.sentence[len(facts.who) :] if anonymous else fact.sentence
                 kept.append(sentence)
                 continue
             out.removed.add(fact.field)
@@ -283,8 +287,7 @@ def strip_asker_facts(text: str, keep: frozenset[str] = frozenset()) -> Stripped
                 if facts.email:
                     out.identifying.setdefault("email", set()).add(facts.email)
             elif fact.field not in NOT_IDENTIFYING:
-                out.identifying.setdefault("device" if fact.field == "devices" else fact.field,
-                                           set()).add(fact.value)
+                out.identifying.setdefault("device" if fact.field == "devices" else fact.field, set()).add(fact.value)
         if "name" not in keep:
             # The name is in every sentence, so it leaves with any of them: also from the
             # rest of the turn (a greeting, a correction), even when no name sentence was served.

@@ -102,9 +102,15 @@ class _Progress:
     def write(self, step: int, total: int, history: list[dict[str, Any]]) -> None:
         low, high = self.share
         loss = next((h["loss"] for h in reversed(history) if "loss" in h), None)
-        body = {"stage": self.stage, "step": step, "steps": total,
-                "progress": round(low + (high - low) * step / max(1, total), 4), "loss": loss,
-                "elapsed_s": round(time.time() - self.started, 1), "pid": os.getpid()}
+        body = {
+            "stage": self.stage,
+            "step": step,
+            "steps": total,
+            "progress": round(low + (high - low) * step / max(1, total), 4),
+            "loss": loss,
+            "elapsed_s": round(time.time() - self.started, 1),
+            "pid": os.getpid(),
+        }
         tmp = self.out / ".progress.json"
         tmp.write_text(json.dumps(body))
         tmp.replace(self.out / "progress.json")
@@ -134,30 +140,38 @@ def train(dataset_dir: Path, base_dir: Path, out_dir: Path, config: TrainConfig)
     if not sft_rows:
         raise NothingToTrain(
             "no approved or corrected answer to learn from: SFT needs answers a lead scored 4+, "
-            "marked correct or corrected (thumbs alone only train KTO, on top of SFT)")
+            "marked correct or corrected (thumbs alone only train KTO, on top of SFT)"
+        )
     _seed_everything(config.seed, config.threads)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     started = time.time()
     report: dict[str, Any] = {"sft_examples": len(sft_rows), "kto_examples": len(kto_rows)}
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.targets,
+        task_type="CAUSAL_LM",
+    )
     kto_share = 0.3 if kto_rows else 0.0
 
     sft_dir = out_dir / "sft"
     sft_done = sft_dir / "final"
     if not (sft_done / "adapter_config.json").is_file():
-        report["sft"] = _run_sft(sft_rows, base_dir, tokenizer, lora, config, sft_dir,
-                                 _Progress(out_dir, "sft", (0.0, 1.0 - kto_share)))
+        report["sft"] = _run_sft(
+            sft_rows, base_dir, tokenizer, lora, config, sft_dir, _Progress(out_dir, "sft", (0.0, 1.0 - kto_share))
+        )
     adapter_source = sft_done
     if kto_rows:
         kto_dir = out_dir / "kto"
         if not (kto_dir / "final" / "adapter_config.json").is_file():
             model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
             model = PeftModel.from_pretrained(model, str(sft_done), is_trainable=True)
-            report["kto"] = _run_kto(kto_rows, model, tokenizer, config, kto_dir,
-                                     _Progress(out_dir, "kto", (1.0 - kto_share, 1.0)))
+            report["kto"] = _run_kto(
+                kto_rows, model, tokenizer, config, kto_dir, _Progress(out_dir, "kto", (1.0 - kto_share, 1.0))
+            )
         adapter_source = kto_dir / "final"
     final = out_dir / "adapter"
     shutil.rmtree(final, ignore_errors=True)
@@ -177,12 +191,26 @@ def _point_at_base(adapter: Path, base_dir: Path) -> None:
 
 def _common_args(config: TrainConfig, folder: Path, epochs: float) -> dict[str, Any]:
     return {
-        "output_dir": str(folder), "per_device_train_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.grad_accum, "learning_rate": config.learning_rate,
-        "num_train_epochs": epochs, "max_steps": config.max_steps, "logging_steps": 1,
-        "save_strategy": "steps", "save_steps": config.save_steps, "save_total_limit": 2, "seed": config.seed,
-        "data_seed": config.seed, "gradient_checkpointing": False, "report_to": "none", "use_cpu": not _has_gpu(),
-        "bf16": False, "fp16": False, "dataloader_num_workers": 0, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+        "output_dir": str(folder),
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": epochs,
+        "max_steps": config.max_steps,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "gradient_checkpointing": False,
+        "report_to": "none",
+        "use_cpu": not _has_gpu(),
+        "bf16": False,
+        "fp16": False,
+        "dataloader_num_workers": 0,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
         "disable_tqdm": False,
     }
 
@@ -196,44 +224,76 @@ def _has_gpu() -> bool:
 def _finish(trainer: Any, folder: Path, resume: Path | None) -> dict[str, Any]:
     state = trainer.state
     if (folder.parent / "CANCEL").exists():
-        raise TrainingCancelled(f"cancelled at step {state.global_step} of {state.max_steps}; "
-                                f"the newest checkpoint is kept in {folder}")
+        raise TrainingCancelled(
+            f"cancelled at step {state.global_step} of {state.max_steps}; the newest checkpoint is kept in {folder}"
+        )
     trainer.save_model(str(folder / "final"))
     losses = [h["loss"] for h in state.log_history if "loss" in h]
-    return {"steps": state.global_step, "resumed_from": resume.name if resume else None,
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+    return {
+        "steps": state.global_step,
+        "resumed_from": resume.name if resume else None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
 
 
-def _run_sft(rows: list[dict[str, Any]], base_dir: Path, tokenizer: Any, lora: Any, config: TrainConfig,
-             folder: Path, progress: _Progress) -> dict[str, Any]:
+def _run_sft(
+    rows: list[dict[str, Any]],
+    base_dir: Path,
+    tokenizer: Any,
+    lora: Any,
+    config: TrainConfig,
+    folder: Path,
+    progress: _Progress,
+) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    args = SFTConfig(**_common_args(config, folder, config.epochs), max_length=config.max_length,
-                     completion_only_loss=True, packing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, peft_config=lora, callbacks=[progress.callback()])
+    args = SFTConfig(
+        **_common_args(config, folder, config.epochs),
+        max_length=config.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[progress.callback()],
+    )
     resume = last_checkpoint(folder)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return _finish(trainer, folder, resume)
 
 
-def _run_kto(rows: list[dict[str, Any]], model: Any, tokenizer: Any, config: TrainConfig, folder: Path,
-             progress: _Progress) -> dict[str, Any]:
+def _run_kto(
+    rows: list[dict[str, Any]], model: Any, tokenizer: Any, config: TrainConfig, folder: Path, progress: _Progress
+) -> dict[str, Any]:
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     good = sum(1 for r in rows if r["label"])
     bad = len(rows) - good
     # TRL advises a weighted desirable:undesirable ratio between 1:1 and 4:3.
-    args = KTOConfig(**{**_common_args(config, folder, config.kto_epochs), "learning_rate": config.learning_rate / 4},
-                     beta=config.kto_beta, max_length=config.max_length,
-                     desirable_weight=1.0, undesirable_weight=max(1.0, good / max(1, bad)))
-    trainer = KTOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[progress.callback()])
+    args = KTOConfig(
+        **{**_common_args(config, folder, config.kto_epochs), "learning_rate": config.learning_rate / 4},
+        beta=config.kto_beta,
+        max_length=config.max_length,
+        desirable_weight=1.0,
+        undesirable_weight=max(1.0, good / max(1, bad)),
+    )
+    trainer = KTOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[progress.callback()],
+    )
     resume = last_checkpoint(folder)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return _finish(trainer, folder, resume)

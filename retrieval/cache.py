@@ -116,21 +116,28 @@ class MemoryCache(Cache):
 
     async def keys(self, pattern: str) -> list[str]:
         now = time.monotonic()
-        return [k for k, (_v, deadline) in list(self._data.items()) if deadline > now and fnmatch.fnmatchcase(k, pattern)]
+        return [
+            k for k, (_v, deadline) in list(self._data.items()) if deadline > now and fnmatch.fnmatchcase(k, pattern)
+        ]
 
 
 class RedisCache(Cache):
     """Redis with a key prefix. Connection failures become misses, logged once per outage, and
     Redis is left alone for a few seconds after a failure so a dead server costs no latency."""
 
-    def __init__(self, url: str, prefix: str = "deskmate:", retry_after: float = 5.0,
-                 max_connections: int = 200) -> None:
+    def __init__(
+        self, url: str, prefix: str = "deskmate:", retry_after: float = 5.0, max_connections: int = 200
+    ) -> None:
         # A blocking pool: under a burst, callers wait briefly for a connection. The default pool
         # raises MaxConnectionsError instead, which would read as "Redis is down" and switch off
         # deduplication exactly when Slack's retries arrive.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=2.0,
-            socket_connect_timeout=0.5, socket_timeout=1.0, health_check_interval=30,
+            url,
+            max_connections=max_connections,
+            timeout=2.0,
+            socket_connect_timeout=0.5,
+            socket_timeout=1.0,
+            health_check_interval=30,
         )
         self._client = aioredis.Redis.from_pool(pool)
         self._prefix = prefix

@@ -69,8 +69,7 @@ class OutsideKnowledgeFolder(ValueError):
         self.root = root
         self.source = source
         super().__init__(
-            f"{path} is outside the knowledge folder {root} ({source}); "
-            "document ids are relative to that folder"
+            f"{path} is outside the knowledge folder {root} ({source}); document ids are relative to that folder"
         )
 
 
@@ -97,9 +96,12 @@ class IngestReport:
 
     def summary(self) -> str:
         parts = [
-            f"{len(self.added)} added", f"{len(self.updated)} updated",
-            f"{len(self.unchanged)} unchanged", f"{len(self.removed)} removed",
-            f"{len(self.failed)} failed", f"{len(self.ignored)} ignored (unsupported type)",
+            f"{len(self.added)} added",
+            f"{len(self.updated)} updated",
+            f"{len(self.unchanged)} unchanged",
+            f"{len(self.removed)} removed",
+            f"{len(self.failed)} failed",
+            f"{len(self.ignored)} ignored (unsupported type)",
             f"{self.chunks_embedded} chunks embedded",
         ]
         return ", ".join(parts)
@@ -107,15 +109,14 @@ class IngestReport:
 
 # --- loading ---------------------------------------------------------------------------------
 
+
 def _decode(raw: bytes, name: str) -> str:
     if b"\x00" in raw[:8192]:
         raise IngestError("binary content, not text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise IngestError(
-            f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
-        ) from None
+        raise IngestError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
 
 
 def _split_front_matter(text: str) -> tuple[dict, str]:
@@ -388,6 +389,7 @@ def _under(source: str, scope: str) -> bool:
 
 # --- writing ---------------------------------------------------------------------------------
 
+
 @dataclass
 class _Pending:
     doc: Document
@@ -456,9 +458,7 @@ class Ingestor:
         for file in found.files:
             rel = _relative(file, kb_root)
             try:
-                doc = load_file(
-                    file, kb_root, max_bytes=self.max_file_bytes, fingerprint=self.fingerprint
-                )
+                doc = load_file(file, kb_root, max_bytes=self.max_file_bytes, fingerprint=self.fingerprint)
             except IngestError as exc:
                 report.failed.append((rel, str(exc)))
                 log.warning("ingest.skipped file=%s reason=%s", rel, exc)
@@ -507,8 +507,9 @@ class Ingestor:
         for candidate in (folder, *folder.parents):
             if sum((candidate / s).exists() for s in sample) * 2 > len(sample):
                 return candidate, "the folder the existing documents came from"
-        raise OutsideKnowledgeFolder(target, folder, "a store whose folder is not known: set "
-                                     "DESKMATE_KB_ROOT to the folder it was ingested from")
+        raise OutsideKnowledgeFolder(
+            target, folder, "a store whose folder is not known: set DESKMATE_KB_ROOT to the folder it was ingested from"
+        )
 
     async def _remove(
         self, report: IngestReport, escaped: set[str], seen_ids: set[str], prune_scope: str | None
@@ -528,7 +529,8 @@ class Ingestor:
             )
 
         doomed = sorted(
-            doc_id for doc_id, record in (await self.store.documents()).items()
+            doc_id
+            for doc_id, record in (await self.store.documents()).items()
             if any(_under(record.source, link) for link in escaped) or stale(doc_id, record.source)
         )
         if doomed:

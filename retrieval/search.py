@@ -129,8 +129,7 @@ class Searcher:
         cached = await self.cache.get(key) if self.cache is not None else None
         vector = await vector_task
         facts_task = (
-            asyncio.ensure_future(self.store.user_facts(user_key, vector, self.user_facts_k))
-            if user_key else None
+            asyncio.ensure_future(self.store.user_facts(user_key, vector, self.user_facts_k)) if user_key else None
         )
         if cached is not None:
             data = json.loads(cached)
@@ -145,14 +144,21 @@ class Searcher:
                 best = await self.store.dense(whole, 1, scope)
                 confidence = max(confidence, best[0].score if best else 0.0)
             if self.cache is not None:
-                payload = {"hits": [{"chunk": h.chunk.to_dict(), "score": h.score} for h in hits],
-                           "confidence": confidence}
+                payload = {
+                    "hits": [{"chunk": h.chunk.to_dict(), "score": h.score} for h in hits],
+                    "confidence": confidence,
+                }
                 await self.cache.set(key, json.dumps(payload).encode(), ttl=RESULT_TTL_SECONDS)
         facts = await facts_task if facts_task else []
         return SearchResult(
-            query=text, hits=hits, confidence=confidence,
+            query=text,
+            hits=hits,
+            confidence=confidence,
             confident=bool(hits) and confidence >= self.min_confidence,
-            truncated=truncated, kb_version=version, cached=cached is not None, user_facts=facts,
+            truncated=truncated,
+            kb_version=version,
+            cached=cached is not None,
+            user_facts=facts,
         )
 
     async def _rank(self, text, vector, scope, k, mode) -> tuple[list[Hit], float]:  # noqa: ANN001
@@ -160,9 +166,7 @@ class Searcher:
             hits = await self.store.dense(vector, k, scope)
             return hits, max(0.0, hits[0].score) if hits else 0.0
         if mode == "lexical":
-            hits, dense = await asyncio.gather(
-                self.store.lexical(text, k, scope), self.store.dense(vector, 1, scope)
-            )
+            hits, dense = await asyncio.gather(self.store.lexical(text, k, scope), self.store.dense(vector, 1, scope))
             return hits, max(0.0, dense[0].score) if dense else 0.0
         ranked = await self.store.hybrid(text, vector, k, scope, self.alpha, candidates=self.candidates)
         return ranked.hits[:k], max(0.0, ranked.top_similarity)

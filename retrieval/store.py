@@ -71,15 +71,18 @@ class KnowledgeStore(ABC):
         """Best chunks by BM25 (score = the backend's BM25 score)."""
 
     async def hybrid(
-        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float,
+        self,
+        text: str,
+        vector: np.ndarray,
+        k: int,
+        groups: Sequence[str],
+        alpha: float,
         candidates: int | None = None,
     ) -> RankedHits:
         """The `k` best of dense and lexical rankings (`candidates` deep each, default `k`)
         fused by relative scores; `alpha` weighs the dense side."""
         depth = max(k, candidates or k)
-        dense, lexical = await asyncio.gather(
-            self.dense(vector, depth, groups), self.lexical(text, depth, groups)
-        )
+        dense, lexical = await asyncio.gather(self.dense(vector, depth, groups), self.lexical(text, depth, groups))
         fused = relative_score_fusion(dense, lexical, alpha)
         top = dense[0].score if dense else 0.0
         return RankedHits(hits=fused[:k], top_similarity=top)
@@ -168,8 +171,14 @@ class DeferredStore:
     Duck-typed rather than a `KnowledgeStore` subclass: it forwards whatever the real store
     offers, so it cannot fall behind when the interface grows."""
 
-    def __init__(self, connect: Callable[[], Awaitable[KnowledgeStore]], *, dim: int,
-                 retry_after: float = 5.0, first_error: str = "") -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[KnowledgeStore]],
+        *,
+        dim: int,
+        retry_after: float = 5.0,
+        first_error: str = "",
+    ) -> None:
         self.dim = dim
         self._connect = connect
         self._retry_after = retry_after

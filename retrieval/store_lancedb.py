@@ -46,8 +46,9 @@ class LanceStore(KnowledgeStore):
     """Knowledge store in a LanceDB folder: tables `chunks`, `documents`, `users`, `user_facts`,
     `meta` (the kb version) and `meta_text` (what `set_meta` remembers)."""
 
-    def __init__(self, db: lancedb.AsyncConnection, tables: dict[str, Any], dim: int,
-                 vector_index_min_rows: int) -> None:
+    def __init__(
+        self, db: lancedb.AsyncConnection, tables: dict[str, Any], dim: int, vector_index_min_rows: int
+    ) -> None:
         self._db = db
         self._t = tables
         self.dim = dim
@@ -65,29 +66,46 @@ class LanceStore(KnowledgeStore):
         db = await lancedb.connect_async(str(path), read_consistency_interval=timedelta(seconds=2))
         vec = pa.list_(pa.float32(), dim)
         schemas = {
-            "chunks": pa.schema([
-                ("id", pa.string()), ("doc_id", pa.string()), ("title", pa.string()),
-                ("heading", pa.string()), ("url", pa.string()), ("groups", pa.list_(pa.string())),
-                ("text", pa.string()), ("search_text", pa.string()), ("position", pa.int32()),
-                ("vector", vec),
-            ]),
-            "documents": pa.schema([
-                ("doc_id", pa.string()), ("title", pa.string()), ("url", pa.string()),
-                ("groups", pa.list_(pa.string())), ("content_hash", pa.string()),
-                ("source", pa.string()), ("chunk_count", pa.int32()), ("ingested_at", pa.string()),
-            ]),
+            "chunks": pa.schema(
+                [
+                    ("id", pa.string()),
+                    ("doc_id", pa.string()),
+                    ("title", pa.string()),
+                    ("heading", pa.string()),
+                    ("url", pa.string()),
+                    ("groups", pa.list_(pa.string())),
+                    ("text", pa.string()),
+                    ("search_text", pa.string()),
+                    ("position", pa.int32()),
+                    ("vector", vec),
+                ]
+            ),
+            "documents": pa.schema(
+                [
+                    ("doc_id", pa.string()),
+                    ("title", pa.string()),
+                    ("url", pa.string()),
+                    ("groups", pa.list_(pa.string())),
+                    ("content_hash", pa.string()),
+                    ("source", pa.string()),
+                    ("chunk_count", pa.int32()),
+                    ("ingested_at", pa.string()),
+                ]
+            ),
             "users": pa.schema([("key", pa.string()), ("profile", pa.string())]),
-            "user_facts": pa.schema([
-                ("id", pa.string()), ("user_key", pa.string()), ("text", pa.string()), ("vector", vec),
-            ]),
+            "user_facts": pa.schema(
+                [
+                    ("id", pa.string()),
+                    ("user_key", pa.string()),
+                    ("text", pa.string()),
+                    ("vector", vec),
+                ]
+            ),
             "meta": pa.schema([("key", pa.string()), ("value", pa.int64())]),
             # Text values get a table of their own: stores made before them keep `meta` as is.
             "meta_text": pa.schema([("key", pa.string()), ("value", pa.string())]),
         }
-        tables = {
-            name: await db.create_table(name, schema=schema, exist_ok=True)
-            for name, schema in schemas.items()
-        }
+        tables = {name: await db.create_table(name, schema=schema, exist_ok=True) for name, schema in schemas.items()}
         existing = (await tables["chunks"].schema()).field("vector").type
         if existing.list_size != dim:
             raise ValueError(
@@ -129,18 +147,19 @@ class LanceStore(KnowledgeStore):
         async with self._write_lock:
             # One commit for the batch: every document in it is either all old or all new.
             await (
-                self._t["chunks"].merge_insert("id")
+                self._t["chunks"]
+                .merge_insert("id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .when_not_matched_by_source_delete(scope)
                 .execute(pa.Table.from_pylist(rows, schema=await self._t["chunks"].schema()))
-                if rows else self._t["chunks"].delete(scope)
+                if rows
+                else self._t["chunks"].delete(scope)
             )
-            records = [
-                {**w.record.__dict__, "groups": list(w.record.groups)} for w in writes
-            ]
+            records = [{**w.record.__dict__, "groups": list(w.record.groups)} for w in writes]
             await (
-                self._t["documents"].merge_insert("doc_id")
+                self._t["documents"]
+                .merge_insert("doc_id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute(pa.Table.from_pylist(records, schema=await self._t["documents"].schema()))
@@ -158,21 +177,17 @@ class LanceStore(KnowledgeStore):
 
     async def documents(self) -> dict[str, DocumentRecord]:
         rows = await self._t["documents"].query().to_list()
-        return {
-            r["doc_id"]: DocumentRecord(**{**r, "groups": tuple(r["groups"] or ())}) for r in rows
-        }
+        return {r["doc_id"]: DocumentRecord(**{**r, "groups": tuple(r["groups"] or ())}) for r in rows}
 
     async def chunks_of(self, doc_id: str) -> list[Chunk]:
-        rows = await (
-            self._t["chunks"].query().where(f"doc_id = {sql_literal(doc_id)}")
-            .select(CHUNK_COLUMNS).to_list()
-        )
+        rows = await self._t["chunks"].query().where(f"doc_id = {sql_literal(doc_id)}").select(CHUNK_COLUMNS).to_list()
         return sorted((Chunk.from_dict(r) for r in rows), key=lambda c: c.position)
 
     # --- search ------------------------------------------------------------------------------
     async def dense(self, vector: np.ndarray, k: int, groups: Sequence[str]) -> list[Hit]:
         rows = await (
-            self._t["chunks"].query()
+            self._t["chunks"]
+            .query()
             .nearest_to(np.asarray(vector, dtype=np.float32))
             .distance_type("cosine")
             .where(groups_filter(groups))
@@ -186,7 +201,8 @@ class LanceStore(KnowledgeStore):
         if not text.strip():
             return []
         rows = await (
-            self._t["chunks"].query()
+            self._t["chunks"]
+            .query()
             .nearest_to_text(text, columns="search_text")
             .where(groups_filter(groups))
             .select([*CHUNK_COLUMNS, "_score"])
@@ -199,19 +215,27 @@ class LanceStore(KnowledgeStore):
     async def put_user(self, profile: UserProfile, facts: Sequence[str], vectors: np.ndarray) -> None:
         key = sql_literal(profile.key)
         rows = [
-            {"id": f"{profile.key}#{i}", "user_key": profile.key, "text": text,
-             "vector": np.asarray(vec, dtype=np.float32)}
+            {
+                "id": f"{profile.key}#{i}",
+                "user_key": profile.key,
+                "text": text,
+                "vector": np.asarray(vec, dtype=np.float32),
+            }
             for i, (text, vec) in enumerate(zip(facts, vectors, strict=True))
         ]
         async with self._write_lock:
             await (
-                self._t["users"].merge_insert("key").when_matched_update_all()
+                self._t["users"]
+                .merge_insert("key")
+                .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute([{"key": profile.key, "profile": profile.to_json()}])
             )
             if rows:
                 await (
-                    self._t["user_facts"].merge_insert("id").when_matched_update_all()
+                    self._t["user_facts"]
+                    .merge_insert("id")
+                    .when_matched_update_all()
                     .when_not_matched_insert_all()
                     .when_not_matched_by_source_delete(f"user_key = {key}")
                     .execute(pa.Table.from_pylist(rows, schema=await self._t["user_facts"].schema()))
@@ -229,7 +253,8 @@ class LanceStore(KnowledgeStore):
 
     async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:
         rows = await (
-            self._t["user_facts"].query()
+            self._t["user_facts"]
+            .query()
             .nearest_to(np.asarray(vector, dtype=np.float32))
             .distance_type("cosine")
             .where(f"user_key = {sql_literal(key)}")
@@ -257,22 +282,26 @@ class LanceStore(KnowledgeStore):
         async with self._write_lock:
             version = await self.kb_version() + 1
             await (
-                self._t["meta"].merge_insert("key").when_matched_update_all()
-                .when_not_matched_insert_all().execute([{"key": "kb_version", "value": version}])
+                self._t["meta"]
+                .merge_insert("key")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute([{"key": "kb_version", "value": version}])
             )
         return version
 
     async def meta(self, key: str) -> str | None:
-        rows = await (
-            self._t["meta_text"].query().where(f"key = {sql_literal(key)}").limit(1).to_list()
-        )
+        rows = await self._t["meta_text"].query().where(f"key = {sql_literal(key)}").limit(1).to_list()
         return str(rows[0]["value"]) if rows else None
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._write_lock:
             await (
-                self._t["meta_text"].merge_insert("key").when_matched_update_all()
-                .when_not_matched_insert_all().execute([{"key": key, "value": value}])
+                self._t["meta_text"]
+                .merge_insert("key")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute([{"key": key, "value": value}])
             )
 
     async def stats(self) -> StoreStats:
@@ -294,9 +323,7 @@ class LanceStore(KnowledgeStore):
             rows = await chunks.count_rows()
             names = {ix.name for ix in await chunks.list_indices()}
             if rows >= self._vector_index_min_rows and "vector_idx" not in names:
-                await chunks.create_index(
-                    "vector", config=IvfHnswSq(distance_type="cosine"), replace=True
-                )
+                await chunks.create_index("vector", config=IvfHnswSq(distance_type="cosine"), replace=True)
             for table in self._t.values():
                 await table.optimize(cleanup_older_than=timedelta(minutes=5))
 
@@ -307,5 +334,3 @@ class LanceStore(KnowledgeStore):
         for table in self._t.values():
             table.close()
         self._db.close()
-
-

@@ -67,7 +67,14 @@ log = logging.getLogger(__name__)
 VECTOR = "default"
 CHUNK_PROPERTIES = ["chunk_id", "doc_id", "title", "heading", "url", "groups", "text", "position"]
 DOCUMENT_PROPERTIES = [
-    "doc_id", "title", "url", "groups", "content_hash", "source", "chunk_count", "ingested_at",
+    "doc_id",
+    "title",
+    "url",
+    "groups",
+    "content_hash",
+    "source",
+    "chunk_count",
+    "ingested_at",
 ]
 #: Objects per insert_many call: one gRPC message each, well under the server's size limit.
 INSERT_BATCH = 200
@@ -118,8 +125,9 @@ def describe(exc: BaseException) -> str:
     return text
 
 
-def text_property(name: str, *, filterable: bool = False, searchable: bool = False,
-                  field: bool = False, array: bool = False) -> Property:
+def text_property(
+    name: str, *, filterable: bool = False, searchable: bool = False, field: bool = False, array: bool = False
+) -> Property:
     return Property(
         name=name,
         data_type=DataType.TEXT_ARRAY if array else DataType.TEXT,
@@ -154,8 +162,9 @@ class WeaviateStore(KnowledgeStore):
     """Knowledge store in a Weaviate server: collections `Chunk`, `Document`, `UserContext`
     (one tenant per user) and `Meta`, each name optionally prefixed."""
 
-    def __init__(self, client: weaviate.WeaviateAsyncClient, names: dict[str, str], dim: int,
-                 server_version: tuple[int, int]) -> None:
+    def __init__(
+        self, client: weaviate.WeaviateAsyncClient, names: dict[str, str], dim: int, server_version: tuple[int, int]
+    ) -> None:
         self._client = client
         self._names = names
         self.dim = dim
@@ -187,13 +196,9 @@ class WeaviateStore(KnowledgeStore):
         """
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(
-                f"a Weaviate URL looks like http://host:8080 or https://host, not {url!r}"
-            )
+            raise ValueError(f"a Weaviate URL looks like http://host:8080 or https://host, not {url!r}")
         if not re.fullmatch(r"([A-Za-z][A-Za-z0-9_]*)?", prefix):
-            raise ValueError(
-                f"collection prefix {prefix!r} must be a letter, then letters, digits or _"
-            )
+            raise ValueError(f"collection prefix {prefix!r} must be a letter, then letters, digits or _")
         secure = parsed.scheme == "https"
         host = parsed.hostname
         http_port = parsed.port or DEFAULT_HTTP_PORT[parsed.scheme]
@@ -205,9 +210,7 @@ class WeaviateStore(KnowledgeStore):
             reason = describe(exc)
             if api_key:
                 reason = reason.replace(api_key, "***")
-            return StoreUnavailable(
-                f"{what} Weaviate at {shown} (gRPC {g_host}:{g_port}): {reason}"
-            )
+            return StoreUnavailable(f"{what} Weaviate at {shown} (gRPC {g_host}:{g_port}): {reason}")
 
         client = weaviate.use_async_with_custom(
             http_host=host,
@@ -226,8 +229,7 @@ class WeaviateStore(KnowledgeStore):
         except TimeoutError as exc:
             await client.close()
             raise StoreUnavailable(
-                f"cannot connect to Weaviate at {shown} (gRPC {g_host}:{g_port}): "
-                f"no answer within {CONNECT_TIMEOUT} s"
+                f"cannot connect to Weaviate at {shown} (gRPC {g_host}:{g_port}): no answer within {CONNECT_TIMEOUT} s"
             ) from exc
         except (WeaviateBaseError, OSError) as exc:
             await client.close()
@@ -236,8 +238,10 @@ class WeaviateStore(KnowledgeStore):
 
         base = prefix[:1].upper() + prefix[1:]
         names = {
-            "chunk": f"{base}Chunk", "document": f"{base}Document",
-            "user": f"{base}UserContext", "meta": f"{base}Meta",
+            "chunk": f"{base}Chunk",
+            "document": f"{base}Document",
+            "user": f"{base}UserContext",
+            "meta": f"{base}Meta",
         }
         version = tuple(int(n) for n in re.findall(r"\d+", str(meta.get("version", "0.0")))[:2])
         store = cls(client, names, dim, (version + (0, 0))[:2])
@@ -257,9 +261,7 @@ class WeaviateStore(KnowledgeStore):
             name=VECTOR,
             vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE),
         )
-        no_vectors = Configure.Vectors.self_provided(
-            name=VECTOR, vector_index_config=Configure.VectorIndex.none()
-        )
+        no_vectors = Configure.Vectors.self_provided(name=VECTOR, vector_index_config=Configure.VectorIndex.none())
         specs: dict[str, dict[str, Any]] = {
             "chunk": {
                 "properties": [
@@ -298,13 +300,9 @@ class WeaviateStore(KnowledgeStore):
                 # A user has a handful of facts: brute force beats a graph per tenant.
                 "vector_config": Configure.Vectors.self_provided(
                     name=VECTOR,
-                    vector_index_config=Configure.VectorIndex.flat(
-                        distance_metric=VectorDistances.COSINE
-                    ),
+                    vector_index_config=Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE),
                 ),
-                "multi_tenancy_config": Configure.multi_tenancy(
-                    enabled=True, auto_tenant_creation=True
-                ),
+                "multi_tenancy_config": Configure.multi_tenancy(enabled=True, auto_tenant_creation=True),
             },
             "meta": {
                 "properties": [
@@ -344,9 +342,7 @@ class WeaviateStore(KnowledgeStore):
 
     async def _check_dimension(self) -> None:
         """Vectors of another size would fail every write and search; say so once, up front."""
-        sample = await self._chunks.query.fetch_objects(
-            limit=1, include_vector=True, return_properties=["chunk_id"]
-        )
+        sample = await self._chunks.query.fetch_objects(limit=1, include_vector=True, return_properties=["chunk_id"])
         if not sample.objects:
             return
         stored = sample.objects[0].vector.get(VECTOR) if sample.objects[0].vector else None
@@ -377,9 +373,7 @@ class WeaviateStore(KnowledgeStore):
         while True:
             result = await collection.data.delete_many(where=where)
             if result.failed:
-                raise RuntimeError(
-                    f"Weaviate failed to delete {result.failed} objects in {collection.name}"
-                )
+                raise RuntimeError(f"Weaviate failed to delete {result.failed} objects in {collection.name}")
             removed += result.successful
             if result.matches == 0 or result.successful == 0:
                 return removed
@@ -398,7 +392,10 @@ class WeaviateStore(KnowledgeStore):
             if low is not None:
                 where = of_doc & Filter.by_property("position").greater_or_equal(low)
             page = await self._chunks.query.fetch_objects(
-                filters=where, sort=order, offset=skip or None, limit=PAGE,
+                filters=where,
+                sort=order,
+                offset=skip or None,
+                limit=PAGE,
                 return_properties=list({*properties, "position"}),
             )
             found.extend(page.objects)
@@ -430,22 +427,17 @@ class WeaviateStore(KnowledgeStore):
         objects: list[DataObject] = []
         for write in writes:
             if len(write.chunks) != len(write.vectors):
-                raise ValueError(
-                    f"{write.record.doc_id}: {len(write.chunks)} chunks, "
-                    f"{len(write.vectors)} vectors"
-                )
+                raise ValueError(f"{write.record.doc_id}: {len(write.chunks)} chunks, {len(write.vectors)} vectors")
             for chunk, vector in zip(write.chunks, write.vectors, strict=True):
                 values = as_vector(vector)
                 if len(values) != self.dim:
-                    raise ValueError(
-                        f"{chunk.id}: {len(values)}-d vector, the store holds {self.dim}-d"
-                    )
+                    raise ValueError(f"{chunk.id}: {len(values)}-d vector, the store holds {self.dim}-d")
                 properties = chunk.to_dict()
                 properties["chunk_id"] = properties.pop("id")
                 properties["search_text"] = chunk.search_text
-                objects.append(DataObject(
-                    properties=properties, uuid=generate_uuid5(chunk.id), vector={VECTOR: values}
-                ))
+                objects.append(
+                    DataObject(properties=properties, uuid=generate_uuid5(chunk.id), vector={VECTOR: values})
+                )
         records = [
             DataObject(
                 properties={**asdict(w.record), "groups": list(w.record.groups)},
@@ -465,14 +457,11 @@ class WeaviateStore(KnowledgeStore):
             await self._delete_where(self._chunks, of_doc)
             return
         if self._contains_none:
-            await self._delete_where(
-                self._chunks, of_doc & Filter.by_property("chunk_id").contains_none(keep)
-            )
+            await self._delete_where(self._chunks, of_doc & Filter.by_property("chunk_id").contains_none(keep))
             return
         kept = set(keep)
         stale = [
-            o.uuid for o in await self._doc_chunk_objects(doc_id, ["chunk_id"])
-            if o.properties["chunk_id"] not in kept
+            o.uuid for o in await self._doc_chunk_objects(doc_id, ["chunk_id"]) if o.properties["chunk_id"] not in kept
         ]
         for part in sliced(stale, PAGE):
             await self._delete_where(self._chunks, Filter.by_id().contains_any(list(part)))
@@ -495,9 +484,7 @@ class WeaviateStore(KnowledgeStore):
         """Every record, via the cursor, so the count of documents is not capped by the
         server's query limit."""
         records: dict[str, DocumentRecord] = {}
-        async for obj in self._documents.iterator(
-            return_properties=DOCUMENT_PROPERTIES, cache_size=PAGE
-        ):
+        async for obj in self._documents.iterator(return_properties=DOCUMENT_PROPERTIES, cache_size=PAGE):
             p = obj.properties
             records[p["doc_id"]] = DocumentRecord(
                 doc_id=p["doc_id"],
@@ -530,10 +517,7 @@ class WeaviateStore(KnowledgeStore):
             return_metadata=MetadataQuery(distance=True),
             return_properties=CHUNK_PROPERTIES,
         )
-        hits = [
-            Hit(chunk_from(o.properties), 1.0 - float(o.metadata.distance or 0.0))
-            for o in result.objects
-        ]
+        hits = [Hit(chunk_from(o.properties), 1.0 - float(o.metadata.distance or 0.0)) for o in result.objects]
         return self._visible(hits, groups)
 
     async def lexical(self, text: str, k: int, groups: Sequence[str]) -> list[Hit]:
@@ -548,13 +532,16 @@ class WeaviateStore(KnowledgeStore):
             return_metadata=MetadataQuery(score=True),
             return_properties=CHUNK_PROPERTIES,
         )
-        hits = [
-            Hit(chunk_from(o.properties), float(o.metadata.score or 0.0)) for o in result.objects
-        ]
+        hits = [Hit(chunk_from(o.properties), float(o.metadata.score or 0.0)) for o in result.objects]
         return self._visible(hits, groups)
 
     async def hybrid(
-        self, text: str, vector: np.ndarray, k: int, groups: Sequence[str], alpha: float,
+        self,
+        text: str,
+        vector: np.ndarray,
+        k: int,
+        groups: Sequence[str],
+        alpha: float,
         candidates: int | None = None,
     ) -> RankedHits:
         """Fused server-side in one round trip (relative-score fusion, as the embedded store
@@ -583,12 +570,8 @@ class WeaviateStore(KnowledgeStore):
             ),
             self.dense(vector, 1, groups),
         )
-        hits = [
-            Hit(chunk_from(o.properties), float(o.metadata.score or 0.0))
-            for o in fused_result.objects
-        ]
-        return RankedHits(hits=self._visible(hits, groups)[:k],
-                          top_similarity=top[0].score if top else 0.0)
+        hits = [Hit(chunk_from(o.properties), float(o.metadata.score or 0.0)) for o in fused_result.objects]
+        return RankedHits(hits=self._visible(hits, groups)[:k], top_similarity=top[0].score if top else 0.0)
 
     # --- users -------------------------------------------------------------------------------
     def _user_collection(self, key: str) -> CollectionAsync:
@@ -606,8 +589,7 @@ class WeaviateStore(KnowledgeStore):
         fact_vectors = [as_vector(v) for v in vectors] if len(facts) else []
         objects = [
             DataObject(
-                properties={"user_key": key, "kind": "profile", "text": "",
-                            "profile_json": profile.to_json()},
+                properties={"user_key": key, "kind": "profile", "text": "", "profile_json": profile.to_json()},
                 uuid=generate_uuid5("profile", key),
                 vector={VECTOR: fact_vectors[0]} if fact_vectors else None,
             )
@@ -648,7 +630,8 @@ class WeaviateStore(KnowledgeStore):
         profiles = []
         for name in await self._users.tenants.get():
             found = await self._users.with_tenant(name).query.fetch_objects(
-                filters=Filter.by_property("kind").equal("profile"), limit=1,
+                filters=Filter.by_property("kind").equal("profile"),
+                limit=1,
                 return_properties=["profile_json"],
             )
             profiles += [UserProfile.from_json(o.properties["profile_json"]) for o in found.objects]
@@ -663,8 +646,7 @@ class WeaviateStore(KnowledgeStore):
             result = await self._user_collection(key).query.near_vector(
                 as_vector(vector),
                 limit=k,
-                filters=Filter.by_property("kind").equal("fact")
-                & Filter.by_property("user_key").equal(key),
+                filters=Filter.by_property("kind").equal("fact") & Filter.by_property("user_key").equal(key),
                 target_vector=VECTOR,
                 return_properties=["text", "user_key", "kind"],
             )
@@ -675,7 +657,8 @@ class WeaviateStore(KnowledgeStore):
                 return []
             raise
         return [
-            o.properties["text"] for o in result.objects
+            o.properties["text"]
+            for o in result.objects
             if o.properties.get("user_key") == key and o.properties.get("kind") == "fact"
         ]
 
@@ -691,9 +674,7 @@ class WeaviateStore(KnowledgeStore):
 
     # --- housekeeping ------------------------------------------------------------------------
     async def kb_version(self) -> int:
-        obj = await self._meta.query.fetch_object_by_id(
-            KB_VERSION_ID, return_properties=["kb_version"]
-        )
+        obj = await self._meta.query.fetch_object_by_id(KB_VERSION_ID, return_properties=["kb_version"])
         return int(obj.properties.get("kb_version") or 0) if obj is not None else 0
 
     async def bump_kb_version(self) -> int:
@@ -708,17 +689,13 @@ class WeaviateStore(KnowledgeStore):
         return version
 
     async def meta(self, key: str) -> str | None:
-        obj = await self._meta.query.fetch_object_by_id(
-            meta_id(key), return_properties=["value"]
-        )
+        obj = await self._meta.query.fetch_object_by_id(meta_id(key), return_properties=["value"])
         value = obj.properties.get("value") if obj is not None else None
         return str(value) if value is not None else None
 
     async def set_meta(self, key: str, value: str) -> None:
         async with self._write_lock:
-            await self._insert(
-                self._meta, [DataObject(properties={"value": value}, uuid=meta_id(key))]
-            )
+            await self._insert(self._meta, [DataObject(properties={"value": value}, uuid=meta_id(key))])
 
     async def stats(self) -> StoreStats:
         """Counts come from aggregates; per-group counts need every chunk's groups, read with

@@ -14,8 +14,18 @@ from retrieval.embeddings import Embedder
 from retrieval.records import UserProfile
 from retrieval.store import KnowledgeStore
 
-KNOWN_COLUMNS = {"email", "name", "department", "location", "role", "groups", "devices",
-                 "platform", "platform_id", "id"}
+KNOWN_COLUMNS = {
+    "email",
+    "name",
+    "department",
+    "location",
+    "role",
+    "groups",
+    "devices",
+    "platform",
+    "platform_id",
+    "id",
+}
 
 
 def user_key(email: str | None = None, platform: str | None = None, platform_id: str | None = None) -> str:
@@ -72,7 +82,7 @@ def load_directory(path: Path) -> DirectoryFile:
         data = json.loads(text)
         rows = data.get("users", []) if isinstance(data, dict) else data
         if not isinstance(rows, list):
-            raise ValueError("JSON directory must be a list of users or {\"users\": [...]}")
+            raise ValueError('JSON directory must be a list of users or {"users": [...]}')
         numbered = list(enumerate(rows, start=1))
     else:
         numbered = list(enumerate(csv.DictReader(text.splitlines()), start=2))

@@ -65,9 +65,7 @@ async def cache(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncItera
 
 
 @pytest.fixture(params=["lancedb", "weaviate"])
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder
-) -> AsyncIterator[KnowledgeStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path, embedder: Embedder) -> AsyncIterator[KnowledgeStore]:
     """Every knowledge-store backend this machine can start (Weaviate only with WEAVIATE_URL)."""
     if request.param == "lancedb":
         backend = await open_store(f"lancedb://{tmp_path / 'kb'}", dim=embedder.dim)
@@ -173,6 +171,7 @@ async def ledger(ledger_url: str, tmp_path: Path):
 
 # --- the example handbook, ingested once per run ---------------------------------------------
 
+
 @pytest.fixture(scope="session")
 async def example_store_url(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> str:
     """The example knowledge base and directory ingested once into a LanceDB folder."""
@@ -239,8 +238,10 @@ def blank_adapter(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     base = hf_base_folder(model_cache)
     folder = tmp_path_factory.mktemp("blank-adapter")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(base)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+    )
     model.save_pretrained(str(folder))
     convert(folder, json.loads((base / "config.json").read_text()), folder / "adapter.gguf")
     return folder
@@ -258,6 +259,7 @@ async def local_generator(gguf_path: Path):
 
 
 # --- a running `deskmate serve` ----------------------------------------------------------------
+
 
 @dataclass
 class RunningServer:
@@ -288,8 +290,14 @@ async def running_server(embedder: Embedder, **overrides: object) -> AsyncIterat
         await deskmate.close()
 
 
-async def register_adapter(deskmate: object, source: Path, *, status: str = "candidate",
-                           base_model: str | None = None, started_by: str = "tests") -> str:
+async def register_adapter(
+    deskmate: object,
+    source: Path,
+    *,
+    status: str = "candidate",
+    base_model: str | None = None,
+    started_by: str = "tests",
+) -> str:
     """Put an adapter folder into the running Deskmate's registry and ledger, as a finished
     retraining job would; returns its new version name."""
     from bot import adapters
@@ -297,9 +305,18 @@ async def register_adapter(deskmate: object, source: Path, *, status: str = "can
     from finetune.registry import new_name
 
     name = new_name(BASE_MODEL_ID)
-    info = deskmate.retrainer().registry.register(name, source, {  # type: ignore[attr-defined]
-        "base_model": base_model or BASE_MODEL_ID, "started_by": started_by,
-        "evaluation": {"candidate": {"token_f1": 0.5}, "live": {"token_f1": 0.4},
-                       "decision": {"promote": status != "rejected", "reasons": ["set by the test"]}}})
+    info = deskmate.retrainer().registry.register(
+        name,
+        source,
+        {  # type: ignore[attr-defined]
+            "base_model": base_model or BASE_MODEL_ID,
+            "started_by": started_by,
+            "evaluation": {
+                "candidate": {"token_f1": 0.5},
+                "live": {"token_f1": 0.4},
+                "decision": {"promote": status != "rejected", "reasons": ["set by the test"]},
+            },
+        },
+    )
     await adapters.record_candidate(deskmate.ledger, info, status)  # type: ignore[attr-defined]
     return name

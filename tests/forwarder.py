@@ -12,8 +12,9 @@ class Forwarder:
     """Listens on a port and pipes each connection to a real server: before `start()` nothing
     listens there, exactly as when Redis or PostgreSQL is not up yet."""
 
-    def __init__(self, target_port: int, *, late_reply: bytes = b"", late_after: bytes = b"",
-                 late_by: float = 0.0) -> None:
+    def __init__(
+        self, target_port: int, *, late_reply: bytes = b"", late_after: bytes = b"", late_by: float = 0.0
+    ) -> None:
         self.port = free_port()
         self.target_port = target_port
         # The first reply equal to `late_reply` to a request containing `late_after` reaches

@@ -41,8 +41,9 @@ class Person:
     groups: tuple[str, ...]
 
 
-async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str, email: str | None,
-                      name: str = "") -> Person:
+async def find_person(
+    store: KnowledgeStore, *, platform: str, platform_id: str, email: str | None, name: str = ""
+) -> Person:
     """The directory entry for an email (the key Slack and Teams share), else a platform key.
 
     A person missing from the directory still gets answers, from public documents only."""
@@ -59,9 +60,16 @@ async def find_person(store: KnowledgeStore, *, platform: str, platform_id: str,
     return Person(profile.key, profile.name or name, profile.groups)
 
 
-async def identify(cache: Cache, store: KnowledgeStore, *, platform: str, platform_id: str,
-                   lookup: Callable[[], Awaitable[tuple[str | None, str]]], fallback_name: str = "",
-                   cache_id: str | None = None) -> Person:
+async def identify(
+    cache: Cache,
+    store: KnowledgeStore,
+    *,
+    platform: str,
+    platform_id: str,
+    lookup: Callable[[], Awaitable[tuple[str | None, str]]],
+    fallback_name: str = "",
+    cache_id: str | None = None,
+) -> Person:
     """A platform user as a Deskmate person: `lookup()` asks the platform for (email, name);
     the answer is cached for a day, a failure (which raises) for a minute."""
     cache_key = f"{platform}-user:{cache_id or platform_id}"
@@ -120,8 +128,7 @@ class Update:
     new: str
 
 
-async def batched(events: AsyncIterator[AnswerEvent], interval: float
-                  ) -> AsyncIterator[Status | Update | Done]:
+async def batched(events: AsyncIterator[AnswerEvent], interval: float) -> AsyncIterator[Status | Update | Done]:
     """Coalesce an answer's deltas into at most one update per `interval` seconds, because Slack
     and Teams both throttle message edits (about one per second per conversation)."""
     text, sent_upto, last = "", 0, 0.0
@@ -156,8 +163,9 @@ class Background:
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("channel.task_failed task=%s error=%r", task.get_name(), task.exception(),
-                      exc_info=task.exception())
+            log.error(
+                "channel.task_failed task=%s error=%r", task.get_name(), task.exception(), exc_info=task.exception()
+            )
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Let answers in flight finish (up to `timeout`, including work they start), then cancel

@@ -63,9 +63,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 THREAD_TTL_SECONDS = 7 * 24 * 3600
-IGNORED_SUBTYPES = {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave",
-                    "channel_topic", "channel_purpose", "channel_name", "pinned_item", "thread_broadcast",
-                    "assistant_app_thread", "message_replied", "ekm_access_denied", "me_message"}
+IGNORED_SUBTYPES = {
+    "message_changed",
+    "message_deleted",
+    "bot_message",
+    "channel_join",
+    "channel_leave",
+    "channel_topic",
+    "channel_purpose",
+    "channel_name",
+    "pinned_item",
+    "thread_broadcast",
+    "assistant_app_thread",
+    "message_replied",
+    "ekm_access_denied",
+    "me_message",
+}
 SUGGESTED_PROMPTS = [
     {"title": "Reset my password", "message": "How do I reset my password?"},
     {"title": "Set up the VPN", "message": "How do I connect to the VPN from home?"},
@@ -74,12 +87,19 @@ SUGGESTED_PROMPTS = [
 STREAMING_MISSING = {"unknown_method", "feature_not_enabled"}
 USERGROUP_TTL_SECONDS = 10 * 60
 INPUT_MAX_CHARS = 3000  # Slack's cap on a plain_text_input's max_length
-SCORES = {"1": "1 · wrong or harmful", "2": "2 · mostly unhelpful", "3": "3 · partly right",
-          "4": "4 · good", "5": "5 · excellent"}
+SCORES = {
+    "1": "1 · wrong or harmful",
+    "2": "2 · mostly unhelpful",
+    "3": "3 · partly right",
+    "4": "4 · good",
+    "5": "5 · excellent",
+}
 REVIEW_FIELDS = ("score", "verdict", "note", "correction")
 THANKS_GOOD = "Thanks, glad it helped."
-THANKS_BAD = ("Thanks for telling me. A support lead will review this answer; reply in the thread "
-              "with what was wrong and it helps even more.")
+THANKS_BAD = (
+    "Thanks for telling me. A support lead will review this answer; reply in the thread "
+    "with what was wrong and it helps even more."
+)
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<[!#]([^|>]+)(?:\|([^>]*))?>")
@@ -95,8 +115,10 @@ def plain_text(text: str) -> str:
 
 
 def source_line(sources: list[Source]) -> str:
-    return " · ".join(f"[{s.number}] <{s.url}|{_mrkdwn_escape(s.title)}>" if s.url
-                      else f"[{s.number}] {_mrkdwn_escape(s.title)}" for s in sources)
+    return " · ".join(
+        f"[{s.number}] <{s.url}|{_mrkdwn_escape(s.title)}>" if s.url else f"[{s.number}] {_mrkdwn_escape(s.title)}"
+        for s in sources
+    )
 
 
 def _mrkdwn_escape(text: str) -> str:
@@ -115,18 +137,42 @@ def answer_footer(answer: Answer, *, review: bool = True) -> list[dict]:
     facts.append({"type": "mrkdwn", "text": f"ref `{answer.reference}` · AI-generated, check the sources"})
     blocks: list[dict] = [{"type": "context", "elements": facts}]
     if answer.outcome in ("answered", "unknown"):
-        blocks.append({"type": "context_actions", "elements": [{
-            "type": "feedback_buttons", "action_id": "feedback",
-            "positive_button": {"text": {"type": "plain_text", "text": "Good answer"},
-                                "accessibility_label": "This answer helped", "value": f"good:{answer.turn_id}"},
-            "negative_button": {"text": {"type": "plain_text", "text": "Bad answer"},
-                                "accessibility_label": "This answer was wrong or unhelpful",
-                                "value": f"bad:{answer.turn_id}"},
-        }]})
+        blocks.append(
+            {
+                "type": "context_actions",
+                "elements": [
+                    {
+                        "type": "feedback_buttons",
+                        "action_id": "feedback",
+                        "positive_button": {
+                            "text": {"type": "plain_text", "text": "Good answer"},
+                            "accessibility_label": "This answer helped",
+                            "value": f"good:{answer.turn_id}",
+                        },
+                        "negative_button": {
+                            "text": {"type": "plain_text", "text": "Bad answer"},
+                            "accessibility_label": "This answer was wrong or unhelpful",
+                            "value": f"bad:{answer.turn_id}",
+                        },
+                    }
+                ],
+            }
+        )
     if review and answer.turn_id:
-        blocks.append({"type": "actions", "block_id": "review", "elements": [{
-            "type": "button", "action_id": "review", "value": answer.turn_id,
-            "text": {"type": "plain_text", "text": "Review"}}]})
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "review",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": "review",
+                        "value": answer.turn_id,
+                        "text": {"type": "plain_text", "text": "Review"},
+                    }
+                ],
+            }
+        )
     return blocks
 
 
@@ -142,37 +188,74 @@ def _plain(text: str) -> dict:
 def review_modal(question: str, answer: str, metadata: str, *, post_corrections: bool) -> dict:
     """The modal a support lead reviews an answer in. The corrected answer starts as the answer
     itself, so a lead edits rather than retypes; left unchanged, it is no correction."""
+
     def option(value: str, label: str) -> dict:
         return {"text": _plain(label), "value": value}
 
     post = option("post", "Post the correction in the conversation")
-    correction: dict = {"type": "plain_text_input", "action_id": "correction", "multiline": True,
-                        "max_length": INPUT_MAX_CHARS}
+    correction: dict = {
+        "type": "plain_text_input",
+        "action_id": "correction",
+        "multiline": True,
+        "max_length": INPUT_MAX_CHARS,
+    }
     if answer.strip():
         correction["initial_value"] = answer[:INPUT_MAX_CHARS]
     checkboxes: dict = {"type": "checkboxes", "action_id": "post", "options": [post]}
     if post_corrections:
         checkboxes["initial_options"] = [post]
     return {
-        "type": "modal", "callback_id": "review", "private_metadata": metadata,
-        "title": _plain("Review this answer"), "submit": _plain("Save review"), "close": _plain("Cancel"),
+        "type": "modal",
+        "callback_id": "review",
+        "private_metadata": metadata,
+        "title": _plain("Review this answer"),
+        "submit": _plain("Save review"),
+        "close": _plain("Cancel"),
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn",
-                                         "text": f"*Question:* {_mrkdwn_escape(question[:500])}"}},
-            {"type": "input", "block_id": "score", "label": _plain("Score"),
-             "element": {"type": "static_select", "action_id": "score", "placeholder": _plain("1 to 5"),
-                         "options": [option(v, label) for v, label in SCORES.items()]}},
-            {"type": "input", "block_id": "verdict", "label": _plain("Verdict"),
-             "element": {"type": "static_select", "action_id": "verdict", "placeholder": _plain("Choose"),
-                         "options": [option(v, label) for v, label in VERDICTS.items()]}},
-            {"type": "input", "block_id": "note", "optional": True, "label": _plain("Note"),
-             "element": {"type": "plain_text_input", "action_id": "note", "multiline": True,
-                         "max_length": INPUT_MAX_CHARS}},
-            {"type": "input", "block_id": "correction", "optional": True, "label": _plain("Corrected answer"),
-             "hint": _plain("Edit the answer to correct it; leave it as it is if it needs no correction."),
-             "element": correction},
-            {"type": "input", "block_id": "post", "optional": True, "label": _plain("Posting"),
-             "element": checkboxes},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Question:* {_mrkdwn_escape(question[:500])}"}},
+            {
+                "type": "input",
+                "block_id": "score",
+                "label": _plain("Score"),
+                "element": {
+                    "type": "static_select",
+                    "action_id": "score",
+                    "placeholder": _plain("1 to 5"),
+                    "options": [option(v, label) for v, label in SCORES.items()],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "verdict",
+                "label": _plain("Verdict"),
+                "element": {
+                    "type": "static_select",
+                    "action_id": "verdict",
+                    "placeholder": _plain("Choose"),
+                    "options": [option(v, label) for v, label in VERDICTS.items()],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "note",
+                "optional": True,
+                "label": _plain("Note"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "note",
+                    "multiline": True,
+                    "max_length": INPUT_MAX_CHARS,
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "correction",
+                "optional": True,
+                "label": _plain("Corrected answer"),
+                "hint": _plain("Edit the answer to correct it; leave it as it is if it needs no correction."),
+                "element": correction,
+            },
+            {"type": "input", "block_id": "post", "optional": True, "label": _plain("Posting"), "element": checkboxes},
         ],
     }
 
@@ -180,15 +263,29 @@ def review_modal(question: str, answer: str, metadata: str, *, post_corrections:
 def reason_modal(metadata: str) -> dict:
     """The optional "what was wrong?" after a 👎: a reason is worth more to a lead than a thumb."""
     return {
-        "type": "modal", "callback_id": "feedback_reason", "private_metadata": metadata,
-        "title": _plain("What was wrong?"), "submit": _plain("Send"), "close": _plain("Skip"),
+        "type": "modal",
+        "callback_id": "feedback_reason",
+        "private_metadata": metadata,
+        "title": _plain("What was wrong?"),
+        "submit": _plain("Send"),
+        "close": _plain("Skip"),
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": "Thanks for telling me. A support "
-                                         "lead will review this answer."}},
-            {"type": "input", "block_id": "reason", "optional": True,
-             "label": _plain("What was wrong or missing? (optional)"),
-             "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True,
-                         "max_length": INPUT_MAX_CHARS}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "Thanks for telling me. A support lead will review this answer."},
+            },
+            {
+                "type": "input",
+                "block_id": "reason",
+                "optional": True,
+                "label": _plain("What was wrong or missing? (optional)"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "reason",
+                    "multiline": True,
+                    "max_length": INPUT_MAX_CHARS,
+                },
+            },
         ],
     }
 
@@ -218,8 +315,16 @@ def _field_error(rating: Rating) -> dict[str, str]:
     rating is never empty) to tell which one is wrong."""
     for name in REVIEW_FIELDS:
         try:
-            clean(Rating(rating.turn_id, rating.rater_key, rating.role, rating.platform, thumb=1,
-                         **{name: getattr(rating, name)}))
+            clean(
+                Rating(
+                    rating.turn_id,
+                    rating.rater_key,
+                    rating.role,
+                    rating.platform,
+                    thumb=1,
+                    **{name: getattr(rating, name)},
+                )
+            )
         except RatingRefused as exc:
             return {name: str(exc)}
     return {}
@@ -251,11 +356,17 @@ class SlackChannel:
         # Rate limits are per method and workspace (chat.update: about 50 a minute): wait as Slack
         # says (Retry-After) rather than lose an update.
         self.client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
-            retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
-        self.app = AsyncApp(client=self.client, signing_secret=secret or None,
-                            request_verification_enabled=bool(secret), process_before_response=False,
-                            logger=logging.getLogger("slack_bolt"))
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=settings.slack_api_url,
+            retry_handlers=[*async_default_handlers(), AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+        )
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret or None,
+            request_verification_enabled=bool(secret),
+            process_before_response=False,
+            logger=logging.getLogger("slack_bolt"),
+        )
         self.streaming = settings.slack_streaming
         self.socket_mode: Any = None
         self._connecting: asyncio.Task | None = None
@@ -278,10 +389,18 @@ class SlackChannel:
                 opened = await self.client.apps_connections_open(app_token=token)  # the token check
             except SlackApiError as exc:
                 error = exc.response.get("error")
-                if error in ("invalid_auth", "not_allowed_token_type", "not_authed", "account_inactive",
-                             "token_revoked"):
-                    log.error("slack.socket_mode_refused error=%s (SLACK_APP_TOKEN must be an xapp- "
-                              "token with connections:write)", error)
+                if error in (
+                    "invalid_auth",
+                    "not_allowed_token_type",
+                    "not_authed",
+                    "account_inactive",
+                    "token_revoked",
+                ):
+                    log.error(
+                        "slack.socket_mode_refused error=%s (SLACK_APP_TOKEN must be an xapp- "
+                        "token with connections:write)",
+                        error,
+                    )
                     return
                 log.warning("slack.socket_mode_failed error=%s; retrying in %.0f s", error, pause)
             except Exception as exc:  # noqa: BLE001 (aiohttp's errors are not all OSErrors)
@@ -365,8 +484,9 @@ class SlackChannel:
         return True
 
     async def _stored(self, view: dict) -> None:
-        await self.deskmate.retrieval.cache.set(f"slack-view:{view.get('id')}:{view.get('hash')}", b"1",
-                                                ttl=DEDUP_TTL_SECONDS)
+        await self.deskmate.retrieval.cache.set(
+            f"slack-view:{view.get('id')}:{view.get('hash')}", b"1", ttl=DEDUP_TTL_SECONDS
+        )
 
     async def _fresh(self, body: dict, request: Any) -> bool:
         """False for an event this process or another replica already took. `request` is Bolt's,
@@ -385,8 +505,13 @@ class SlackChannel:
     async def _on_mention(self, event: dict, body: dict, request: Any) -> None:
         if event.get("bot_id") or not event.get("user") or not await self._fresh(body, request):
             return
-        where = Where(team=body.get("team_id", ""), channel=event["channel"],
-                      thread_ts=event.get("thread_ts") or event["ts"], user=event["user"], private=False)
+        where = Where(
+            team=body.get("team_id", ""),
+            channel=event["channel"],
+            thread_ts=event.get("thread_ts") or event["ts"],
+            user=event["user"],
+            private=False,
+        )
         self.background.spawn(self._answer(where, event.get("text", ""), event), f"slack-{body.get('event_id')}")
 
     async def _on_message(self, event: dict, body: dict, context: dict, request: Any) -> None:
@@ -402,8 +527,14 @@ class SlackChannel:
             return  # the app_mention event for the same message answers it
         if kind == "im":
             thread = event.get("thread_ts")
-            where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
-                          user=event["user"], private=True, assistant_thread=thread is not None)
+            where = Where(
+                team=body.get("team_id", ""),
+                channel=event["channel"],
+                thread_ts=thread,
+                user=event["user"],
+                private=True,
+                assistant_thread=thread is not None,
+            )
         else:
             thread = event.get("thread_ts")
             rule = channel_rule(self.settings, "slack", event["channel"])
@@ -414,8 +545,13 @@ class SlackChannel:
             else:
                 metrics.EVENTS_SKIPPED.labels("slack", "not_addressed").inc()
                 return
-            where = Where(team=body.get("team_id", ""), channel=event["channel"], thread_ts=thread,
-                          user=event["user"], private=False)
+            where = Where(
+                team=body.get("team_id", ""),
+                channel=event["channel"],
+                thread_ts=thread,
+                user=event["user"],
+                private=False,
+            )
         if not await self._fresh(body, request):
             return
         self.background.spawn(self._answer(where, text, event), f"slack-{body.get('event_id')}")
@@ -426,8 +562,11 @@ class SlackChannel:
             return
         try:
             await self.client.assistant_threads_setSuggestedPrompts(
-                channel_id=thread["channel_id"], thread_ts=thread["thread_ts"],
-                title="Ask me about IT and company how-tos", prompts=SUGGESTED_PROMPTS)
+                channel_id=thread["channel_id"],
+                thread_ts=thread["thread_ts"],
+                title="Ask me about IT and company how-tos",
+                prompts=SUGGESTED_PROMPTS,
+            )
         except SlackApiError as exc:
             log.warning("slack.suggested_prompts_failed error=%s", exc.response.get("error"))
 
@@ -438,6 +577,7 @@ class SlackChannel:
 
     async def person(self, team: str, user: str) -> Person:
         """The Slack user as a Deskmate person: their email is the key Teams shares."""
+
         async def lookup() -> tuple[str | None, str]:
             try:
                 info = (await self.client.users_info(user=user))["user"]
@@ -446,8 +586,14 @@ class SlackChannel:
             profile = info.get("profile") or {}
             return profile.get("email"), info.get("real_name") or profile.get("real_name") or info.get("name") or ""
 
-        return await identify(self.deskmate.retrieval.cache, self.deskmate.retrieval.store, platform="slack",
-                              platform_id=user, cache_id=f"{team}:{user}", lookup=lookup)
+        return await identify(
+            self.deskmate.retrieval.cache,
+            self.deskmate.retrieval.store,
+            platform="slack",
+            platform_id=user,
+            cache_id=f"{team}:{user}",
+            lookup=lookup,
+        )
 
     async def role_of(self, team: str, user: str) -> Role:
         """What the Slack user may do: by their email (settings, roles file) or by membership of
@@ -473,8 +619,11 @@ class SlackChannel:
         try:
             users = list((await self.client.usergroups_users_list(usergroup=group)).get("users") or [])
         except SlackApiError as exc:
-            log.warning("slack.usergroup_failed group=%s error=%s (is usergroups:read granted?)",
-                        group, exc.response.get("error"))
+            log.warning(
+                "slack.usergroup_failed group=%s error=%s (is usergroups:read granted?)",
+                group,
+                exc.response.get("error"),
+            )
             return set()
         except (ClientError, TimeoutError) as exc:
             log.warning("slack.usergroup_failed group=%s error=%r", group, exc)
@@ -485,19 +634,29 @@ class SlackChannel:
     async def _answer(self, where: Where, raw_text: str, event: dict) -> None:
         text = plain_text(raw_text)
         if not text and event.get("files"):
-            await self._say(where, "I can only read text for now: paste the part of the file you "
-                                   "have a question about, and ask it in words.")
+            await self._say(
+                where,
+                "I can only read text for now: paste the part of the file you "
+                "have a question about, and ask it in words.",
+            )
             return
         person = await self.person(where.team, where.user)
         rule = channel_rule(self.settings, "slack", where.channel)
         message = IncomingMessage(
-            platform="slack", user_key=person.key, user_name=person.name, text=text,
-            workspace=where.team, channel=where.channel, thread_id=where.thread_ts or where.channel,
-            groups=answer_groups(person, private=where.private, rule=rule), private=where.private,
+            platform="slack",
+            user_key=person.key,
+            user_name=person.name,
+            text=text,
+            workspace=where.team,
+            channel=where.channel,
+            thread_id=where.thread_ts or where.channel,
+            groups=answer_groups(person, private=where.private, rule=rule),
+            private=where.private,
         )
         if where.thread_ts and not where.private:
-            await self.deskmate.retrieval.cache.set(self._thread_key(where.channel, where.thread_ts),
-                                                    b"1", ttl=THREAD_TTL_SECONDS)
+            await self.deskmate.retrieval.cache.set(
+                self._thread_key(where.channel, where.thread_ts), b"1", ttl=THREAD_TTL_SECONDS
+            )
         await self._stream(where, self.deskmate.orchestrator.handle(message))
 
     async def _stream(self, where: Where, events: Any) -> None:
@@ -530,8 +689,12 @@ class SlackChannel:
         if self.streaming and where.thread_ts:
             try:
                 response = await self.client.chat_startStream(
-                    channel=where.channel, thread_ts=where.thread_ts, markdown_text=text,
-                    recipient_team_id=where.team or None, recipient_user_id=where.user)
+                    channel=where.channel,
+                    thread_ts=where.thread_ts,
+                    markdown_text=text,
+                    recipient_team_id=where.team or None,
+                    recipient_user_id=where.user,
+                )
                 return response["ts"], True
             except SlackApiError as exc:
                 # Workspaces or surfaces without streaming: edit a message instead, from now on
@@ -540,8 +703,9 @@ class SlackChannel:
                 if error in STREAMING_MISSING:
                     self.streaming = False
                 log.warning("slack.stream_unavailable error=%s; editing a message instead", error)
-        response = await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
-                                                      text=text + " …")
+        response = await self.client.chat_postMessage(
+            channel=where.channel, thread_ts=where.thread_ts, text=text + " …"
+        )
         return response["ts"], False
 
     async def _close(self, where: Where, ts: str | None, streamed: bool, shown: str, answer: Answer) -> None:
@@ -553,25 +717,32 @@ class SlackChannel:
             if ts is not None and streamed:
                 seen = shown.strip()
                 if answer.text.startswith(seen):
-                    rest = answer.text[len(seen):]
-                    await self.client.chat_stopStream(channel=where.channel, ts=ts, markdown_text=rest or None,
-                                                      blocks=answer_footer(answer))
+                    rest = answer.text[len(seen) :]
+                    await self.client.chat_stopStream(
+                        channel=where.channel, ts=ts, markdown_text=rest or None, blocks=answer_footer(answer)
+                    )
                     return
                 await self.client.chat_stopStream(channel=where.channel, ts=ts)
             if ts is not None:
-                await self.client.chat_update(channel=where.channel, ts=ts, text=answer.text,
-                                              blocks=answer_blocks(answer))
+                await self.client.chat_update(
+                    channel=where.channel, ts=ts, text=answer.text, blocks=answer_blocks(answer)
+                )
                 return
         except SlackApiError as exc:
-            log.warning("slack.final_update_failed turn=%s error=%s; posting the answer anew",
-                        answer.turn_id, exc.response.get("error"))
-        await self.client.chat_postMessage(channel=where.channel, thread_ts=where.thread_ts,
-                                           text=answer.text, blocks=answer_blocks(answer))
+            log.warning(
+                "slack.final_update_failed turn=%s error=%s; posting the answer anew",
+                answer.turn_id,
+                exc.response.get("error"),
+            )
+        await self.client.chat_postMessage(
+            channel=where.channel, thread_ts=where.thread_ts, text=answer.text, blocks=answer_blocks(answer)
+        )
 
     async def _set_status(self, where: Where, status: str) -> None:
         try:
-            await self.client.assistant_threads_setStatus(channel_id=where.channel, thread_ts=where.thread_ts,
-                                                          status=status)
+            await self.client.assistant_threads_setStatus(
+                channel_id=where.channel, thread_ts=where.thread_ts, status=status
+            )
         except SlackApiError as exc:
             log.info("slack.set_status_failed error=%s", exc.response.get("error"))
 
@@ -618,8 +789,9 @@ class SlackChannel:
         log.info("slack.feedback turn=%s thumb=%s role=%s", turn_id, verdict, role.name)
         if verdict == "bad" and body.get("trigger_id"):
             try:
-                await self.client.views_open(trigger_id=body["trigger_id"],
-                                             view=reason_modal(json.dumps({"turn": turn_id})))
+                await self.client.views_open(
+                    trigger_id=body["trigger_id"], view=reason_modal(json.dumps({"turn": turn_id}))
+                )
                 return
             except SlackApiError as exc:  # the trigger lasts 3 s: thank them in words instead
                 log.info("slack.reason_modal_failed turn=%s error=%s", turn_id, exc.response.get("error"))
@@ -671,13 +843,16 @@ class SlackChannel:
             return
         message = body.get("message") or {}
         container = body.get("container") or {}
-        metadata = json.dumps({
-            "turn": turn_id,
-            "channel": (body.get("channel") or {}).get("id") or container.get("channel_id"),
-            "thread_ts": message.get("thread_ts") or container.get("thread_ts"),
-        })
-        view = review_modal(row.question or "", row.answer or "", metadata,
-                            post_corrections=self.settings.post_corrections)
+        metadata = json.dumps(
+            {
+                "turn": turn_id,
+                "channel": (body.get("channel") or {}).get("id") or container.get("channel_id"),
+                "thread_ts": message.get("thread_ts") or container.get("thread_ts"),
+            }
+        )
+        view = review_modal(
+            row.question or "", row.answer or "", metadata, post_corrections=self.settings.post_corrections
+        )
         try:
             await self.client.views_open(trigger_id=body.get("trigger_id", ""), view=view)
         except SlackApiError as exc:
@@ -714,14 +889,19 @@ class SlackChannel:
             return
         await self._stored(view)
         await ack()
-        log.info("slack.review turn=%s role=%s score=%s verdict=%s correction=%s", turn_id, role.name,
-                 rating.score, rating.verdict, rating.correction is not None)
+        log.info(
+            "slack.review turn=%s role=%s score=%s verdict=%s correction=%s",
+            turn_id,
+            role.name,
+            rating.score,
+            rating.verdict,
+            rating.correction is not None,
+        )
         if rating.correction and "post" in (_state_value(view, "post") or []):
             self.background.spawn(self._post_correction(meta, row, rating.correction), f"slack-correction-{turn_id}")
 
     @staticmethod
-    def _review_from(view: dict, row: Any, turn_id: str, rater_key: str,
-                     role: Role) -> tuple[Rating, dict[str, str]]:
+    def _review_from(view: dict, row: Any, turn_id: str, rater_key: str, role: Role) -> tuple[Rating, dict[str, str]]:
         """The rating a submitted review modal describes, or the errors to show under its fields."""
         errors: dict[str, str] = {}
         raw_score = _state_value(view, "score")
@@ -739,8 +919,16 @@ class SlackChannel:
         correction = _state_value(view, "correction") or ""
         if row is not None and unchanged(correction, row.answer, INPUT_MAX_CHARS):
             correction = ""
-        rating = Rating(turn_id, rater_key, role, "slack", score=score, verdict=verdict,
-                        note=_state_value(view, "note"), correction=correction)
+        rating = Rating(
+            turn_id,
+            rater_key,
+            role,
+            "slack",
+            score=score,
+            verdict=verdict,
+            note=_state_value(view, "note"),
+            correction=correction,
+        )
         for name, message in _field_error(rating).items():
             errors.setdefault(name, message)
         return rating, errors
@@ -762,19 +950,29 @@ class SlackChannel:
             await respond(text="Sorry, I can't find that answer any more.", response_type="ephemeral")
             return
         cited = set(row.cited or [])
-        sources = [Source(i + 1, c["doc_id"], c["title"], c["url"], c.get("heading", ""), c["chunk_id"])
-                   for i, c in enumerate(row.retrieved or []) if c["chunk_id"] in cited]
-        answer = Answer(turn_id=row.id, reference=row.reference, text=row.answer, outcome="answered",
-                        sources=sources)
-        blocks = [{"type": "context", "elements": [{"type": "mrkdwn", "text":
-                   f"<@{user}> asked: {_mrkdwn_escape(row.question[:300])}"}]}, *answer_blocks(answer)]
+        sources = [
+            Source(i + 1, c["doc_id"], c["title"], c["url"], c.get("heading", ""), c["chunk_id"])
+            for i, c in enumerate(row.retrieved or [])
+            if c["chunk_id"] in cited
+        ]
+        answer = Answer(turn_id=row.id, reference=row.reference, text=row.answer, outcome="answered", sources=sources)
+        blocks = [
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": f"<@{user}> asked: {_mrkdwn_escape(row.question[:300])}"}],
+            },
+            *answer_blocks(answer),
+        ]
         try:
             await self.client.chat_postMessage(channel=channel, text=row.answer, blocks=blocks)
         except SlackApiError as exc:
             log.info("slack.share_failed channel=%s error=%s", channel, exc.response.get("error"))
-            await respond(text="I can't post in this conversation. Invite me to the channel "
-                          "(`/invite @Deskmate`) and share again.", response_type="ephemeral",
-                          replace_original=False)
+            await respond(
+                text="I can't post in this conversation. Invite me to the channel "
+                "(`/invite @Deskmate`) and share again.",
+                response_type="ephemeral",
+                replace_original=False,
+            )
             return
         await respond(delete_original=True)
 
@@ -785,9 +983,11 @@ class SlackChannel:
         name, _, rest = words.partition(" ")
         name = name.lower()
         if name in ("", "help"):
-            await ack(text=f"{HELP_TEXT}\n\nCommands: `/deskmate ask <question>` (only you see the "
-                      "answer, with a button to share it), `/deskmate help`. Admins: `/deskmate retrain "
-                      "[dry-run|status|cancel]`, `/deskmate adapters [list|show NAME|promote NAME|rollback]`.")
+            await ack(
+                text=f"{HELP_TEXT}\n\nCommands: `/deskmate ask <question>` (only you see the "
+                "answer, with a button to share it), `/deskmate help`. Admins: `/deskmate retrain "
+                "[dry-run|status|cancel]`, `/deskmate adapters [list|show NAME|promote NAME|rollback]`."
+            )
             return
         if name in ("retrain", "adapters"):
             await ack(text=f"`/deskmate {_mrkdwn_escape(words[:100])}`: checking…")
@@ -798,9 +998,13 @@ class SlackChannel:
                 await ack(text="Ask a question after `ask`, for example `/deskmate ask how do I reset my password?`")
                 return
             await ack(text=f"Looking that up: _{_mrkdwn_escape(rest.strip()[:200])}_")
-            where = Where(team=command.get("team_id", ""), channel=command.get("channel_id", ""),
-                          thread_ts=None, user=command.get("user_id", ""),
-                          private=command.get("channel_name") == "directmessage")
+            where = Where(
+                team=command.get("team_id", ""),
+                channel=command.get("channel_id", ""),
+                thread_ts=None,
+                user=command.get("user_id", ""),
+                private=command.get("channel_name") == "directmessage",
+            )
             self.background.spawn(self._answer_privately(where, rest, respond), "slack-command")
             return
         await ack(text=f"I don't know `/deskmate {_mrkdwn_escape(name)}`. Try `/deskmate help`.")
@@ -817,16 +1021,32 @@ class SlackChannel:
         person = await self.person(where.team, where.user)
         rule = channel_rule(self.settings, "slack", where.channel)
         message = IncomingMessage(
-            platform="slack", user_key=person.key, user_name=person.name, text=text,
-            workspace=where.team, channel=where.channel, thread_id=f"command:{time.time_ns()}",
-            groups=answer_groups(person, private=where.private, rule=rule), private=where.private,
+            platform="slack",
+            user_key=person.key,
+            user_name=person.name,
+            text=text,
+            workspace=where.team,
+            channel=where.channel,
+            thread_id=f"command:{time.time_ns()}",
+            groups=answer_groups(person, private=where.private, rule=rule),
+            private=where.private,
         )
         answer = await self.deskmate.orchestrator.ask(message)
         blocks = answer_blocks(answer, review=False)  # only the asker sees it: Review goes on the shared copy
         if answer.outcome == "answered":
-            blocks.append({"type": "actions", "elements": [{
-                "type": "button", "action_id": "share", "value": answer.turn_id,
-                "text": {"type": "plain_text", "text": "Share to channel"}}]})
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "action_id": "share",
+                            "value": answer.turn_id,
+                            "text": {"type": "plain_text", "text": "Share to channel"},
+                        }
+                    ],
+                }
+            )
         await respond(text=answer.text, blocks=blocks, response_type="ephemeral", replace_original=False)
 
 

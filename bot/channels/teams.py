@@ -77,10 +77,14 @@ CHANNELS = {"msteams"}
 # as a set make it free; msrest only ever tests membership.
 ClientRetryPolicy.safe_codes = frozenset(ClientRetryPolicy.safe_codes)  # type: ignore[assignment]
 REVIEW_ACTION = "review"
-SCORES = {1: "1 - wrong or harmful", 2: "2 - mostly wrong", 3: "3 - partly right",
-          4: "4 - right, could be better", 5: "5 - right and complete"}
-WELCOME = ("Hi, I'm Deskmate. " + HELP_TEXT.replace("• ", "- ")
-           + "\n\nTry: *How do I reset my password?*")
+SCORES = {
+    1: "1 - wrong or harmful",
+    2: "2 - mostly wrong",
+    3: "3 - partly right",
+    4: "4 - right, could be better",
+    5: "5 - right and complete",
+}
+WELCOME = "Hi, I'm Deskmate. " + HELP_TEXT.replace("• ", "- ") + "\n\nTry: *How do I reset my password?*"
 
 
 class StreamInfo(Entity):
@@ -94,8 +98,7 @@ class StreamInfo(Entity):
         "stream_sequence": {"key": "streamSequence", "type": "int"},
     }
 
-    def __init__(self, *, stream_type: str, stream_id: str | None = None,
-                 stream_sequence: int | None = None) -> None:
+    def __init__(self, *, stream_type: str, stream_id: str | None = None, stream_sequence: int | None = None) -> None:
         super().__init__(type="streaminfo")
         self.stream_id = stream_id
         self.stream_type = stream_type
@@ -120,11 +123,19 @@ class AiMessage(Entity):
         self.context = "https://schema.org"
         self.id = ""
         self.additional_type = ["AIGeneratedContent"]
-        self.citation = [{
-            "@type": "Claim", "position": s.number,
-            "appearance": {"@type": "DigitalDocument", "name": s.title[:80],
-                           **({"url": s.url} if s.url else {}), "abstract": (s.heading or s.title)[:160]},
-        } for s in answer.sources]
+        self.citation = [
+            {
+                "@type": "Claim",
+                "position": s.number,
+                "appearance": {
+                    "@type": "DigitalDocument",
+                    "name": s.title[:80],
+                    **({"url": s.url} if s.url else {}),
+                    "abstract": (s.heading or s.title)[:160],
+                },
+            }
+            for s in answer.sources
+        ]
 
 
 def plain_text(activity: Activity) -> str:
@@ -158,43 +169,90 @@ def final_text(answer: Answer) -> str:
 
 
 def adaptive_card(body: list[dict[str, Any]], actions: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "AdaptiveCard", "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-            "version": "1.5", "body": body, "actions": actions}
+    return {
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.5",
+        "body": body,
+        "actions": actions,
+    }
 
 
 def review_button(turn_id: str) -> dict[str, Any]:
     """The card under every answer. Everyone sees the button (Teams cannot show it per person);
     the role is checked when it is pressed, on the server."""
-    return adaptive_card([], [{
-        "type": "Action.Submit", "title": "Review (support leads)",
-        "data": {"msteams": {"type": "task/fetch"}, "action": REVIEW_ACTION, "turn_id": turn_id},
-    }])
+    return adaptive_card(
+        [],
+        [
+            {
+                "type": "Action.Submit",
+                "title": "Review (support leads)",
+                "data": {"msteams": {"type": "task/fetch"}, "action": REVIEW_ACTION, "turn_id": turn_id},
+            }
+        ],
+    )
 
 
 def review_form(turn: TurnRow, *, post_corrections: bool) -> dict[str, Any]:
     """The lead's form: the question and the recorded answer, then score, verdict, note and a
     correction that starts as the answer itself, so a small fix is a small edit."""
+
     def label(text: str) -> dict[str, Any]:
         return {"type": "TextBlock", "text": text, "weight": "Bolder", "wrap": True}
 
-    return adaptive_card([
-        label("Question"),
-        {"type": "TextBlock", "text": turn.question, "wrap": True},
-        label("Deskmate's answer"),
-        {"type": "TextBlock", "text": turn.answer or "(no answer recorded)", "wrap": True},
-        {"type": "TextBlock", "text": f"ref {turn.reference} · {turn.status}", "isSubtle": True,
-         "size": "Small", "wrap": True},
-        {"type": "Input.ChoiceSet", "id": "score", "label": "Score", "style": "compact",
-         "choices": [{"title": title, "value": str(n)} for n, title in SCORES.items()]},
-        {"type": "Input.ChoiceSet", "id": "verdict", "label": "Verdict", "style": "compact",
-         "choices": [{"title": title, "value": key} for key, title in VERDICTS.items()]},
-        {"type": "Input.Text", "id": "note", "label": "Note for the support team", "isMultiline": True,
-         "maxLength": MAX_NOTE_CHARS},
-        {"type": "Input.Text", "id": "correction", "label": "Corrected answer (edit the answer above)",
-         "isMultiline": True, "value": turn.answer or "", "maxLength": MAX_CORRECTION_CHARS},
-        {"type": "Input.Toggle", "id": "post_correction", "title": "Post the correction in this conversation",
-         "value": "true" if post_corrections else "false", "valueOn": "true", "valueOff": "false"},
-    ], [{"type": "Action.Submit", "title": "Save review", "data": {"action": REVIEW_ACTION, "turn_id": turn.id}}])
+    return adaptive_card(
+        [
+            label("Question"),
+            {"type": "TextBlock", "text": turn.question, "wrap": True},
+            label("Deskmate's answer"),
+            {"type": "TextBlock", "text": turn.answer or "(no answer recorded)", "wrap": True},
+            {
+                "type": "TextBlock",
+                "text": f"ref {turn.reference} · {turn.status}",
+                "isSubtle": True,
+                "size": "Small",
+                "wrap": True,
+            },
+            {
+                "type": "Input.ChoiceSet",
+                "id": "score",
+                "label": "Score",
+                "style": "compact",
+                "choices": [{"title": title, "value": str(n)} for n, title in SCORES.items()],
+            },
+            {
+                "type": "Input.ChoiceSet",
+                "id": "verdict",
+                "label": "Verdict",
+                "style": "compact",
+                "choices": [{"title": title, "value": key} for key, title in VERDICTS.items()],
+            },
+            {
+                "type": "Input.Text",
+                "id": "note",
+                "label": "Note for the support team",
+                "isMultiline": True,
+                "maxLength": MAX_NOTE_CHARS,
+            },
+            {
+                "type": "Input.Text",
+                "id": "correction",
+                "label": "Corrected answer (edit the answer above)",
+                "isMultiline": True,
+                "value": turn.answer or "",
+                "maxLength": MAX_CORRECTION_CHARS,
+            },
+            {
+                "type": "Input.Toggle",
+                "id": "post_correction",
+                "title": "Post the correction in this conversation",
+                "value": "true" if post_corrections else "false",
+                "valueOn": "true",
+                "valueOff": "false",
+            },
+        ],
+        [{"type": "Action.Submit", "title": "Save review", "data": {"action": REVIEW_ACTION, "turn_id": turn.id}}],
+    )
 
 
 def _text_field(data: dict[str, Any], key: str) -> str | None:
@@ -221,8 +279,16 @@ def review_from_form(data: dict[str, Any], turn: TurnRow, rater_key: str, role: 
     correction = _text_field(data, "correction")
     if unchanged(correction, turn.answer):
         correction = None
-    return Rating(turn_id=turn.id, rater_key=rater_key, role=role, platform="teams", score=score,
-                  verdict=verdict, note=_text_field(data, "note"), correction=correction)
+    return Rating(
+        turn_id=turn.id,
+        rater_key=rater_key,
+        role=role,
+        platform="teams",
+        score=score,
+        verdict=verdict,
+        note=_text_field(data, "note"),
+        correction=correction,
+    )
 
 
 def correction_reply(turn: TurnRow, correction: str) -> Activity:
@@ -265,8 +331,10 @@ class DeskmateTeamsBot(ActivityHandler):
             return
         conversation = conversation_of(activity)
         if not conversation.private:
-            mentioned = any((m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
-                            for m in turn_context.get_mentions(activity))
+            mentioned = any(
+                (m.additional_properties.get("mentioned") or {}).get("id") == activity.recipient.id
+                for m in turn_context.get_mentions(activity)
+            )
             if not mentioned and channel_rule(self.settings, "teams", conversation.channel).mention_only:
                 return
         if not activity.from_property or not activity.from_property.id:
@@ -275,11 +343,14 @@ class DeskmateTeamsBot(ActivityHandler):
         text = plain_text(activity)
         if not text:
             if activity.attachments:
-                await turn_context.send_activity("I can only read text for now: paste the part of the "
-                                                 "file you have a question about, and ask it in words.")
+                await turn_context.send_activity(
+                    "I can only read text for now: paste the part of the "
+                    "file you have a question about, and ask it in words."
+                )
             else:
-                await turn_context.send_activity("Ask me a question in words, for example: "
-                                                 "*How do I reset my VPN password?*")
+                await turn_context.send_activity(
+                    "Ask me a question in words, for example: *How do I reset my VPN password?*"
+                )
             return
         if text.lower() in ("help", "/help", "?"):
             await turn_context.send_activity(MessageFactory.text(WELCOME))
@@ -295,9 +366,13 @@ class DeskmateTeamsBot(ActivityHandler):
         await self._remember_conversation(turn_context)
         rule = channel_rule(self.settings, "teams", conversation.channel)
         message = IncomingMessage(
-            platform="teams", user_key=person.key, user_name=person.name, text=text,
+            platform="teams",
+            user_key=person.key,
+            user_name=person.name,
+            text=text,
             workspace=(activity.conversation.tenant_id or "") if activity.conversation else "",
-            channel=conversation.channel, thread_id=conversation.id,
+            channel=conversation.channel,
+            thread_id=conversation.id,
             groups=answer_groups(person, private=conversation.private, rule=rule),
             private=conversation.private,
         )
@@ -326,9 +401,17 @@ class DeskmateTeamsBot(ActivityHandler):
                 if last_sent is not None and time.monotonic() - last_sent < STREAM_MIN_GAP_SECONDS:
                     continue  # the next update (or the final message) carries this text too
                 sequence += 1
-                typing = Activity(type=ActivityTypes.typing, text=item.text, entities=[StreamInfo(
-                    stream_type="informative" if informative else "streaming",
-                    stream_id=stream_id, stream_sequence=sequence)])
+                typing = Activity(
+                    type=ActivityTypes.typing,
+                    text=item.text,
+                    entities=[
+                        StreamInfo(
+                            stream_type="informative" if informative else "streaming",
+                            stream_id=stream_id,
+                            stream_sequence=sequence,
+                        )
+                    ],
+                )
                 try:
                     response = await turn_context.send_activity(typing)
                 except Exception as exc:  # noqa: BLE001 (the connector raises its own error types)
@@ -367,8 +450,9 @@ class DeskmateTeamsBot(ActivityHandler):
                 return
             await asyncio.sleep(3)
 
-    async def _send_answer(self, turn_context: TurnContext, answer: Answer, entities: list[Entity],
-                           stream_id: str | None) -> None:
+    async def _send_answer(
+        self, turn_context: TurnContext, answer: Answer, entities: list[Entity], stream_id: str | None
+    ) -> None:
         reply = MessageFactory.text(final_text(answer))
         reply.text_format = "markdown"
         reply.entities = entities
@@ -384,8 +468,10 @@ class DeskmateTeamsBot(ActivityHandler):
         replica answering dies mid-answer, another replica's apology (bot/replicas.py)."""
         reference = TurnContext.get_conversation_reference(turn_context.activity)
         await self.deskmate.retrieval.cache.set(
-            f"teams-conversation:{reference.conversation.id}", json.dumps(reference.serialize()).encode(),
-            ttl=ANSWER_MESSAGE_TTL_SECONDS)
+            f"teams-conversation:{reference.conversation.id}",
+            json.dumps(reference.serialize()).encode(),
+            ttl=ANSWER_MESSAGE_TTL_SECONDS,
+        )
 
     async def person(self, turn_context: TurnContext) -> Person:
         """The Teams user as a Deskmate person: email or UPN, the key Slack shares."""
@@ -395,13 +481,17 @@ class DeskmateTeamsBot(ActivityHandler):
             member = await TeamsInfo.get_member(turn_context, sender.id)
             return member.email or member.user_principal_name, member.name or sender.name or ""
 
-        return await identify(self.deskmate.retrieval.cache, self.deskmate.retrieval.store, platform="teams",
-                              platform_id=sender.aad_object_id or sender.id, lookup=lookup,
-                              fallback_name=sender.name or "")
+        return await identify(
+            self.deskmate.retrieval.cache,
+            self.deskmate.retrieval.store,
+            platform="teams",
+            platform_id=sender.aad_object_id or sender.id,
+            lookup=lookup,
+            fallback_name=sender.name or "",
+        )
 
     # --- installs ----------------------------------------------------------------------------
-    async def on_members_added_activity(self, members_added: list[ChannelAccount],
-                                        turn_context: TurnContext) -> None:
+    async def on_members_added_activity(self, members_added: list[ChannelAccount], turn_context: TurnContext) -> None:
         """Say hello once, when Deskmate itself is added to a chat or team."""
         if any(m.id == turn_context.activity.recipient.id for m in members_added):
             await turn_context.send_activity(MessageFactory.text(WELCOME))
@@ -441,8 +531,14 @@ class DeskmateTeamsBot(ActivityHandler):
             log.warning("teams.feedback_unknown_message message=%s", message_id)
             return InvokeResponse(status=200)
         person = await self.person(turn_context)
-        rating = Rating(turn_id=turn_id, rater_key=person.key, role=self.role_of(person), platform="teams",
-                        thumb=1 if reaction == "like" else -1, note=note)
+        rating = Rating(
+            turn_id=turn_id,
+            rater_key=person.key,
+            role=self.role_of(person),
+            platform="teams",
+            thumb=1 if reaction == "like" else -1,
+            note=note,
+        )
         try:
             await submit(self.deskmate.ledger, rating)
         except RatingRefused as refusal:
@@ -470,9 +566,20 @@ class DeskmateTeamsBot(ActivityHandler):
             log.info("teams.review_unknown_turn turn=%s", turn_id)
             return task_message(NOT_ON_RECORD)
         card = review_form(turn, post_corrections=self.settings.post_corrections)
-        return InvokeResponse(status=200, body={"task": {"type": "continue", "value": {
-            "title": "Review answer", "width": "large", "height": "large",
-            "card": {"contentType": "application/vnd.microsoft.card.adaptive", "content": card}}}})
+        return InvokeResponse(
+            status=200,
+            body={
+                "task": {
+                    "type": "continue",
+                    "value": {
+                        "title": "Review answer",
+                        "width": "large",
+                        "height": "large",
+                        "card": {"contentType": "application/vnd.microsoft.card.adaptive", "content": card},
+                    },
+                }
+            },
+        )
 
     async def _review_submit(self, turn_context: TurnContext, data: dict[str, Any]) -> InvokeResponse:
         """`task/submit` from the form. The role is checked again: anyone can post this invoke."""
@@ -527,8 +634,9 @@ class TeamsConfig:
 class TeamsChannel:
     """The Teams face of one Deskmate process: authentication, then the bot."""
 
-    def __init__(self, deskmate: Deskmate, background: Background, *, dev_open: bool = False,
-                 bind_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, deskmate: Deskmate, background: Background, *, dev_open: bool = False, bind_host: str = "127.0.0.1"
+    ) -> None:
         s = deskmate.settings
         password = s.teams_app_password.get_secret_value() if s.teams_app_password else ""
         if not s.teams_app_id and not dev_open:
@@ -539,9 +647,13 @@ class TeamsChannel:
         self.allowed = allowed_authorities(bind_host, s.allowed_hosts)
         self.app_id = s.teams_app_id
         self.auth = ConfigurationBotFrameworkAuthentication(
-            TeamsConfig(s.teams_app_id, password,
-                        s.teams_app_type if s.teams_app_id else "MultiTenant",  # open: no credentials
-                        s.teams_tenant_id))
+            TeamsConfig(
+                s.teams_app_id,
+                password,
+                s.teams_app_type if s.teams_app_id else "MultiTenant",  # open: no credentials
+                s.teams_tenant_id,
+            )
+        )
         self.adapter = CloudAdapter(self.auth)
         self.adapter.on_turn_error = self._on_turn_error
         self.bot = DeskmateTeamsBot(deskmate)
@@ -562,8 +674,11 @@ class TeamsChannel:
         if self.open:
             # Unauthenticated on loopback: a web page in the developer's browser must not be
             # able to post here either (the Emulator sends JSON and no Origin).
-            reason = "send the activity as JSON" if request.content_type != "application/json" \
+            reason = (
+                "send the activity as JSON"
+                if request.content_type != "application/json"
                 else refusal(request, self.allowed)
+            )
             if reason is not None:
                 log.warning("teams.open_endpoint_refused reason=%s", reason)
                 return web.json_response({"error": f"refused: {reason}"}, status=403)
@@ -579,8 +694,9 @@ class TeamsChannel:
         if activity.channel_id not in self.channels:
             # Web Chat or Direct Line would let a client claim any user: Teams only.
             log.warning("teams.other_channel channel=%s", activity.channel_id)
-            return web.json_response({"error": f"Deskmate answers here only for Microsoft Teams, "
-                                               f"not {activity.channel_id!r}"}, status=400)
+            return web.json_response(
+                {"error": f"Deskmate answers here only for Microsoft Teams, not {activity.channel_id!r}"}, status=400
+            )
         try:
             authenticated = await self.auth.authenticate_request(activity, request.headers.get("Authorization", ""))
         except Exception as exc:  # noqa: BLE001 (PermissionError, or a token that is not a JWT at all)
@@ -602,8 +718,9 @@ class TeamsChannel:
             if response.body is None:
                 return web.Response(status=response.status)  # Teams wants an empty body here
             return web.json_response(response.body, status=response.status)
-        self.background.spawn(self.adapter.process_activity(authenticated, activity, self.bot.on_turn),
-                              f"teams-{activity.id}")
+        self.background.spawn(
+            self.adapter.process_activity(authenticated, activity, self.bot.on_turn), f"teams-{activity.id}"
+        )
         return web.Response(status=202)
 
 
@@ -642,15 +759,23 @@ async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str
     return await _post_into_conversation(channel, turn, correction_reply(turn, correction))
 
 
-def add_routes(app: web.Application, deskmate: Deskmate, background: Background, *,
-               dev_open: bool = False, bind_host: str = "127.0.0.1") -> TeamsChannel:
+def add_routes(
+    app: web.Application,
+    deskmate: Deskmate,
+    background: Background,
+    *,
+    dev_open: bool = False,
+    bind_host: str = "127.0.0.1",
+) -> TeamsChannel:
     """Mount /api/messages: with the Bot Framework's JWT checked, or (`dev_open`, which the server
     allows only on loopback) without any authentication, for the Emulator and local tests."""
     channel = TeamsChannel(deskmate, background, dev_open=dev_open, bind_host=bind_host)
     deskmate.correctors["teams"] = lambda turn, correction: _post_correction_for(channel, turn, correction)
     deskmate.notifiers["teams"] = lambda turn, text: _post_into_conversation(channel, turn, MessageFactory.text(text))
     if channel.open:
-        log.warning("teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests "
-                    "(DESKMATE_TEAMS_DEV_OPEN, loopback only): development only")
+        log.warning(
+            "teams.open_endpoint /api/messages accepts UNAUTHENTICATED requests "
+            "(DESKMATE_TEAMS_DEV_OPEN, loopback only): development only"
+        )
     app.router.add_post("/api/messages", channel.endpoint)
     return channel

@@ -46,28 +46,36 @@ def add_routes(app: web.Application, deskmate: Deskmate, bind_host: str) -> None
     app.middlewares.append(same_origin)
 
     async def page(_request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "chat.html", headers={
-            "Cache-Control": "no-cache", "X-Frame-Options": "DENY",
-            "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                       "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"})
+        return web.FileResponse(
+            STATIC / "chat.html",
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+            },
+        )
 
     async def users(_request: web.Request) -> web.Response:
         people = await deskmate.retrieval.store.users()
-        return web.json_response([
-            {"key": p.key, "name": p.name or p.key, "department": p.department, "groups": list(p.groups)}
-            for p in people
-        ])
+        return web.json_response(
+            [
+                {"key": p.key, "name": p.name or p.key, "department": p.department, "groups": list(p.groups)}
+                for p in people
+            ]
+        )
 
     async def ask(request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/json":
             # A cross-site <form> can post text/plain or form data without a preflight; it
             # cannot post JSON.
-            return web.json_response({"error": "send the question as JSON (Content-Type: "
-                                               "application/json)"}, status=415)
+            return web.json_response(
+                {"error": "send the question as JSON (Content-Type: application/json)"}, status=415
+            )
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.json_response({"error": "the body must be JSON: {\"user\": …, \"question\": …}"}, status=400)
+            return web.json_response({"error": 'the body must be JSON: {"user": …, "question": …}'}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("question"), str):
             return web.json_response({"error": "`question` (text) is required"}, status=400)
         user_key = str(body.get("user") or "").strip().lower()
@@ -78,12 +86,16 @@ def add_routes(app: web.Application, deskmate: Deskmate, bind_host: str) -> None
         if profile is None:
             return web.json_response({"error": f"unknown user {user_key!r}: pick one from the list"}, status=400)
         message = IncomingMessage(
-            platform="web", user_key=profile.key, user_name=profile.name, text=body["question"],
-            channel="web", thread_id=str(body.get("thread") or uuid.uuid4()), groups=profile.groups,
+            platform="web",
+            user_key=profile.key,
+            user_name=profile.name,
+            text=body["question"],
+            channel="web",
+            thread_id=str(body.get("thread") or uuid.uuid4()),
+            groups=profile.groups,
             private=True,
         )
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson",
-                                               "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         async for event in deskmate.orchestrator.handle(message):
             if isinstance(event, Status):

@@ -97,9 +97,7 @@ async def redeem_token(ledger: Ledger, token: str) -> tuple[str, str | None] | N
         if spent.rowcount != 1:
             return None
         row = await session.execute(
-            select(ConsoleTokenRow.user_key, ConsoleTokenRow.role).where(
-                ConsoleTokenRow.token_hash == token_hash
-            )
+            select(ConsoleTokenRow.user_key, ConsoleTokenRow.role).where(ConsoleTokenRow.token_hash == token_hash)
         )
         user_key, role = row.one()
         return user_key, role
@@ -139,9 +137,7 @@ class Sessions:
         now = datetime.now(UTC)
         async with ledger.sessions() as session, session.begin():
             # Sessions past their expiry are dead weight; sign-in is rare enough to sweep them.
-            await session.execute(
-                delete(ConsoleSessionRow).where(ConsoleSessionRow.expires_at < now)
-            )
+            await session.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.expires_at < now))
             session.add(
                 ConsoleSessionRow(
                     id=_hash(session_id),
@@ -210,21 +206,13 @@ class Sessions:
         return self._mac(f"csrf|{viewer.user_key}|{viewer.nonce}")
 
     def csrf_ok(self, viewer: Viewer, token: object) -> bool:
-        return (
-            isinstance(token, str)
-            and bool(token)
-            and hmac.compare_digest(self.csrf_token(viewer), token)
-        )
+        return isinstance(token, str) and bool(token) and hmac.compare_digest(self.csrf_token(viewer), token)
 
     @staticmethod
     def login_nonce(cookie: str | None) -> str:
         """The sign-in form's pre-session value: the browser's own when it has a sane one (two
         open sign-in tabs keep working), else a new one."""
-        if (
-            cookie
-            and 20 <= len(cookie) <= 64
-            and cookie.replace("-", "").replace("_", "").isalnum()
-        ):
+        if cookie and 20 <= len(cookie) <= 64 and cookie.replace("-", "").replace("_", "").isalnum():
             return cookie
         return secrets.token_urlsafe(24)
 
@@ -255,9 +243,7 @@ def _netloc(scheme: str, netloc: str) -> str:
     return host
 
 
-def foreign_origin(
-    origin: str | None, scheme: str, host: str, allowed_hosts: Iterable[str] = ()
-) -> str | None:
+def foreign_origin(origin: str | None, scheme: str, host: str, allowed_hosts: Iterable[str] = ()) -> str | None:
     """Why a console post came from another site (its `Origin`), or None when it came from the
     console's own pages. Browsers send Origin with every form post; a post without one is not
     a browser's cross-site form (the CSRF token still decides it)."""
@@ -267,8 +253,6 @@ def foreign_origin(
     if parts.scheme not in DEFAULT_PORTS or not parts.netloc:
         return f"origin {origin[:80]!r}"  # `null` (a sandboxed frame, a data: page) or junk
     theirs = _netloc(parts.scheme, parts.netloc)
-    if theirs == _netloc(scheme, host) or theirs in {
-        _netloc(parts.scheme, h) for h in allowed_hosts
-    }:
+    if theirs == _netloc(scheme, host) or theirs in {_netloc(parts.scheme, h) for h in allowed_hosts}:
         return None
     return f"origin {theirs!r}"

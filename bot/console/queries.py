@@ -37,16 +37,31 @@ class Filters:
                 return date.fromisoformat(value) if value else None
             except ValueError:
                 return None
-        return cls(platform=query.get("platform", "").strip(), channel=query.get("channel", "").strip(),
-                   since=day(query.get("since", "")), until=day(query.get("until", "")),
-                   verdict=query.get("verdict", "").strip(), text=query.get("q", "").strip()[:200],
-                   status=query.get("status", "").strip())
+
+        return cls(
+            platform=query.get("platform", "").strip(),
+            channel=query.get("channel", "").strip(),
+            since=day(query.get("since", "")),
+            until=day(query.get("until", "")),
+            verdict=query.get("verdict", "").strip(),
+            text=query.get("q", "").strip()[:200],
+            status=query.get("status", "").strip(),
+        )
 
     def as_query(self) -> dict[str, str]:
-        return {k: v for k, v in {
-            "platform": self.platform, "channel": self.channel, "since": self.since.isoformat() if self.since else "",
-            "until": self.until.isoformat() if self.until else "", "verdict": self.verdict, "q": self.text,
-            "status": self.status}.items() if v}
+        return {
+            k: v
+            for k, v in {
+                "platform": self.platform,
+                "channel": self.channel,
+                "since": self.since.isoformat() if self.since else "",
+                "until": self.until.isoformat() if self.until else "",
+                "verdict": self.verdict,
+                "q": self.text,
+                "status": self.status,
+            }.items()
+            if v
+        }
 
     def apply(self, query: Select) -> Select:
         conditions = [TurnRow.status != "pending"]
@@ -62,14 +77,16 @@ class Filters:
         if self.since:
             conditions.append(TurnRow.created_at >= datetime.combine(self.since, datetime.min.time(), UTC))
         if self.until:
-            conditions.append(TurnRow.created_at < datetime.combine(self.until + timedelta(days=1),
-                                                                    datetime.min.time(), UTC))
+            conditions.append(
+                TurnRow.created_at < datetime.combine(self.until + timedelta(days=1), datetime.min.time(), UTC)
+            )
         if self.text:
             pattern = f"%{self.text.lower()}%"
             conditions.append(or_(func.lower(TurnRow.question).like(pattern), func.lower(TurnRow.answer).like(pattern)))
         if self.verdict:
-            conditions.append(exists().where(and_(FeedbackRow.turn_id == TurnRow.id,
-                                                  FeedbackRow.verdict == self.verdict)))
+            conditions.append(
+                exists().where(and_(FeedbackRow.turn_id == TurnRow.id, FeedbackRow.verdict == self.verdict))
+            )
         if self.rated_only:
             conditions.append(exists().where(FeedbackRow.turn_id == TurnRow.id))
         return query.where(*conditions)
@@ -86,9 +103,12 @@ class QueueRow:
 
 async def queue(ledger: Ledger, filters: Filters, page: int = 0) -> tuple[list[QueueRow], bool]:
     """Unreviewed first, riskiest first, newest first; returns a page and whether more follow."""
-    query = filters.apply(select(TurnRow)).order_by(
-        TurnRow.reviewed.asc(), TurnRow.risk.desc(), TurnRow.created_at.desc()
-    ).offset(page * PAGE_SIZE).limit(PAGE_SIZE + 1)
+    query = (
+        filters.apply(select(TurnRow))
+        .order_by(TurnRow.reviewed.asc(), TurnRow.risk.desc(), TurnRow.created_at.desc())
+        .offset(page * PAGE_SIZE)
+        .limit(PAGE_SIZE + 1)
+    )
     async with ledger.sessions() as session:
         turns = list(await session.scalars(query))
         more = len(turns) > PAGE_SIZE
@@ -96,9 +116,17 @@ async def queue(ledger: Ledger, filters: Filters, page: int = 0) -> tuple[list[Q
         rows = {t.id: QueueRow(t) for t in turns}
         if rows:
             ratings = await session.execute(
-                select(FeedbackRow.turn_id, FeedbackRow.thumb, FeedbackRow.score, FeedbackRow.verdict,
-                       FeedbackRow.rater_role, FeedbackRow.correction)
-                .where(FeedbackRow.turn_id.in_(list(rows))).order_by(FeedbackRow.created_at, FeedbackRow.id))
+                select(
+                    FeedbackRow.turn_id,
+                    FeedbackRow.thumb,
+                    FeedbackRow.score,
+                    FeedbackRow.verdict,
+                    FeedbackRow.rater_role,
+                    FeedbackRow.correction,
+                )
+                .where(FeedbackRow.turn_id.in_(list(rows)))
+                .order_by(FeedbackRow.created_at, FeedbackRow.id)
+            )
             for r in ratings:
                 row = rows[r.turn_id]
                 row.thumbs_up += r.thumb == 1
@@ -122,24 +150,39 @@ async def turn_view(ledger: Ledger, turn_id: str) -> TurnView | None:
         turn = await session.get(TurnRow, turn_id)
         if turn is None:
             return None
-        before = list(await session.scalars(
-            select(TurnRow).where(TurnRow.platform == turn.platform, TurnRow.workspace == turn.workspace,
-                                  TurnRow.channel == turn.channel, TurnRow.thread_id == turn.thread_id,
-                                  TurnRow.created_at < turn.created_at, TurnRow.id != turn.id)
-            .order_by(TurnRow.created_at.desc()).limit(5)))
-    return TurnView(turn, list(reversed(before)), await ledger.ratings_of(turn_id),
-                    await next_unreviewed(ledger, turn_id))
+        before = list(
+            await session.scalars(
+                select(TurnRow)
+                .where(
+                    TurnRow.platform == turn.platform,
+                    TurnRow.workspace == turn.workspace,
+                    TurnRow.channel == turn.channel,
+                    TurnRow.thread_id == turn.thread_id,
+                    TurnRow.created_at < turn.created_at,
+                    TurnRow.id != turn.id,
+                )
+                .order_by(TurnRow.created_at.desc())
+                .limit(5)
+            )
+        )
+    return TurnView(
+        turn, list(reversed(before)), await ledger.ratings_of(turn_id), await next_unreviewed(ledger, turn_id)
+    )
 
 
 async def next_unreviewed(ledger: Ledger, after: str) -> str | None:
     """The riskiest unreviewed turn other than `after`: where "save and next" goes."""
     async with ledger.sessions() as session:
         return await session.scalar(
-            select(TurnRow.id).where(TurnRow.reviewed.is_(False), TurnRow.status != "pending", TurnRow.id != after)
-            .order_by(TurnRow.risk.desc(), TurnRow.created_at.desc()).limit(1))
+            select(TurnRow.id)
+            .where(TurnRow.reviewed.is_(False), TurnRow.status != "pending", TurnRow.id != after)
+            .order_by(TurnRow.risk.desc(), TurnRow.created_at.desc())
+            .limit(1)
+        )
 
 
 # --- the dashboard ---------------------------------------------------------------------------
+
 
 @dataclass
 class Dashboard:
@@ -179,8 +222,10 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
     examples: dict[str, tuple[str, str, str]] = {}
     async with ledger.sessions() as session:
         turns = await session.execute(
-            select(TurnRow.created_at, TurnRow.platform, TurnRow.latency_ms)
-            .where(TurnRow.created_at >= start, TurnRow.status != "pending"))
+            select(TurnRow.created_at, TurnRow.platform, TurnRow.latency_ms).where(
+                TurnRow.created_at >= start, TurnRow.status != "pending"
+            )
+        )
         for created, platform, latency in turns:
             day = _day(created)
             if day not in index:
@@ -190,16 +235,25 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
             if total is not None:
                 latencies[day].append(float(total))
         questions = await session.execute(
-            select(TurnRow.question, TurnRow.user_key, TurnRow.user_name)
-            .where(TurnRow.created_at >= start, TurnRow.status == "unknown"))
+            select(TurnRow.question, TurnRow.user_key, TurnRow.user_name).where(
+                TurnRow.created_at >= start, TurnRow.status == "unknown"
+            )
+        )
         for question, user_key, user_name in questions:
             key = normalise_question(question)[:120]
             unanswered[key] += 1
             examples.setdefault(key, (question[:200], user_key, user_name or ""))
         ratings = await session.execute(
-            select(FeedbackRow.created_at, FeedbackRow.thumb, FeedbackRow.score, FeedbackRow.rater_role,
-                   TurnRow.adapter_version)
-            .join(TurnRow, TurnRow.id == FeedbackRow.turn_id).where(FeedbackRow.created_at >= start))
+            select(
+                FeedbackRow.created_at,
+                FeedbackRow.thumb,
+                FeedbackRow.score,
+                FeedbackRow.rater_role,
+                TurnRow.adapter_version,
+            )
+            .join(TurnRow, TurnRow.id == FeedbackRow.turn_id)
+            .where(FeedbackRow.created_at >= start)
+        )
         scores: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for created, thumb, score, role, adapter in ratings:
             day = _day(created)
@@ -213,17 +267,25 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
                 scores[adapter or "base model"][day].append(score)
         out.totals = {
             "turns": int(await session.scalar(select(func.count()).select_from(TurnRow)) or 0),
-            "unreviewed": int(await session.scalar(select(func.count()).select_from(TurnRow).where(
-                TurnRow.reviewed.is_(False), TurnRow.status != "pending")) or 0),
+            "unreviewed": int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(TurnRow)
+                    .where(TurnRow.reviewed.is_(False), TurnRow.status != "pending")
+                )
+                or 0
+            ),
             "ratings": int(await session.scalar(select(func.count()).select_from(FeedbackRow)) or 0),
             "private": int(await session.scalar(select(func.sum(case((TurnRow.private, 1), else_=0)))) or 0),
         }
     for adapter, per_day in scores.items():
-        out.score_by_adapter[adapter] = [round(statistics.mean(per_day[d]), 2) if per_day.get(d) else None
-                                         for d in labels]
+        out.score_by_adapter[adapter] = [
+            round(statistics.mean(per_day[d]), 2) if per_day.get(d) else None for d in labels
+        ]
     per_day = [sorted(latencies.get(d, [])) for d in labels]
     for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
         out.latency[name] = [round(v[min(len(v) - 1, int(len(v) * q / 100))], 1) if v else None for v in per_day]
-    out.unanswered = [Unanswered(examples[k][0], n, examples[k][1], examples[k][2])
-                      for k, n in unanswered.most_common(10)]
+    out.unanswered = [
+        Unanswered(examples[k][0], n, examples[k][1], examples[k][2]) for k, n in unanswered.most_common(10)
+    ]
     return out

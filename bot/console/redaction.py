@@ -25,9 +25,7 @@ from bot.ledger import FeedbackRow, TurnRow
 from bot.prompts import TEMPLATES
 from retrieval.records import normalise_groups, reader_groups
 
-FACTS_HIDDEN = (
-    "[hidden: the console is pseudonymous, so facts about the person asking are not shown]"
-)
+FACTS_HIDDEN = "[hidden: the console is pseudonymous, so facts about the person asking are not shown]"
 # Name parts shorter than this are not replaced on their own ("Li" is in too many words).
 MIN_NAME_PART = 3
 # Enough of a passage to recognise it in a prompt whose format is not the one expected.
@@ -152,11 +150,7 @@ def redact_prompt(
             for line in content.split("\n"):
                 number = re.match(r"\[(\d+)\] ", line)
                 groups = hidden.get(int(number.group(1))) if number else None
-                lines.append(
-                    f"[{number.group(1)}] {restricted_marker(groups)}"
-                    if number and groups
-                    else line
-                )
+                lines.append(f"[{number.group(1)}] {restricted_marker(groups)}" if number and groups else line)
             content = "\n".join(lines)
             flat = " ".join(content.split())
             if any(probe in flat for probe in probes):
@@ -333,13 +327,8 @@ class Lens:
             for p in redact_passages(record.get("retrieved"), [], self.reader)
         ]
         # A chunk id names its document ("hr/salary-bands….md#0").
-        hidden = {
-            str(p.get("chunk_id")): self.reader.hidden_groups(p)
-            for p in record.get("retrieved") or []
-        }
-        out["cited"] = [
-            restricted_marker(hidden[c]) if hidden.get(c) else c for c in record.get("cited") or []
-        ]
+        hidden = {str(p.get("chunk_id")): self.reader.hidden_groups(p) for p in record.get("retrieved") or []}
+        out["cited"] = [restricted_marker(hidden[c]) if hidden.get(c) else c for c in record.get("cited") or []]
         out["redacted"] = list(restricted)
         return out
 

@@ -45,22 +45,32 @@ ADMIN_POSTS = ("/console/jobs", "/console/adapters")
 # A job id as the routes accept it: a full UUID or a prefix of one (chat replies show 8
 # characters). Nothing else, so no id can name a path outside the jobs folder.
 JOB_ID = r"[0-9a-f-]{6,36}"
-FIGURES = {"token_f1": "token F1", "rouge_l": "ROUGE-L", "citation_rate": "cites the right document",
-           "declined_rate": "declines when it should"}
+FIGURES = {
+    "token_f1": "token F1",
+    "rouge_l": "ROUGE-L",
+    "citation_rate": "cites the right document",
+    "declined_rate": "declines when it should",
+}
 # http(s), a host, and nothing a browser would strip or reinterpret (spaces, control characters).
 WEB_LINK = re.compile(r"https?://[^\s\x00-\x1f\x7f\\]+", re.IGNORECASE)
-NOTICES = {"promoted": "Promoted: the next answers come from it. Roll back undoes this.",
-           "rolled_back": "Rolled back: what was live before is serving again."}
-FOREIGN_POST = ("This form was sent from another site, so it was not accepted. Use the console's own "
-                "pages (behind a proxy that rewrites the host, set DESKMATE_TRUST_FORWARDED_HEADERS "
-                "or DESKMATE_ALLOWED_HOSTS).")
+NOTICES = {
+    "promoted": "Promoted: the next answers come from it. Roll back undoes this.",
+    "rolled_back": "Rolled back: what was live before is serving again.",
+}
+FOREIGN_POST = (
+    "This form was sent from another site, so it was not accepted. Use the console's own "
+    "pages (behind a proxy that rewrites the host, set DESKMATE_TRUST_FORWARDED_HEADERS "
+    "or DESKMATE_ALLOWED_HOSTS)."
+)
 EXPIRED_FORM = "This form has expired or did not come from the console. Reload the page and try again."
-EXPIRED_LOGIN = ("This sign-in form has expired or did not come from the console. Your token is "
-                 "still unused: paste it again here.")
-NOT_YOURS_TO_RATE = ("You cannot review this answer: its context held passages {marker}. Someone in "
-                     "that group, or listed in DESKMATE_CONSOLE_SEE_ALL, can.")
-SESSION_CHECK_DOWN = ("The ledger database is not reachable, so your sign-in cannot be checked. "
-                      "Try again in a minute.")
+EXPIRED_LOGIN = (
+    "This sign-in form has expired or did not come from the console. Your token is still unused: paste it again here."
+)
+NOT_YOURS_TO_RATE = (
+    "You cannot review this answer: its context held passages {marker}. Someone in "
+    "that group, or listed in DESKMATE_CONSOLE_SEE_ALL, can."
+)
+SESSION_CHECK_DOWN = "The ledger database is not reachable, so your sign-in cannot be checked. Try again in a minute."
 
 
 class Console:
@@ -70,8 +80,9 @@ class Console:
         secret = console_secret(s.console_secret.get_secret_value() if s.console_secret else None, Path(s.data_dir))
         self.sessions = Sessions(secret, s.console_session_hours, deskmate.roles)
         self.see_all = frozenset(u.strip().lower() for u in s.console_see_all if u.strip())
-        self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                                            autoescape=jinja2.select_autoescape(["html"]))
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=jinja2.select_autoescape(["html"])
+        )
         self.templates.filters["when"] = lambda d: d.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if d else ""
         self.templates.filters["figure"] = lambda v: f"{v:.3f}" if isinstance(v, int | float) else "n/a"
         self.templates.tests["web_link"] = is_web_link
@@ -82,8 +93,11 @@ class Console:
         if s.console_auth_header:
             email = request.headers.get(s.console_auth_header, "").strip()
             if email:
-                groups = [g.strip() for g in request.headers.get(s.console_groups_header, "").split(",")
-                          if g.strip()] if s.console_groups_header else []
+                groups = (
+                    [g.strip() for g in request.headers.get(s.console_groups_header, "").split(",") if g.strip()]
+                    if s.console_groups_header
+                    else []
+                )
                 return self.sessions.viewer_from_proxy(email, groups)
         return await self.sessions.viewer_from_cookie(self.deskmate.ledger, request.cookies.get(COOKIE))
 
@@ -124,13 +138,25 @@ class Console:
 
     def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
         viewer = request.get(VIEWER)
-        values = {"viewer": viewer, "csrf": self.sessions.csrf_token(viewer) if viewer else "",
-                  "verdicts": VERDICTS, "person": self.person,
-                  "is_admin": bool(viewer and viewer.role is Role.admin), **context}
+        values = {
+            "viewer": viewer,
+            "csrf": self.sessions.csrf_token(viewer) if viewer else "",
+            "verdicts": VERDICTS,
+            "person": self.person,
+            "is_admin": bool(viewer and viewer.role is Role.admin),
+            **context,
+        }
         html = self.templates.get_template(template).render(**values)
-        return web.Response(text=html, content_type="text/html", status=status,
-                            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
-                                     "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'"})
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            status=status,
+            headers={
+                "Cache-Control": "no-store",
+                "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'",
+            },
+        )
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -142,8 +168,9 @@ class Console:
         if not path.startswith("/console") or path.startswith("/console/static/"):
             return await handler(request)
         if request.method == "POST":
-            why = foreign_origin(request.headers.get("Origin"), request.scheme, request.host,
-                                 self.deskmate.settings.allowed_hosts)
+            why = foreign_origin(
+                request.headers.get("Origin"), request.scheme, request.host, self.deskmate.settings.allowed_hosts
+            )
             if why:
                 log.warning("console.cross_site_refused path=%s %s remote=%s", path, why, request.remote)
                 return self.render(request, "error.html", status=403, message=FOREIGN_POST)
@@ -169,9 +196,13 @@ class Console:
             return self.render(request, "refused.html", status=403)
         if request.method == "POST" and path.startswith(ADMIN_POSTS) and viewer.role is not Role.admin:
             log.warning("console.admin_refused user=%s path=%s", viewer.user_key, path)
-            return self.render(request, "error.html", status=403,
-                               message="Only admins can retrain Deskmate or change its adapters. "
-                                       "Ask an admin (`deskmate roles list` shows who).")
+            return self.render(
+                request,
+                "error.html",
+                status=403,
+                message="Only admins can retrain Deskmate or change its adapters. "
+                "Ask an admin (`deskmate roles list` shows who).",
+            )
         return await handler(request)
 
     # --- signing in and out --------------------------------------------------------------------
@@ -179,11 +210,17 @@ class Console:
         """The sign-in page with its pre-session cookie (kept if the browser has one) and the
         signed copy of it that the form must send back."""
         nonce = Sessions.login_nonce(request.cookies.get(LOGIN_COOKIE))
-        response = self.render(request, "login.html", status=status, error=error,
-                               csrf=self.sessions.login_csrf(nonce),
-                               proxy=bool(self.deskmate.settings.console_auth_header))
-        response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=request.secure,
-                            path=LOGIN_PATH)
+        response = self.render(
+            request,
+            "login.html",
+            status=status,
+            error=error,
+            csrf=self.sessions.login_csrf(nonce),
+            proxy=bool(self.deskmate.settings.console_auth_header),
+        )
+        response.set_cookie(
+            LOGIN_COOKIE, nonce, httponly=True, samesite="Strict", secure=request.secure, path=LOGIN_PATH
+        )
         return response
 
     async def login_page(self, request: web.Request) -> web.Response:
@@ -198,13 +235,24 @@ class Console:
         redeemed = await redeem_token(self.deskmate.ledger, token) if token.startswith("dmt_") else None
         if redeemed is None:
             log.warning("console.login_refused remote=%s", request.remote)
-            return self.login_form(request, status=401, error="That token is not valid: it may "
-                                   "be mistyped, used already, or older than a day. Ask an admin for a new one.")
+            return self.login_form(
+                request,
+                status=401,
+                error="That token is not valid: it may "
+                "be mistyped, used already, or older than a day. Ask an admin for a new one.",
+            )
         user_key, fixed_role = redeemed
         cookie = await self.sessions.start(self.deskmate.ledger, user_key, fixed_role)
         response = web.HTTPFound("/console/queue")
-        response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=request.secure,
-                            path="/console", max_age=self.sessions.max_age)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            path="/console",
+            max_age=self.sessions.max_age,
+        )
         response.del_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
         log.info("console.login user=%s secure=%s", user_key, request.secure)
         raise response
@@ -226,22 +274,33 @@ class Console:
         lens = await self.lens(request, {r.turn.user_key: r.turn.user_name for r in rows})
         shown = [(lens.turn(r.turn, brief=True), r) for r in rows]
         shown = [(t, r) for t, r in shown if queue_match(t, filters.text, r.turn.question)]
-        return self.render(request, "queue.html", rows=shown, filters=filters, page=page, more=more,
-                           query=filters.as_query())
+        return self.render(
+            request, "queue.html", rows=shown, filters=filters, page=page, more=more, query=filters.as_query()
+        )
 
-    async def turn_page(self, request: web.Request, *, error: str = "", saved: bool = False,
-                        status: int = 200) -> web.Response:
+    async def turn_page(
+        self, request: web.Request, *, error: str = "", saved: bool = False, status: int = 200
+    ) -> web.Response:
         view = await turn_view(self.deskmate.ledger, request.match_info["turn_id"])
         if view is None:
-            return self.render(request, "error.html", status=404,
-                               message="No such answer: it may have been forgotten on request.")
+            return self.render(
+                request, "error.html", status=404, message="No such answer: it may have been forgotten on request."
+            )
         lens = await self.lens(request, {t.user_key: t.user_name for t in (*view.before, view.turn)})
         shown = lens.turn(view.turn)
-        return self.render(request, "turn.html", t=shown, before=[lens.turn(b) for b in view.before],
-                           ratings=lens.ratings(shown, view.ratings), next_id=view.next_id,
-                           not_yours=NOT_YOURS_TO_RATE.format(marker=shown.marker.strip("[]")),
-                           error=error, saved=saved, status=status,
-                           post_corrections=self.deskmate.settings.post_corrections)
+        return self.render(
+            request,
+            "turn.html",
+            t=shown,
+            before=[lens.turn(b) for b in view.before],
+            ratings=lens.ratings(shown, view.ratings),
+            next_id=view.next_id,
+            not_yours=NOT_YOURS_TO_RATE.format(marker=shown.marker.strip("[]")),
+            error=error,
+            saved=saved,
+            status=status,
+            post_corrections=self.deskmate.settings.post_corrections,
+        )
 
     async def rate(self, request: web.Request) -> web.Response:
         viewer: Viewer = request[VIEWER]
@@ -250,18 +309,23 @@ class Console:
         turn = await self.deskmate.ledger.get_turn(turn_id)
         if turn is not None and (hidden := (await self.reader(viewer)).restricted(turn.retrieved)):
             # Rating an answer one may not read would be rating it blind (and training learns it).
-            log.warning("console.rate_refused turn=%s by=%s restricted=%s", turn_id, viewer.user_key,
-                        ",".join(hidden))
+            log.warning("console.rate_refused turn=%s by=%s restricted=%s", turn_id, viewer.user_key, ",".join(hidden))
             return await self.turn_page(request, status=403)
         correction = str(form.get("correction", ""))
         if turn is not None and unchanged(correction, turn.answer):
             correction = ""
         try:
             score_text = str(form.get("score", "")).strip()
-            rating = Rating(turn_id=turn_id, rater_key=viewer.user_key, role=viewer.role, platform="console",
-                            score=int(score_text) if score_text else None,
-                            verdict=str(form.get("verdict", "")).strip() or None,
-                            note=str(form.get("note", "")), correction=correction)
+            rating = Rating(
+                turn_id=turn_id,
+                rater_key=viewer.user_key,
+                role=viewer.role,
+                platform="console",
+                score=int(score_text) if score_text else None,
+                verdict=str(form.get("verdict", "")).strip() or None,
+                note=str(form.get("note", "")),
+                correction=correction,
+            )
             await submit(self.deskmate.ledger, rating)
         except ValueError as exc:  # RatingRefused, or a score that is not a number
             message = str(exc) if isinstance(exc, RatingRefused) else "The score must be a whole number from 1 to 5."
@@ -269,8 +333,11 @@ class Console:
         log.info("console.rated turn=%s by=%s", turn_id, viewer.user_key)
         posted = await self._post_correction(turn, rating, form.get("post_correction") == "on")
         if posted is False:
-            return await self.turn_page(request, saved=True, error="Saved, but the correction could not be "
-                                        "posted in the conversation (see the server log).")
+            return await self.turn_page(
+                request,
+                saved=True,
+                error="Saved, but the correction could not be posted in the conversation (see the server log).",
+            )
         if form.get("then") == "next" and (next_id := await next_unreviewed(self.deskmate.ledger, turn_id)):
             raise web.HTTPSeeOther(f"/console/turns/{next_id}?saved=1")
         raise web.HTTPSeeOther(f"/console/turns/{turn_id}?saved=1")
@@ -294,8 +361,14 @@ class Console:
             lens = await self.lens(request, {u.user_key: u.user_name for u in data.unanswered})
             for item in data.unanswered:
                 item.question = lens.text(item.question) or ""
-        series = {"days": data.days, "turns": data.turns_by_platform, "thumbs_up": data.thumbs_up,
-                  "thumbs_down": data.thumbs_down, "scores": data.score_by_adapter, "latency": data.latency}
+        series = {
+            "days": data.days,
+            "turns": data.turns_by_platform,
+            "thumbs_up": data.thumbs_up,
+            "thumbs_down": data.thumbs_down,
+            "scores": data.score_by_adapter,
+            "latency": data.latency,
+        }
         # Escaped so that no value (an adapter name) can close the <script> block it sits in.
         return self.render(request, "dashboard.html", data=data, series=json.dumps(series).replace("<", "\\u003c"))
 
@@ -307,9 +380,13 @@ class Console:
         reader = await self.reader(request[VIEWER])
         pseudonymous = self.deskmate.settings.console_pseudonymous
         people: dict[str, Pseudonyms] = {}
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv; charset=utf-8",
-            "Content-Disposition": f'attachment; filename="deskmate-ratings.{fmt}"', "Cache-Control": "no-store"})
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="deskmate-ratings.{fmt}"',
+                "Cache-Control": "no-store",
+            }
+        )
         await response.prepare(request)
         if fmt == "csv":
             await response.write(csv_header().encode())
@@ -323,7 +400,11 @@ class Console:
                     people[key] = Pseudonyms([await self._person(key, asker["user_name"])])
                 pseudonyms = people[key]
             shown = Lens(reader, pseudonyms).record(record, facts=asker["user_facts"])
-            if shown["redacted"] and filters.text and filters.text.lower() not in (record.get("question") or "").lower():
+            if (
+                shown["redacted"]
+                and filters.text
+                and filters.text.lower() not in (record.get("question") or "").lower()
+            ):
                 # As in the queue: a restricted turn matches a search on its question only, so
                 # an export cannot confirm guesses at the hidden answer one word at a time.
                 continue
@@ -331,15 +412,23 @@ class Console:
             count += 1
             redacted += bool(shown["redacted"])
         await response.write_eof()
-        log.info("console.export user=%s format=%s records=%d redacted=%d", request[VIEWER].user_key, fmt,
-                 count, redacted)
+        log.info(
+            "console.export user=%s format=%s records=%d redacted=%d", request[VIEWER].user_key, fmt, count, redacted
+        )
         return response
 
     # --- retraining ----------------------------------------------------------------------------
     async def jobs_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
         recent = await jobs.list_jobs(self.deskmate.ledger, limit=30)
-        return self.render(request, "jobs.html", jobs=recent, active_states=jobs.ACTIVE, describe=describe_job,
-                           error=error, status=status)
+        return self.render(
+            request,
+            "jobs.html",
+            jobs=recent,
+            active_states=jobs.ACTIVE,
+            describe=describe_job,
+            error=error,
+            status=status,
+        )
 
     async def start_job(self, request: web.Request) -> web.Response:
         viewer: Viewer = request[VIEWER]
@@ -365,18 +454,34 @@ class Console:
             return self._no_job(request)
         folder = self._folder(job)
         report = _read_json(folder / "report.json")
-        return self.render(request, "job.html", job=job, active_states=jobs.ACTIVE, summary=describe_job(job),
-                           params=json.dumps(job.params or {}, indent=2, sort_keys=True),
-                           card=_read_text(folder / "dataset" / "card.md"), report=report,
-                           plot=(folder / "report.png").is_file(), figures=FIGURES)
+        return self.render(
+            request,
+            "job.html",
+            job=job,
+            active_states=jobs.ACTIVE,
+            summary=describe_job(job),
+            params=json.dumps(job.params or {}, indent=2, sort_keys=True),
+            card=_read_text(folder / "dataset" / "card.md"),
+            report=report,
+            plot=(folder / "report.png").is_file(),
+            figures=FIGURES,
+        )
 
     async def job_json(self, request: web.Request) -> web.Response:
         """What the page's progress bar polls while a job runs."""
         job = await jobs.get_job(self.deskmate.ledger, request.match_info["job_id"])
         if job is None:
             return web.json_response({"error": "no such job"}, status=404)
-        return web.json_response({"id": job.id, "status": job.status, "stage": job.stage, "progress": job.progress,
-                                  "active": job.status in jobs.ACTIVE}, headers={"Cache-Control": "no-store"})
+        return web.json_response(
+            {
+                "id": job.id,
+                "status": job.status,
+                "stage": job.stage,
+                "progress": job.progress,
+                "active": job.status in jobs.ACTIVE,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def job_plot(self, request: web.Request) -> web.StreamResponse:
         job = await jobs.get_job(self.deskmate.ledger, request.match_info["job_id"])
@@ -398,9 +503,16 @@ class Console:
 
     async def adapters_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
         ledger = self.deskmate.ledger
-        return self.render(request, "adapters.html", adapters=await adapters.list_adapters(ledger),
-                           live=await adapters.live_adapter(ledger), events=await adapters.history(ledger),
-                           notice=NOTICES.get(request.query.get("done", ""), ""), error=error, status=status)
+        return self.render(
+            request,
+            "adapters.html",
+            adapters=await adapters.list_adapters(ledger),
+            live=await adapters.live_adapter(ledger),
+            events=await adapters.history(ledger),
+            notice=NOTICES.get(request.query.get("done", ""), ""),
+            error=error,
+            status=status,
+        )
 
     async def promote(self, request: web.Request) -> web.Response:
         viewer: Viewer = request[VIEWER]
@@ -408,8 +520,14 @@ class Console:
         d = self.deskmate
         registry = d.retrainer().registry
         try:
-            await adapters.promote(d.ledger, registry, request.match_info["name"], actor=viewer.user_key,
-                                   generator=d.generator, force=bool(form.get("force")))
+            await adapters.promote(
+                d.ledger,
+                registry,
+                request.match_info["name"],
+                actor=viewer.user_key,
+                generator=d.generator,
+                force=bool(form.get("force")),
+            )
         except adapters.PromotionRefused as exc:
             return await self.adapters_page(request, error=f"Not promoted, nothing changed: {exc}", status=409)
         await adapters.apply_live(d.ledger, registry, d.generator)

@@ -15,8 +15,13 @@ DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
 def run(args: list[str], tmp_path: Path, store_url: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": store_url,
-                   "HF_HUB_OFFLINE": "1", **env}
+    environment = {
+        **os.environ,
+        "DESKMATE_DATA_DIR": str(tmp_path),
+        "DESKMATE_STORE_URL": store_url,
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
     return subprocess.run([DESKMATE, *args], env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -29,26 +34,48 @@ def test_search_prints_the_right_passage_first_with_its_source(tmp_path: Path, e
 
 
 def test_search_as_a_user_outside_hr_never_shows_hr_documents(tmp_path: Path, example_store_url: str) -> None:
-    done = run(["search", "salary bands compensation review", "--user", "lukas.becker@northwind.example",
-                "--k", "20", "--json"], tmp_path, example_store_url)
+    done = run(
+        [
+            "search",
+            "salary bands compensation review",
+            "--user",
+            "lukas.becker@northwind.example",
+            "--k",
+            "20",
+            "--json",
+        ],
+        tmp_path,
+        example_store_url,
+    )
     hits = json.loads(done.stdout)["hits"]
     assert hits and all("hr" not in h["groups"] for h in hits)
-    hr = run(["search", "salary bands compensation review", "--user", "ana.ribeiro@northwind.example",
-              "--k", "3", "--json"], tmp_path, example_store_url)
+    hr = run(
+        ["search", "salary bands compensation review", "--user", "ana.ribeiro@northwind.example", "--k", "3", "--json"],
+        tmp_path,
+        example_store_url,
+    )
     assert json.loads(hr.stdout)["hits"][0]["doc_id"] == "hr/salary-bands-compensation-review.md"
 
 
 def test_empty_search_and_unknown_user_exit_with_a_message(tmp_path: Path, example_store_url: str) -> None:
     empty = run(["search", "  "], tmp_path, example_store_url)
     assert empty.returncode == 2 and "the question is empty" in empty.stderr
-    stranger = run(["ask", "hello?", "--user", "nobody@northwind.example"], tmp_path, example_store_url,
-                   DESKMATE_GENERATOR_URL="echo://")
+    stranger = run(
+        ["ask", "hello?", "--user", "nobody@northwind.example"],
+        tmp_path,
+        example_store_url,
+        DESKMATE_GENERATOR_URL="echo://",
+    )
     assert stranger.returncode == 2 and "unknown user" in stranger.stderr
 
 
 def test_ask_streams_an_answer_with_its_source_and_records_it(tmp_path: Path, example_store_url: str) -> None:
-    done = run(["ask", "How do I report a phishing email?", "--user", "emily.carter@northwind.example"],
-               tmp_path, example_store_url, DESKMATE_GENERATOR_URL="echo://")
+    done = run(
+        ["ask", "How do I report a phishing email?", "--user", "emily.carter@northwind.example"],
+        tmp_path,
+        example_store_url,
+        DESKMATE_GENERATOR_URL="echo://",
+    )
     assert done.returncode == 0, done.stderr
     assert "source: Reporting a phishing email" in done.stdout
     assert "· answered ·" in done.stdout
@@ -62,11 +89,21 @@ def test_search_rejects_an_out_of_range_k(tmp_path: Path, example_store_url: str
 
 
 def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> None:
-    environment = {**os.environ, "DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": example_store_url,
-                   "HF_HUB_OFFLINE": "1", "DESKMATE_GENERATOR_URL": "echo://"}
-    done = subprocess.run([DESKMATE, "chat", "--user", "lukas.becker@northwind.example"], env=environment,
-                          input="How do I install the NorthGate VPN client?\nAnd on Linux?\n\n",
-                          capture_output=True, text=True, timeout=300)
+    environment = {
+        **os.environ,
+        "DESKMATE_DATA_DIR": str(tmp_path),
+        "DESKMATE_STORE_URL": example_store_url,
+        "HF_HUB_OFFLINE": "1",
+        "DESKMATE_GENERATOR_URL": "echo://",
+    }
+    done = subprocess.run(
+        [DESKMATE, "chat", "--user", "lukas.becker@northwind.example"],
+        env=environment,
+        input="How do I install the NorthGate VPN client?\nAnd on Linux?\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("deskmate>") == 2 and done.stdout.count("· answered ·") == 2
 
@@ -77,12 +114,21 @@ def test_serve_without_platform_credentials_starts_and_says_so(tmp_path: Path, e
     from tests.conftest import free_port
 
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if "SLACK" not in k and "TEAMS" not in k
-                   and "MICROSOFT" not in k}
-    environment.update({"DESKMATE_DATA_DIR": str(tmp_path), "DESKMATE_STORE_URL": example_store_url,
-                        "DESKMATE_GENERATOR_URL": "echo://", "DESKMATE_PORT": str(port), "HF_HUB_OFFLINE": "1"})
-    process = subprocess.Popen([DESKMATE, "serve"], env=environment, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    environment = {
+        k: v for k, v in os.environ.items() if "SLACK" not in k and "TEAMS" not in k and "MICROSOFT" not in k
+    }
+    environment.update(
+        {
+            "DESKMATE_DATA_DIR": str(tmp_path),
+            "DESKMATE_STORE_URL": example_store_url,
+            "DESKMATE_GENERATOR_URL": "echo://",
+            "DESKMATE_PORT": str(port),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    process = subprocess.Popen(
+        [DESKMATE, "serve"], env=environment, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         lines = []
         while not any(line.startswith("Teams:") for line in lines):
@@ -112,7 +158,8 @@ def test_ingest_of_a_subfolder_keeps_ids_and_prunes_only_inside_it(tmp_path: Pat
     pruned = run(["ingest", str(kb_copy / "it"), "--prune"], tmp_path, store)
     assert pruned.returncode == 0, pruned.stderr
     assert [line for line in pruned.stdout.splitlines() if line.startswith("removed")] == [
-        "removed it/printer-setup.md"]
+        "removed it/printer-setup.md"
+    ]
     assert _count(pruned.stdout, "added") == 0
     stats = json.loads(run(["kb", "stats", "--json"], tmp_path, store).stdout)
     assert stats["documents"] == documents - 1 and stats["chunks_by_group"].get("hr")
@@ -139,8 +186,7 @@ def test_ingest_outside_the_knowledge_folder_is_refused_until_the_setting_moves_
     assert f"outside the knowledge folder {kb_copy.resolve()}" in message
     assert "DESKMATE_KB_ROOT" in message
 
-    allowed = run(["ingest", str(moved / "it"), "--prune"], tmp_path, store,
-                  DESKMATE_KB_ROOT=str(moved))
+    allowed = run(["ingest", str(moved / "it"), "--prune"], tmp_path, store, DESKMATE_KB_ROOT=str(moved))
     assert allowed.returncode == 0, allowed.stderr
     assert _count(allowed.stdout, "added") == 0 and _count(allowed.stdout, "removed") == 0
     assert _count(allowed.stdout, "unchanged") == len(list((moved / "it").rglob("*.*")))
@@ -151,8 +197,13 @@ def test_an_empty_optional_setting_means_its_default(monkeypatch: pytest.MonkeyP
     directory as a folder."""
     from bot.settings import Settings
 
-    for name in ("DESKMATE_WEB_CHAT", "DESKMATE_OPS_PORT", "DESKMATE_KB_ROOT", "DESKMATE_LEDGER_SPOOL_DIR",
-                 "DESKMATE_METRICS_TOKEN"):
+    for name in (
+        "DESKMATE_WEB_CHAT",
+        "DESKMATE_OPS_PORT",
+        "DESKMATE_KB_ROOT",
+        "DESKMATE_LEDGER_SPOOL_DIR",
+        "DESKMATE_METRICS_TOKEN",
+    ):
         monkeypatch.setenv(name, "")
     s = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (s.web_chat, s.ops_port, s.kb_root, s.ledger_spool_dir, s.metrics_token) == (None,) * 5

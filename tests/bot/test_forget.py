@@ -28,22 +28,41 @@ from tests.conftest import missing_pg_database
 ANA = "ana.ribeiro@northwind.example"
 MIGUEL = "miguel.santos@northwind.example"
 LEAD = "hannah.schmidt@northwind.example"
-QUESTIONS = ["how do I reset my VPN password?", "where do I book parental leave?",
-             "what is the guest wifi code?", "how do I expense a train ticket?",
-             "who approves a new laptop?", "how long is the notice period?"]
+QUESTIONS = [
+    "how do I reset my VPN password?",
+    "where do I book parental leave?",
+    "what is the guest wifi code?",
+    "how do I expense a train ticket?",
+    "who approves a new laptop?",
+    "how long is the notice period?",
+]
 
 
 def start(user_key: str, question: str, thread: str = "t1") -> TurnStart:
     turn_id, ref = new_turn_ids()
-    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="web",
-                     user_key=user_key, question=question, channel="web", thread_id=thread)
+    return TurnStart(
+        id=turn_id,
+        reference=ref,
+        created_at=datetime.now(UTC),
+        platform="web",
+        user_key=user_key,
+        question=question,
+        channel="web",
+        thread_id=thread,
+    )
 
 
 def served(question: str) -> TurnEnd:
-    return TurnEnd(status="answered", answer=f"The handbook says so about: {question}", prompt=[
-        {"role": "system", "content": "You are Deskmate."},
-        {"role": "user", "content": f"Context:\n[1] The handbook.\n\nQuestion: {question}"}],
-        prompt_version="v1", model="SmolLM2-135M-Instruct")
+    return TurnEnd(
+        status="answered",
+        answer=f"The handbook says so about: {question}",
+        prompt=[
+            {"role": "system", "content": "You are Deskmate."},
+            {"role": "user", "content": f"Context:\n[1] The handbook.\n\nQuestion: {question}"},
+        ],
+        prompt_version="v1",
+        model="SmolLM2-135M-Instruct",
+    )
 
 
 async def test_a_replay_never_brings_a_forgotten_person_back(tmp_path: Path) -> None:
@@ -112,10 +131,10 @@ def fake_adapter(folder: Path) -> Path:
     return folder
 
 
-async def test_job_folders_and_adapter_cards_lose_the_persons_turns(tmp_path: Path, private_store_url: str,
-                                                                    embedder: Embedder) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", store_url=private_store_url,
-                        cache_url="memory://")  # type: ignore[call-arg]
+async def test_job_folders_and_adapter_cards_lose_the_persons_turns(
+    tmp_path: Path, private_store_url: str, embedder: Embedder
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", store_url=private_store_url, cache_url="memory://")  # type: ignore[call-arg]
     ledger = Ledger(settings.resolved_ledger_url(), tmp_path / "data" / "ledger-spool.jsonl")
     await ledger.migrate()
     records = Records(await open_retrieval(settings, embedder=embedder), ledger)
@@ -134,19 +153,27 @@ async def test_job_folders_and_adapter_cards_lose_the_persons_turns(tmp_path: Pa
         export = folder / "export.jsonl"
         export.write_text("".join([to_jsonl(r) async for r in rated_turns(ledger)]), encoding="utf-8")
         card = make_dataset(export, [], folder / "dataset", DatasetConfig(eval_share=0.34, distractor_share=0))
-        trained = {json.loads(line)["turn_id"] for line in (folder / "dataset" / "train.jsonl").read_text().splitlines()}
+        trained = {
+            json.loads(line)["turn_id"] for line in (folder / "dataset" / "train.jsonl").read_text().splitlines()
+        }
         assert trained & hers and trained - hers
         registry = Registry(settings.resolved_adapters_dir())
         name = new_name("HuggingFaceTB/SmolLM2-135M-Instruct")
-        registry.register(name, fake_adapter(tmp_path / "trained"), {
-            "job_id": job_id, "dataset_card": {**card, "held_out_turn_ids": sorted(turns)}})
+        registry.register(
+            name,
+            fake_adapter(tmp_path / "trained"),
+            {"job_id": job_id, "dataset_card": {**card, "held_out_turn_ids": sorted(turns)}},
+        )
         other = new_name("HuggingFaceTB/SmolLM2-135M-Instruct") + "x"
         registry.register(other, fake_adapter(tmp_path / "older"), {"job_id": "another-job"})
 
         report = await forget(records, ANA)
 
-        left = [json.loads(line)["turn_id"] for path in (folder / "dataset").glob("*.jsonl")
-                for line in path.read_text().splitlines()]
+        left = [
+            json.loads(line)["turn_id"]
+            for path in (folder / "dataset").glob("*.jsonl")
+            for line in path.read_text().splitlines()
+        ]
         assert left and not set(left) & hers
         assert not any(json.loads(line)["turn_id"] in hers for line in export.read_text().splitlines())
         assert report["job_records"] >= len(hers) + len(trained & hers) and report["job_folders"] == [job_id]
@@ -169,8 +196,9 @@ async def test_a_serving_replica_purges_its_own_cache_within_a_heartbeat(ledger:
     cache = MemoryCache()
     theirs = start(ANA, "my salary band?", thread="chat-7")
     await ledger.record_turn(theirs, served(theirs.question))
-    where = ForgottenTurn(theirs.id, theirs.platform, theirs.workspace, theirs.channel, theirs.thread_id,
-                          theirs.private)
+    where = ForgottenTurn(
+        theirs.id, theirs.platform, theirs.workspace, theirs.channel, theirs.thread_id, theirs.private
+    )
     [history] = cache_keys_of(ANA)([where])
     tag = user_tag(ANA)
     await cache.set(history, b'[["user", "my salary band?"]]')
@@ -195,4 +223,3 @@ async def test_a_serving_replica_purges_its_own_cache_within_a_heartbeat(ledger:
     finally:
         beats.cancel()
         await asyncio.gather(beats, return_exceptions=True)
-

@@ -29,11 +29,13 @@ pytestmark = pytest.mark.slow
 
 QUESTION = [
     {"role": "system", "content": "Answer briefly and only from the context."},
-    {"role": "user", "content": "Context:\n[1] Wi-Fi: Staff join the NW-Staff network with their Northwind ID; "
-                                "guests use NW-Guest.\nQuestion: Which network do guests use?"},
+    {
+        "role": "user",
+        "content": "Context:\n[1] Wi-Fi: Staff join the NW-Staff network with their Northwind ID; "
+        "guests use NW-Guest.\nQuestion: Which network do guests use?",
+    },
 ]
 ALIAS = "smollm2-base"
-
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +45,25 @@ def llama_server(gguf_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would stall the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias", ALIAS,
-             "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf_path),
+                "--model_alias",
+                ALIAS,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_threads",
+                "1",
+                "--n_ctx",
+                "2048",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 90
     while True:
@@ -167,12 +185,18 @@ async def test_without_an_adapter_the_server_s_own_model_name_is_asked_for() -> 
         body = await request.json()
         asked.append(body.get("model"))
         if body.get("model") != "org/base-1b":  # as vLLM does
-            return web.json_response({"error": {"message": f"The model `{body.get('model')}` does not exist."}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"message": f"The model `{body.get('model')}` does not exist."}}, status=404
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        chunk = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "org/base-1b",
-                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}]}
+        chunk = {
+            "id": "1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "org/base-1b",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}, "finish_reason": None}],
+        }
         await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
         return response
 

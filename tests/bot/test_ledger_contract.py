@@ -12,9 +12,17 @@ from bot.ledger import Ledger, TurnEnd, TurnStart, new_turn_ids
 
 def start(question: str = "how do I reset my VPN password?") -> TurnStart:
     turn_id, ref = new_turn_ids()
-    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="web",
-                     user_key="ana.ribeiro@northwind.example", question=question,
-                     channel="web", thread_id="t1", groups=["hr"])
+    return TurnStart(
+        id=turn_id,
+        reference=ref,
+        created_at=datetime.now(UTC),
+        platform="web",
+        user_key="ana.ribeiro@northwind.example",
+        question=question,
+        channel="web",
+        thread_id="t1",
+        groups=["hr"],
+    )
 
 
 async def test_turn_is_recorded_before_and_after_generation(ledger: Ledger) -> None:
@@ -24,11 +32,22 @@ async def test_turn_is_recorded_before_and_after_generation(ledger: Ledger) -> N
     assert pending is not None and pending.status == "pending" and pending.answer is None
     assert pending.question == s.question and pending.reference == s.reference
     retrieved = [{"chunk_id": "it/vpn.md#0", "doc_id": "it/vpn.md", "text": "Open Northwind ID…", "score": 0.9}]
-    await ledger.finish_turn(s.id, TurnEnd(
-        status="answered", answer="Use id.northwind.example/reset [1]", retrieved=retrieved,
-        cited=["it/vpn.md#0"], prompt=[{"role": "user", "content": "Context: …"}], prompt_version="v1",
-        model="SmolLM2-135M-Instruct", adapter_version="", kb_version=3, confidence=0.71,
-        latency_ms={"retrieval": 12.5, "generation": 900.0}))
+    await ledger.finish_turn(
+        s.id,
+        TurnEnd(
+            status="answered",
+            answer="Use id.northwind.example/reset [1]",
+            retrieved=retrieved,
+            cited=["it/vpn.md#0"],
+            prompt=[{"role": "user", "content": "Context: …"}],
+            prompt_version="v1",
+            model="SmolLM2-135M-Instruct",
+            adapter_version="",
+            kb_version=3,
+            confidence=0.71,
+            latency_ms={"retrieval": 12.5, "generation": 900.0},
+        ),
+    )
     done = await ledger.get_turn(s.id)
     assert done.status == "answered" and done.retrieved == retrieved and done.cited == ["it/vpn.md#0"]
     assert done.prompt_version == "v1" and done.kb_version == 3 and done.latency_ms["retrieval"] == 12.5
@@ -61,10 +80,24 @@ async def test_ratings_are_versioned_and_a_lead_review_marks_the_turn(ledger: Le
     s = start()
     await ledger.record_turn(s, TurnEnd(status="unknown", answer="I couldn't find this", confidence=0.2))
     assert (await ledger.get_turn(s.id)).risk == 4 and not (await ledger.get_turn(s.id)).reviewed
-    await ledger.record_feedback(s.id, "lead@northwind.example", platform="console", rater_role="lead",
-                                 score=2, verdict="incomplete", note="misses step 2")
-    await ledger.record_feedback(s.id, "lead@northwind.example", platform="console", rater_role="lead",
-                                 score=4, verdict="correct", correction="Open Settings, then …")
+    await ledger.record_feedback(
+        s.id,
+        "lead@northwind.example",
+        platform="console",
+        rater_role="lead",
+        score=2,
+        verdict="incomplete",
+        note="misses step 2",
+    )
+    await ledger.record_feedback(
+        s.id,
+        "lead@northwind.example",
+        platform="console",
+        rater_role="lead",
+        score=4,
+        verdict="correct",
+        correction="Open Settings, then …",
+    )
     ratings = await ledger.ratings_of(s.id)
     assert [r.score for r in ratings] == [2, 4] and ratings[-1].correction == "Open Settings, then …"
     assert (await ledger.get_turn(s.id)).reviewed

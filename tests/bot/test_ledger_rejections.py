@@ -24,10 +24,20 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 def teams_turn(question: str = "how do I reset my VPN password?") -> TurnStart:
     turn_id, ref = new_turn_ids()
-    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="teams",
-                     user_key="ana.ribeiro@northwind.example", user_name="Ana Ribeiro", question=question,
-                     workspace=TENANT, channel=TEAMS_PERSONAL_CHAT, thread_id=TEAMS_PERSONAL_CHAT,
-                     private=True, groups=["hr"])
+    return TurnStart(
+        id=turn_id,
+        reference=ref,
+        created_at=datetime.now(UTC),
+        platform="teams",
+        user_key="ana.ribeiro@northwind.example",
+        user_name="Ana Ribeiro",
+        question=question,
+        workspace=TENANT,
+        channel=TEAMS_PERSONAL_CHAT,
+        thread_id=TEAMS_PERSONAL_CHAT,
+        private=True,
+        groups=["hr"],
+    )
 
 
 def dead_lettered(kind: str) -> float:
@@ -84,8 +94,11 @@ async def test_an_outage_still_spools_and_a_refused_row_in_the_replay_blocks_not
         ledger = Ledger(url, tmp_path / "spool")
         try:
             assert not await ledger.ping()
-            turns = [teams_turn("first, while down"), teams_turn("second \x00 while down"),
-                     teams_turn("third, while down")]
+            turns = [
+                teams_turn("first, while down"),
+                teams_turn("second \x00 while down"),
+                teams_turn("third, while down"),
+            ]
             for t in turns:
                 await ledger.begin_turn(t)
                 await ledger.finish_turn(t.id, TurnEnd(status="answered", answer=f"answer to {t.question[:5]}"))
@@ -125,14 +138,17 @@ async def test_failures_are_told_apart_by_what_the_database_said(tmp_path: Path)
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]  # nothing listens once the socket is closed
     dropped = url  # the database was dropped on leaving the block
-    for name, target in (("refused", f"postgresql://postgres@127.0.0.1:{closed_port}/x"),
-                         ("no database", dropped)):
+    for name, target in (("refused", f"postgresql://postgres@127.0.0.1:{closed_port}/x"), ("no database", dropped)):
         ledger = Ledger(target, tmp_path / "b", connect_timeout=2)
         await capture(name, ledger, teams_turn())
         await ledger.close()
     assert set(failures) == {"too long", "nul", "refused", "no database"}
     assert {name: write_failure(exc) for name, exc in failures.items()} == {
-        "too long": "rejected", "nul": "rejected", "refused": "outage", "no database": "outage"}
+        "too long": "rejected",
+        "nul": "rejected",
+        "refused": "outage",
+        "no database": "outage",
+    }
 
 
 async def test_a_refused_outcome_closes_its_turn_as_failed_with_where_it_is(tmp_path: Path) -> None:

@@ -37,15 +37,28 @@ asyncio.run(main())
 
 def start(question: str) -> TurnStart:
     turn_id, ref = new_turn_ids()
-    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="web",
-                     user_key="ana.ribeiro@northwind.example", question=question, channel="web", thread_id="t1")
+    return TurnStart(
+        id=turn_id,
+        reference=ref,
+        created_at=datetime.now(UTC),
+        platform="web",
+        user_key="ana.ribeiro@northwind.example",
+        question=question,
+        channel="web",
+        thread_id="t1",
+    )
 
 
 async def test_a_spool_is_adopted_only_once_its_process_is_gone(tmp_path: Path) -> None:
     spool_dir = tmp_path / "shared-spool"
     async with missing_pg_database("adopt") as (url, create):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(spool_dir)], cwd=REPO,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, url, str(spool_dir)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             turn_id, spooled = child.stdout.readline().split()  # type: ignore[union-attr]
             [left] = list(spool_dir.glob("*.jsonl"))
@@ -82,7 +95,9 @@ async def test_each_process_spools_to_its_own_file(tmp_path: Path) -> None:
             files = sorted(tmp_path.glob("ledger-spool-*.jsonl"))
             assert len(files) == 2 and server.spool.path != cli.spool.path
             assert {json.loads(f.read_text())["data"]["question"] for f in files} == {
-                "asked in Slack", "asked on the command line"}
+                "asked in Slack",
+                "asked on the command line",
+            }
             assert server.spooled() == cli.spooled() == 1  # the other's file is held by a live owner
         finally:
             await server.close()
@@ -95,8 +110,13 @@ async def test_a_spool_file_an_older_version_left_is_replayed(ledger_url: str, t
     spool_dir = tmp_path / "data"
     spool_dir.mkdir()
     old = start("asked before the upgrade")
-    data = {**old.__dict__, "created_at": old.created_at.isoformat(), "status": "answered", "answer": "old",
-            "completed_at": datetime.now(UTC).isoformat()}
+    data = {
+        **old.__dict__,
+        "created_at": old.created_at.isoformat(),
+        "status": "answered",
+        "answer": "old",
+        "completed_at": datetime.now(UTC).isoformat(),
+    }
     (spool_dir / "ledger-spool.jsonl").write_text(json.dumps({"kind": "record", "data": data}) + "\n")
     ledger = Ledger(ledger_url, spool_dir)
     try:

@@ -11,8 +11,9 @@ def hit(n: int, text: str) -> Hit:
 
 
 def test_context_and_question_sit_in_the_user_turn() -> None:
-    messages, tampered = build_messages("How do I print?", [hit(1, "Use LIS-PRINT-02."), hit(2, "Badge in.")],
-                                        ["The person asking is Ana."])
+    messages, tampered = build_messages(
+        "How do I print?", [hit(1, "Use LIS-PRINT-02."), hit(2, "Badge in.")], ["The person asking is Ana."]
+    )
     assert [m["role"] for m in messages] == ["system", "user"]
     user = messages[1]["content"]
     assert user.startswith("Context:\n[1] Doc 1 > Section: Use LIS-PRINT-02.\n[2] Doc 2 > Section: Badge in.")

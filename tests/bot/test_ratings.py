@@ -15,8 +15,16 @@ OWNER = "lukas.becker@northwind.example"
 
 def turn_start(user: str = OWNER) -> TurnStart:
     turn_id, ref = new_turn_ids()
-    return TurnStart(id=turn_id, reference=ref, created_at=datetime.now(UTC), platform="slack",
-                     user_key=user, question="How do I reset my VPN password?", channel="C1", thread_id="t")
+    return TurnStart(
+        id=turn_id,
+        reference=ref,
+        created_at=datetime.now(UTC),
+        platform="slack",
+        user_key=user,
+        question="How do I reset my VPN password?",
+        channel="C1",
+        thread_id="t",
+    )
 
 
 async def test_what_each_role_may_give(ledger: Ledger) -> None:
@@ -27,10 +35,24 @@ async def test_what_each_role_may_give(ledger: Ledger) -> None:
         await submit(ledger, Rating(s.id, "ana.ribeiro@northwind.example", Role.employee, "slack", thumb=1))
     with pytest.raises(RatingRefused, match="Only support leads"):
         await submit(ledger, Rating(s.id, OWNER, Role.employee, "slack", score=5))
-    await submit(ledger, Rating(s.id, "lead@northwind.example", Role.lead, "teams", score=3, verdict="wrong",
-                                correction="Use the self-service portal at …"))
-    for bad, message in (({"score": 0}, "1 to 5"), ({"verdict": "meh"}, "Unknown verdict"),
-                         ({"correction": "x" * 8_001}, "limit is 8,000"), ({}, "empty")):
+    await submit(
+        ledger,
+        Rating(
+            s.id,
+            "lead@northwind.example",
+            Role.lead,
+            "teams",
+            score=3,
+            verdict="wrong",
+            correction="Use the self-service portal at …",
+        ),
+    )
+    for bad, message in (
+        ({"score": 0}, "1 to 5"),
+        ({"verdict": "meh"}, "Unknown verdict"),
+        ({"correction": "x" * 8_001}, "limit is 8,000"),
+        ({}, "empty"),
+    ):
         with pytest.raises(RatingRefused, match=message):
             await submit(ledger, Rating(s.id, "lead@northwind.example", Role.lead, "console", **bad))
     with pytest.raises(RatingRefused, match="not on record"):
@@ -60,8 +82,9 @@ async def test_a_click_during_a_ledger_outage_is_spooled_and_its_owner_checked_o
 
 def test_roles_from_users_slack_groups_and_entra_groups(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "roles.yaml"
-    path.write_text("admins:\n  users: [Boss@Northwind.example]\nleads:\n  slack_groups: [S1]\n"
-                    "  entra_groups: [ABC-123]\n")
+    path.write_text(
+        "admins:\n  users: [Boss@Northwind.example]\nleads:\n  slack_groups: [S1]\n  entra_groups: [ABC-123]\n"
+    )
     roles = Roles.load(path, leads=["lead@northwind.example"])
     assert roles.role_of("boss@northwind.example") is Role.admin
     assert roles.role_of("lead@northwind.example") is Role.lead

@@ -14,8 +14,9 @@ from bot.ledger import Ledger, ReplicaRow, TurnRow, TurnStart, new_turn_ids
 async def _pending_turn(ledger: Ledger, replica: str) -> str:
     turn_id, reference = new_turn_ids()
     ledger.replica = replica
-    await ledger.begin_turn(TurnStart(turn_id, reference, datetime.now(UTC), "slack", "u@example", "q?",
-                                      channel="C1", thread_id="1.2"))
+    await ledger.begin_turn(
+        TurnStart(turn_id, reference, datetime.now(UTC), "slack", "u@example", "q?", channel="C1", thread_id="1.2")
+    )
     return turn_id
 
 
@@ -25,13 +26,18 @@ async def _status(ledger: Ledger, turn_id: str) -> TurnRow:
 
 
 async def test_after_an_outage_a_live_replica_keeps_its_answers_and_a_dead_one_loses_them(
-        ledger_url: str, tmp_path: Path) -> None:
+    ledger_url: str, tmp_path: Path
+) -> None:
     writer = Ledger(ledger_url, tmp_path / "w.jsonl")
     await writer.migrate()
     stale = datetime.now(UTC) - timedelta(minutes=5)  # both rows went stale during an outage
     async with writer.sessions.begin() as session:
-        session.add_all([ReplicaRow(id="live:1:aaaaaa", started_at=stale, seen_at=stale),
-                         ReplicaRow(id="dead:2:bbbbbb", started_at=stale, seen_at=stale)])
+        session.add_all(
+            [
+                ReplicaRow(id="live:1:aaaaaa", started_at=stale, seen_at=stale),
+                ReplicaRow(id="dead:2:bbbbbb", started_at=stale, seen_at=stale),
+            ]
+        )
     live_turn = await _pending_turn(writer, "live:1:aaaaaa")
     dead_turn = await _pending_turn(writer, "dead:2:bbbbbb")
 

@@ -15,9 +15,13 @@ from tests.conftest import PG_ADMIN_DSN, REDIS_URL, RUN_ID, running_server
 @pytest.fixture
 async def server(tmp_path: Path, example_store_url: str, embedder, redis_prefix: str):  # noqa: ANN001, ANN201
     async with running_server(
-        embedder, data_dir=tmp_path, store_url=example_store_url, cache_url=REDIS_URL,
+        embedder,
+        data_dir=tmp_path,
+        store_url=example_store_url,
+        cache_url=REDIS_URL,
         cache_prefix=f"{redis_prefix}srv{uuid.uuid4().hex[:6]}:",
-        ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}", generator_url="echo://",
+        ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        generator_url="echo://",
     ) as running:
         yield running
 
@@ -41,8 +45,9 @@ async def test_health_readiness_and_metrics(server) -> None:  # noqa: ANN001
             body = await r.json()
             assert r.status == 200 and body["ready"] is True
             assert set(body["parts"]) == {"store", "cache", "ledger", "generator"}
-    status, events = await ask(server.url, {"user": "lukas.becker@northwind.example",
-                                            "question": "How do I reset my VPN password?"})
+    status, events = await ask(
+        server.url, {"user": "lukas.becker@northwind.example", "question": "How do I reset my VPN password?"}
+    )
     assert status == 200
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as r:
         text = await r.text()
@@ -54,8 +59,10 @@ async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:  # n
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/users") as r:
         users = await r.json()
     assert len(users) == 8 and {"key", "name", "department", "groups"} <= set(users[0])
-    status, events = await ask(server.url, {"user": "Lukas.Becker@northwind.example",
-                                            "question": "How do I reset my VPN password?", "thread": "x"})
+    status, events = await ask(
+        server.url,
+        {"user": "Lukas.Becker@northwind.example", "question": "How do I reset my VPN password?", "thread": "x"},
+    )
     kinds = [e["type"] for e in events]
     assert status == 200 and kinds[0] == "status" and kinds[-1] == "done" and "delta" in kinds
     answer = events[-1]["answer"]
@@ -66,12 +73,15 @@ async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:  # n
     assert row.platform == "web" and row.user_key == "lukas.becker@northwind.example" and row.private
 
 
-@pytest.mark.parametrize("body, message", [
-    ("not json at all", "must be JSON"),
-    ({"user": "lukas.becker@northwind.example"}, "`question`"),
-    ({"user": "nobody@northwind.example", "question": "hi"}, "unknown user"),
-    (["a", "list"], "`question`"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("not json at all", "must be JSON"),
+        ({"user": "lukas.becker@northwind.example"}, "`question`"),
+        ({"user": "nobody@northwind.example", "question": "hi"}, "unknown user"),
+        (["a", "list"], "`question`"),
+    ],
+)
 async def test_bad_requests_get_a_clear_400(server, body, message) -> None:  # noqa: ANN001
     async with aiohttp.ClientSession() as http:
         data = body if isinstance(body, str) else json.dumps(body)
@@ -83,10 +93,12 @@ async def test_bad_requests_get_a_clear_400(server, body, message) -> None:  # n
 
 async def test_ledger_down_is_not_ready_but_still_answers(tmp_path: Path, example_store_url: str, embedder) -> None:  # noqa: ANN001
     missing = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/deskmate_test_{RUN_ID}_never"
-    async with running_server(embedder, data_dir=tmp_path, store_url=example_store_url,
-                              ledger_url=missing, generator_url="echo://") as server:
-        status, events = await ask(server.url, {"user": "emily.carter@northwind.example",
-                                                "question": "How do I book business travel?"})
+    async with running_server(
+        embedder, data_dir=tmp_path, store_url=example_store_url, ledger_url=missing, generator_url="echo://"
+    ) as server:
+        status, events = await ask(
+            server.url, {"user": "emily.carter@northwind.example", "question": "How do I book business travel?"}
+        )
         assert status == 200 and events[-1]["answer"]["outcome"] == "answered"
         async with aiohttp.ClientSession() as http, http.get(f"{server.url}/readyz") as r:
             body = await r.json()

@@ -34,31 +34,48 @@ async def recorder() -> AsyncIterator[Recorder]:
     rec = Recorder()
     await rec.start()
     rec.slack_users = {
-        "U1": {"id": "U1", "name": "lukas", "real_name": "Lukas Becker",
-               "profile": {"email": "Lukas.Becker@northwind.example", "real_name": "Lukas Becker"}},
-        "U2": {"id": "U2", "name": "ana", "real_name": "Ana Ribeiro",
-               "profile": {"email": ANA, "real_name": "Ana Ribeiro"}},
+        "U1": {
+            "id": "U1",
+            "name": "lukas",
+            "real_name": "Lukas Becker",
+            "profile": {"email": "Lukas.Becker@northwind.example", "real_name": "Lukas Becker"},
+        },
+        "U2": {
+            "id": "U2",
+            "name": "ana",
+            "real_name": "Ana Ribeiro",
+            "profile": {"email": ANA, "real_name": "Ana Ribeiro"},
+        },
         "U9": {"id": "U9", "name": "guest", "real_name": "A Guest", "profile": {}},
     }
     rec.teams_members = {
-        "29:lukas": {"id": "29:lukas", "name": "Lukas Becker", "aadObjectId": "aad-lukas",
-                     "email": "lukas.becker@northwind.example",
-                     "userPrincipalName": "lukas.becker@northwind.example"},
-        "29:ana": {"id": "29:ana", "name": "Ana Ribeiro", "aadObjectId": "aad-ana",
-                   "userPrincipalName": ANA},
+        "29:lukas": {
+            "id": "29:lukas",
+            "name": "Lukas Becker",
+            "aadObjectId": "aad-lukas",
+            "email": "lukas.becker@northwind.example",
+            "userPrincipalName": "lukas.becker@northwind.example",
+        },
+        "29:ana": {"id": "29:ana", "name": "Ana Ribeiro", "aadObjectId": "aad-ana", "userPrincipalName": ANA},
     }
     yield rec
     await rec.stop()
 
 
-def chat_settings(tmp_path: Path, example_store_url: str, redis_prefix: str, recorder: Recorder,
-                  **overrides: object) -> dict[str, object]:
+def chat_settings(
+    tmp_path: Path, example_store_url: str, redis_prefix: str, recorder: Recorder, **overrides: object
+) -> dict[str, object]:
     return {
-        "data_dir": tmp_path, "store_url": example_store_url, "cache_url": REDIS_URL,
+        "data_dir": tmp_path,
+        "store_url": example_store_url,
+        "cache_url": REDIS_URL,
         "cache_prefix": f"{redis_prefix}chat{uuid.uuid4().hex[:6]}:",
-        "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}", "generator_url": "echo://",
-        "slack_bot_token": "xoxb-test", "slack_signing_secret": SIGNING_SECRET,
-        "slack_api_url": f"{recorder.url}/api/", "stream_interval": 0.2,
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "generator_url": "echo://",
+        "slack_bot_token": "xoxb-test",
+        "slack_signing_secret": SIGNING_SECRET,
+        "slack_api_url": f"{recorder.url}/api/",
+        "stream_interval": 0.2,
         # the Teams tests send unsigned activities: the development flag (loopback only)
         "teams_dev_open": True,
         "channels": {"slack:COPEN": {"mention_only": False}, "slack:CHR": {"groups": ["hr"]}},
@@ -67,16 +84,19 @@ def chat_settings(tmp_path: Path, example_store_url: str, redis_prefix: str, rec
 
 
 @pytest.fixture
-async def chat_server(tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str,
-                      recorder: Recorder) -> AsyncIterator[RunningServer]:
-    async with running_server(embedder, **chat_settings(tmp_path, example_store_url, redis_prefix,
-                                                        recorder)) as running:
+async def chat_server(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
+    async with running_server(
+        embedder, **chat_settings(tmp_path, example_store_url, redis_prefix, recorder)
+    ) as running:
         yield running
 
 
 @pytest.fixture
-async def lead_server(tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str,
-                      recorder: Recorder) -> AsyncIterator[RunningServer]:
+async def lead_server(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
     """Ana (U2 in Slack, 29:ana in Teams) is a support lead by her email; Lukas an employee."""
     settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, leads=[ANA])
     async with running_server(embedder, **settings) as running:
@@ -85,6 +105,7 @@ async def lead_server(tmp_path: Path, example_store_url: str, embedder: Any, red
 
 # --- Slack ---------------------------------------------------------------------------------------
 
+
 def slack_ts() -> str:
     return f"{int(time.time())}.{next(_ts):06d}"
 
@@ -92,43 +113,82 @@ def slack_ts() -> str:
 def event_callback(event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
     """An Events API envelope as Slack sends it."""
     return {
-        "token": "legacy-token", "team_id": "T1", "api_app_id": "A1", "event": event,
-        "type": "event_callback", "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
-        "event_time": int(time.time()), "event_context": "4-eyJldCI6ImFwcF9tZW50aW9uIn0",
-        "authorizations": [{"enterprise_id": None, "team_id": "T1", "user_id": "UBOT",
-                            "is_bot": True, "is_enterprise_install": False}],
+        "token": "legacy-token",
+        "team_id": "T1",
+        "api_app_id": "A1",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": int(time.time()),
+        "event_context": "4-eyJldCI6ImFwcF9tZW50aW9uIn0",
+        "authorizations": [
+            {"enterprise_id": None, "team_id": "T1", "user_id": "UBOT", "is_bot": True, "is_enterprise_install": False}
+        ],
         "is_ext_shared_channel": False,
     }
 
 
 def mention(text: str, *, user: str = "U1", channel: str = "CGEN", thread_ts: str | None = None) -> dict[str, Any]:
     ts = slack_ts()
-    event = {"type": "app_mention", "user": user, "text": f"<@UBOT> {text}", "ts": ts, "team": "T1",
-             "channel": channel, "event_ts": ts,
-             "blocks": [{"type": "rich_text", "block_id": "b1", "elements": []}]}
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@UBOT> {text}",
+        "ts": ts,
+        "team": "T1",
+        "channel": channel,
+        "event_ts": ts,
+        "blocks": [{"type": "rich_text", "block_id": "b1", "elements": []}],
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
-def message(text: str, *, user: str = "U1", channel: str = "D1", channel_type: str = "im",
-            thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+def message(
+    text: str,
+    *,
+    user: str = "U1",
+    channel: str = "D1",
+    channel_type: str = "im",
+    thread_ts: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     ts = slack_ts()
-    event = {"type": "message", "user": user, "text": text, "ts": ts, "team": "T1",
-             "channel": channel, "event_ts": ts, "channel_type": channel_type, **extra}
+    event = {
+        "type": "message",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "team": "T1",
+        "channel": channel,
+        "event_ts": ts,
+        "channel_type": channel_type,
+        **extra,
+    }
     if thread_ts:
         event["thread_ts"] = thread_ts
     return event
 
 
-async def slack_post(url: str, body: bytes, *, content_type: str = "application/json",
-                     secret: str = SIGNING_SECRET, timestamp: int | None = None,
-                     headers: dict[str, str] | None = None) -> tuple[int, str, float]:
+async def slack_post(
+    url: str,
+    body: bytes,
+    *,
+    content_type: str = "application/json",
+    secret: str = SIGNING_SECRET,
+    timestamp: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, float]:
     """A signed request to /slack/events; returns status, body and seconds to the response."""
     stamp = str(timestamp if timestamp is not None else int(time.time()))
     signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
-    sent = {"Content-Type": content_type, "X-Slack-Request-Timestamp": stamp,
-            "X-Slack-Signature": signature, **(headers or {})}
+    sent = {
+        "Content-Type": content_type,
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": signature,
+        **(headers or {}),
+    }
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http, http.post(f"{url}/slack/events", data=body, headers=sent) as r:
         return r.status, await r.text(), time.perf_counter() - started
@@ -139,8 +199,7 @@ async def slack_event(url: str, payload: dict[str, Any], **kwargs: Any) -> tuple
 
 
 async def slack_form(url: str, fields: dict[str, str], **kwargs: Any) -> tuple[int, str, float]:
-    return await slack_post(url, urlencode(fields).encode(),
-                            content_type="application/x-www-form-urlencoded", **kwargs)
+    return await slack_post(url, urlencode(fields).encode(), content_type="application/x-www-form-urlencoded", **kwargs)
 
 
 def streamed_text(rec: Recorder, ts: str) -> str:
@@ -155,39 +214,69 @@ def streamed_text(rec: Recorder, ts: str) -> str:
 
 # --- Teams ---------------------------------------------------------------------------------------
 
-def activity(text: str, *, service_url: str, sender: str = "29:lukas", aad: str = "aad-lukas",
-             kind: str = "personal", conversation: str | None = None, mention_bot: bool = False,
-             **extra: Any) -> dict[str, Any]:
+
+def activity(
+    text: str,
+    *,
+    service_url: str,
+    sender: str = "29:lukas",
+    aad: str = "aad-lukas",
+    kind: str = "personal",
+    conversation: str | None = None,
+    mention_bot: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
     """A message activity in the shape Teams posts it."""
-    conv_id = conversation or {"personal": "a:1personal-lukas", "groupChat": "19:group@thread.v2",
-                               "channel": "19:general@thread.tacv2;messageid=1700000000000"}[kind]
+    conv_id = (
+        conversation
+        or {
+            "personal": "a:1personal-lukas",
+            "groupChat": "19:group@thread.v2",
+            "channel": "19:general@thread.tacv2;messageid=1700000000000",
+        }[kind]
+    )
     body: dict[str, Any] = {
-        "type": "message", "id": f"1{uuid.uuid4().int % 10**12:012d}",
-        "timestamp": "2026-11-23T10:00:00.000Z", "localTimestamp": "2026-11-23T11:00:00.000+01:00",
-        "serviceUrl": service_url + "/", "channelId": "msteams",
+        "type": "message",
+        "id": f"1{uuid.uuid4().int % 10**12:012d}",
+        "timestamp": "2026-11-23T10:00:00.000Z",
+        "localTimestamp": "2026-11-23T11:00:00.000+01:00",
+        "serviceUrl": service_url + "/",
+        "channelId": "msteams",
         "from": {"id": sender, "name": "Lukas Becker", "aadObjectId": aad},
-        "conversation": {"id": conv_id, "conversationType": kind, "tenantId": "tenant-1",
-                         **({"isGroup": True} if kind != "personal" else {})},
+        "conversation": {
+            "id": conv_id,
+            "conversationType": kind,
+            "tenantId": "tenant-1",
+            **({"isGroup": True} if kind != "personal" else {}),
+        },
         "recipient": {"id": "28:deskmate-bot", "name": "Deskmate"},
-        "textFormat": "plain", "locale": "en-US", "text": text,
+        "textFormat": "plain",
+        "locale": "en-US",
+        "text": text,
         "entities": [{"type": "clientInfo", "locale": "en-US", "country": "US", "platform": "Web"}],
         "channelData": {"tenant": {"id": "tenant-1"}},
         **extra,
     }
     if kind == "channel":
-        body["channelData"].update({"teamsChannelId": "19:general@thread.tacv2",
-                                    "teamsTeamId": "19:team@thread.tacv2",
-                                    "channel": {"id": "19:general@thread.tacv2"},
-                                    "team": {"id": "19:team@thread.tacv2"}})
+        body["channelData"].update(
+            {
+                "teamsChannelId": "19:general@thread.tacv2",
+                "teamsTeamId": "19:team@thread.tacv2",
+                "channel": {"id": "19:general@thread.tacv2"},
+                "team": {"id": "19:team@thread.tacv2"},
+            }
+        )
     if mention_bot:
         body["text"] = f"<at>Deskmate</at> {text}"
-        body["entities"].append({"type": "mention", "text": "<at>Deskmate</at>",
-                                 "mentioned": {"id": "28:deskmate-bot", "name": "Deskmate"}})
+        body["entities"].append(
+            {"type": "mention", "text": "<at>Deskmate</at>", "mentioned": {"id": "28:deskmate-bot", "name": "Deskmate"}}
+        )
     return body
 
 
-async def teams_post(url: str, body: Any, *, raw: bytes | None = None,
-                     headers: dict[str, str] | None = None) -> tuple[int, str, float]:
+async def teams_post(
+    url: str, body: Any, *, raw: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str, float]:
     data = raw if raw is not None else json.dumps(body).encode()
     sent = {"Content-Type": "application/json", **(headers or {})}
     started = time.perf_counter()
@@ -196,6 +285,7 @@ async def teams_post(url: str, body: Any, *, raw: bytes | None = None,
 
 
 # --- the ledger ----------------------------------------------------------------------------------
+
 
 async def turns_of(server: RunningServer, platform: str) -> list[TurnRow]:
     return [t for t in await server.deskmate.ledger.recent_turns(200) if t.platform == platform]

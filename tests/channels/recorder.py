@@ -76,11 +76,13 @@ class Recorder:
 
     async def wait_for(self, predicate: Callable[[list[Call]], Any], timeout: float = 15.0) -> Any:
         """Wait until `predicate(calls)` is truthy; return its value."""
+
         async def until() -> Any:
             async with self._changed:
                 while not (result := predicate(self.calls)):
                     await self._changed.wait()
                 return result
+
         return await asyncio.wait_for(until(), timeout)
 
     def named(self, api: str) -> list[Call]:
@@ -103,13 +105,28 @@ class Recorder:
         method = request.match_info["method"]
         body = await self._body(request)
         ts = f"{int(time.time())}.{next(self._ids):06d}"
-        await self._record(Call(request.method, request.path, body,
-                                returned_id=ts if method in ("chat.postMessage", "chat.startStream") else ""))
+        await self._record(
+            Call(
+                request.method,
+                request.path,
+                body,
+                returned_id=ts if method in ("chat.postMessage", "chat.startStream") else "",
+            )
+        )
         if method in self.slack_errors:
             return web.json_response({"ok": False, "error": self.slack_errors[method]})
         if method == "auth.test":
-            return web.json_response({"ok": True, "user_id": "UBOT", "bot_id": "BBOT", "team_id": "T1",
-                                      "user": "deskmate", "team": "Northwind", "url": "https://northwind.slack.com/"})
+            return web.json_response(
+                {
+                    "ok": True,
+                    "user_id": "UBOT",
+                    "bot_id": "BBOT",
+                    "team_id": "T1",
+                    "user": "deskmate",
+                    "team": "Northwind",
+                    "url": "https://northwind.slack.com/",
+                }
+            )
         if method == "users.info":
             user = self.slack_users.get(body.get("user", ""))
             if user is None:
@@ -140,8 +157,13 @@ class Recorder:
         await ws.prepare(request)
         self._sockets.append(ws)
         await self._record(Call("GET", "/socket", {}))
-        await ws.send_json({"type": "hello", "num_connections": 1,
-                            "debug_info": {"host": "recorder", "approximate_connection_time": 3600}})
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "recorder", "approximate_connection_time": 3600},
+            }
+        )
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 data = json.loads(msg.data)

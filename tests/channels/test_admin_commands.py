@@ -15,13 +15,22 @@ from tests.channels.conftest import ANA, activity, chat_settings, slack_form, te
 from tests.channels.recorder import Recorder
 from tests.conftest import RunningServer, running_server
 
-COMMAND = {"token": "legacy", "team_id": "T1", "team_domain": "northwind", "channel_id": "D1",
-           "channel_name": "directmessage", "command": "/deskmate", "api_app_id": "A1", "trigger_id": "1.2.3"}
+COMMAND = {
+    "token": "legacy",
+    "team_id": "T1",
+    "team_domain": "northwind",
+    "channel_id": "D1",
+    "channel_name": "directmessage",
+    "command": "/deskmate",
+    "api_app_id": "A1",
+    "trigger_id": "1.2.3",
+}
 
 
 @pytest.fixture
-async def admin_server(tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str,
-                       recorder: Recorder) -> AsyncIterator[RunningServer]:
+async def admin_server(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
     """Ana (U2 in Slack, 29:ana in Teams) is an admin by her email; Lukas an employee."""
     settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, admins=[ANA])
     async with running_server(embedder, **settings) as running:
@@ -31,8 +40,9 @@ async def admin_server(tmp_path: Path, example_store_url: str, embedder: Any, re
 async def slash(server: RunningServer, recorder: Recorder, user: str, text: str, n: int) -> str:
     """Run a slash command and return what Deskmate answered on its response URL."""
     path = f"/response/admin-{n}"
-    status, body, seconds = await slack_form(server.url, {**COMMAND, "user_id": user, "text": text,
-                                                          "response_url": f"{recorder.url}{path}"})
+    status, body, seconds = await slack_form(
+        server.url, {**COMMAND, "user_id": user, "text": text, "response_url": f"{recorder.url}{path}"}
+    )
     assert status == 200 and "checking" in body and seconds < 3
     reply = await recorder.wait_for(lambda calls: next((c for c in calls if c.path == path), None))
     assert reply.body["response_type"] == "ephemeral"
@@ -81,15 +91,33 @@ async def test_teams_retrain_is_for_admins(admin_server, recorder) -> None:
     body = activity("retrain", service_url=recorder.url)
     status, _, _ = await teams_post(admin_server.url, body)
     assert status == 202
-    reply = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.method == "POST" and "a:1personal-lukas" in c.path and c.body.get("type") == "message"), None))
+    reply = await recorder.wait_for(
+        lambda calls: next(
+            (
+                c
+                for c in calls
+                if c.method == "POST" and "a:1personal-lukas" in c.path and c.body.get("type") == "message"
+            ),
+            None,
+        )
+    )
     assert "Only admins" in reply.body["text"]
     assert await jobs.list_jobs(admin_server.deskmate.ledger) == []
 
-    body = activity("adapters", service_url=recorder.url, sender="29:ana", aad="aad-ana", conversation="a:1personal-ana")
+    body = activity(
+        "adapters", service_url=recorder.url, sender="29:ana", aad="aad-ana", conversation="a:1personal-ana"
+    )
     status, _, _ = await teams_post(admin_server.url, body)
     assert status == 202
-    reply = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.method == "POST" and "a:1personal-ana" in c.path and c.body.get("type") == "message"), None))
+    reply = await recorder.wait_for(
+        lambda calls: next(
+            (
+                c
+                for c in calls
+                if c.method == "POST" and "a:1personal-ana" in c.path and c.body.get("type") == "message"
+            ),
+            None,
+        )
+    )
     assert "No adapters yet" in reply.body["text"]
     assert not await admin_server.deskmate.ledger.recent_turns(10)  # commands are not questions

@@ -27,8 +27,14 @@ async def correct_in_console(server, turn_id: str, post: bool) -> str:  # noqa: 
         assert (await sign_in(http, server.url, token)).status == 302
         async with http.get(f"{server.url}/console/turns/{turn_id}") as r:
             page = await r.text()
-        form = {"csrf": csrf_of(page), "score": "2", "verdict": "incomplete", "correction": CORRECTION,
-                "then": "stay", **({"post_correction": "on"} if post else {})}
+        form = {
+            "csrf": csrf_of(page),
+            "score": "2",
+            "verdict": "incomplete",
+            "correction": CORRECTION,
+            "then": "stay",
+            **({"post_correction": "on"} if post else {}),
+        }
         async with http.post(f"{server.url}/console/turns/{turn_id}/rate", data=form) as r:
             text = await r.text()
             assert r.status == 200, text
@@ -56,6 +62,11 @@ async def test_a_console_correction_is_posted_in_the_teams_chat(lead_server, rec
     await recorder.wait_for(lambda calls: [c for c in calls if c.body.get("type") == "message"])
     [turn] = await wait_for_turns(lead_server, "teams", 1)
     await correct_in_console(lead_server, turn.id, post=True)
-    sent = [c for c in recorder.calls if c.method == "POST" and c.path.startswith("/v3/conversations/a:1personal-lukas")
-            and CORRECTION in (c.body.get("text") or "")]
+    sent = [
+        c
+        for c in recorder.calls
+        if c.method == "POST"
+        and c.path.startswith("/v3/conversations/a:1personal-lukas")
+        and CORRECTION in (c.body.get("text") or "")
+    ]
     assert len(sent) == 1 and "Correction from a support lead" in sent[0].body["text"]

@@ -16,15 +16,20 @@ from tests.conftest import running_server
 
 
 async def test_the_same_person_has_the_same_context_in_slack_and_teams(  # noqa: ANN001
-        tmp_path, example_store_url, embedder, redis_prefix, recorder) -> None:
+    tmp_path, example_store_url, embedder, redis_prefix, recorder
+) -> None:
     from tests.channels.conftest import teams_post
 
     question = "Which laptop do I have and how do I get a replacement charger?"
     settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, answer_cache_ttl=0)
     async with running_server(embedder, **settings) as server:
         await slack_event(server.url, event_callback(message(question, user="U2")))
-        await teams_post(server.url, activity(question, service_url=recorder.url, sender="29:ana",
-                                              aad="aad-ana", conversation="a:1personal-ana"))
+        await teams_post(
+            server.url,
+            activity(
+                question, service_url=recorder.url, sender="29:ana", aad="aad-ana", conversation="a:1personal-ana"
+            ),
+        )
         slack = await wait_for_turns(server, "slack", 1)
         teams = await wait_for_turns(server, "teams", 1)
     [s], [t] = slack, teams

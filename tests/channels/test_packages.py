@@ -29,9 +29,20 @@ def test_the_slack_manifest_covers_every_event_and_scope_the_adapter_needs() -> 
 def test_the_teams_package_builds_with_the_app_id_and_icons(tmp_path: Path) -> None:
     app_id = "6a0a8ef4-9cf1-4a36-9c5c-2b0a1d3d5f11"
     out = tmp_path / "deskmate.zip"
-    done = subprocess.run([sys.executable, str(REPO / "deploy" / "teams" / "package.py"), "--app-id", app_id,
-                           "--domain", "https://deskmate.northwind.example/", "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "teams" / "package.py"),
+            "--app-id",
+            app_id,
+            "--domain",
+            "https://deskmate.northwind.example/",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     with zipfile.ZipFile(out) as package:
         assert sorted(package.namelist()) == ["color.png", "manifest.json", "outline.png"]
@@ -41,6 +52,18 @@ def test_the_teams_package_builds_with_the_app_id_and_icons(tmp_path: Path) -> N
     assert manifest["validDomains"] == ["deskmate.northwind.example"]
     assert sizes == {"color.png": (192, 192), "outline.png": (32, 32)}
 
-    bad = subprocess.run([sys.executable, str(REPO / "deploy" / "teams" / "package.py"), "--app-id", "my-bot",
-                          "--domain", "x", "--out", str(tmp_path / "x.zip")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "teams" / "package.py"),
+            "--app-id",
+            "my-bot",
+            "--domain",
+            "x",
+            "--out",
+            str(tmp_path / "x.zip"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "GUID" in bad.stderr

@@ -26,21 +26,29 @@ from tests.support.metrics import counter, wait_for_counter
 
 def answers_in(rec: Recorder, thread_ts: str) -> list:
     """Answers that went into one thread (streamed or posted)."""
-    return [c for c in rec.calls if c.api in ("chat.startStream", "chat.postMessage")
-            and c.body.get("thread_ts") == thread_ts]
+    return [
+        c
+        for c in rec.calls
+        if c.api in ("chat.startStream", "chat.postMessage") and c.body.get("thread_ts") == thread_ts
+    ]
+
 
 SKIPPED = "deskmate_events_skipped"
 
 
 async def stopped(rec: Recorder, ts: str) -> dict:
-    call = await rec.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.stopStream" and c.body.get("ts") == ts), None))
+    call = await rec.wait_for(
+        lambda calls: next((c for c in calls if c.api == "chat.stopStream" and c.body.get("ts") == ts), None)
+    )
     return call.body
 
 
 async def test_url_verification_is_answered_only_when_signed(chat_server, recorder) -> None:  # noqa: ANN001
-    challenge = {"token": "legacy", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
-                 "type": "url_verification"}
+    challenge = {
+        "token": "legacy",
+        "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+        "type": "url_verification",
+    }
     status, body, _ = await slack_event(chat_server.url, challenge)
     assert status == 200 and challenge["challenge"] in body
 
@@ -85,11 +93,13 @@ async def test_a_thread_follow_up_is_answered_without_a_new_mention(chat_server,
     await slack_event(chat_server.url, event_callback(first))
     await recorder.wait_for(lambda calls: [c for c in calls if c.api == "chat.stopStream"])
 
-    follow_up = message("And where do I download the client?", channel="CGEN", channel_type="channel",
-                        thread_ts=first["ts"])
+    follow_up = message(
+        "And where do I download the client?", channel="CGEN", channel_type="channel", thread_ts=first["ts"]
+    )
     await slack_event(chat_server.url, event_callback(follow_up))
-    unrelated = message("How do I book a meeting room?", channel="CGEN", channel_type="channel",
-                        thread_ts="1111.000001")
+    unrelated = message(
+        "How do I book a meeting room?", channel="CGEN", channel_type="channel", thread_ts="1111.000001"
+    )
     await slack_event(chat_server.url, event_callback(unrelated))
     await recorder.wait_for(lambda calls: len([c for c in calls if c.api == "chat.stopStream"]) == 2)
     await asyncio.sleep(0.5)
@@ -105,8 +115,9 @@ async def test_a_thread_follow_up_is_answered_without_a_new_mention(chat_server,
 async def test_a_retry_is_acknowledged_and_not_answered_twice(chat_server, recorder) -> None:  # noqa: ANN001
     payload = event_callback(mention(VPN_QUESTION))
     first = await slack_event(chat_server.url, payload)
-    retry = await slack_event(chat_server.url, payload,
-                              headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    retry = await slack_event(
+        chat_server.url, payload, headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    )
     assert first[0] == 200 and retry[0] == 200
     await recorder.wait_for(lambda calls: [c for c in calls if c.api == "chat.stopStream"])
     await asyncio.sleep(0.5)
@@ -115,21 +126,26 @@ async def test_a_retry_is_acknowledged_and_not_answered_twice(chat_server, recor
 
 
 async def test_with_redis_down_a_first_delivery_is_answered_and_a_redelivery_is_not(
-        tmp_path, example_store_url, embedder, redis_prefix, recorder) -> None:  # noqa: ANN001
+    tmp_path, example_store_url, embedder, redis_prefix, recorder
+) -> None:  # noqa: ANN001
     """Without Redis no replica can tell whether an event was answered: its first delivery is
     answered anyway, and Slack's retry of it is not (the first delivery reached a replica)."""
     from tests.channels.conftest import chat_settings
     from tests.conftest import free_port, running_server
 
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
-                             cache_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    settings = chat_settings(
+        tmp_path, example_store_url, redis_prefix, recorder, cache_url=f"redis://127.0.0.1:{free_port()}/0"
+    )  # nothing listens there
     async with running_server(embedder, **settings) as server:
         first = event_callback(mention(VPN_QUESTION))
         redelivered = event_callback(mention("How do I report a phishing email?"))
         skipped = counter(SKIPPED, platform="slack", reason="duplicate")
         assert (await slack_event(server.url, first))[0] == 200
-        assert (await slack_event(server.url, redelivered, headers={
-            "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}))[0] == 200
+        assert (
+            await slack_event(
+                server.url, redelivered, headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+            )
+        )[0] == 200
         [turn] = await wait_for_turns(server, "slack", 1)
         await wait_for_counter(SKIPPED, skipped + 1, platform="slack", reason="duplicate")
         assert [t.question for t in await wait_for_turns(server, "slack", 1)] == [turn.question]
@@ -158,8 +174,9 @@ async def test_bots_edits_and_deletions_are_ignored(chat_server, recorder) -> No
 async def test_a_direct_message_is_answered_by_editing_one_message(chat_server, recorder) -> None:  # noqa: ANN001
     event = message(VPN_QUESTION)
     await slack_event(chat_server.url, event_callback(event))
-    final = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None))
+    final = await recorder.wait_for(
+        lambda calls: next((c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None)
+    )
     [posted] = recorder.named("chat.postMessage")
     assert posted.body["channel"] == "D1" and "thread_ts" not in posted.body
     assert final.body["ts"] == posted.returned_id
@@ -169,12 +186,20 @@ async def test_a_direct_message_is_answered_by_editing_one_message(chat_server, 
 
 
 async def test_an_assistant_thread_gets_prompts_status_and_a_streamed_answer(chat_server, recorder) -> None:  # noqa: ANN001
-    started = {"type": "assistant_thread_started", "event_ts": "1729999327.187299",
-               "assistant_thread": {"user_id": "U1", "channel_id": "D1", "thread_ts": "1729999327.187299",
-                                    "context": {"channel_id": "CGEN", "team_id": "T1", "enterprise_id": None}}}
+    started = {
+        "type": "assistant_thread_started",
+        "event_ts": "1729999327.187299",
+        "assistant_thread": {
+            "user_id": "U1",
+            "channel_id": "D1",
+            "thread_ts": "1729999327.187299",
+            "context": {"channel_id": "CGEN", "team_id": "T1", "enterprise_id": None},
+        },
+    }
     await slack_event(chat_server.url, event_callback(started))
-    prompts = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "assistant.threads.setSuggestedPrompts"), None))
+    prompts = await recorder.wait_for(
+        lambda calls: next((c for c in calls if c.api == "assistant.threads.setSuggestedPrompts"), None)
+    )
     assert prompts.body["thread_ts"] == "1729999327.187299" and len(prompts.body["prompts"]) >= 2
 
     await slack_event(chat_server.url, event_callback(message(VPN_QUESTION, thread_ts="1729999327.187299")))
@@ -191,14 +216,25 @@ async def test_a_feedback_click_reaches_the_ledger(chat_server, recorder) -> Non
     end = await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "chat.stopStream"), None))
     [turn] = await wait_for_turns(chat_server, "slack", 1)
     click = {
-        "type": "block_actions", "user": {"id": "U1", "username": "lukas", "team_id": "T1"},
-        "api_app_id": "A1", "token": "legacy", "trigger_id": "1.2.3", "team": {"id": "T1", "domain": "northwind"},
+        "type": "block_actions",
+        "user": {"id": "U1", "username": "lukas", "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "legacy",
+        "trigger_id": "1.2.3",
+        "team": {"id": "T1", "domain": "northwind"},
         "container": {"type": "message", "message_ts": end.body["ts"], "channel_id": "CGEN", "is_ephemeral": False},
         "channel": {"id": "CGEN", "name": "general"},
         "message": {"type": "message", "ts": end.body["ts"], "thread_ts": event["ts"], "text": "…"},
         "response_url": f"{recorder.url}/response/1",
-        "actions": [{"type": "feedback_buttons", "action_id": "feedback", "block_id": "fb",
-                     "value": f"bad:{turn.id}", "action_ts": str(time.time())}],
+        "actions": [
+            {
+                "type": "feedback_buttons",
+                "action_id": "feedback",
+                "block_id": "fb",
+                "value": f"bad:{turn.id}",
+                "action_ts": str(time.time()),
+            }
+        ],
     }
     status, _, seconds = await slack_form(chat_server.url, {"payload": json.dumps(click)})
     assert status == 200 and seconds < 3
@@ -210,9 +246,19 @@ async def test_a_feedback_click_reaches_the_ledger(chat_server, recorder) -> Non
 
 
 async def test_the_slash_command_answers_privately_and_shares_on_request(chat_server, recorder) -> None:  # noqa: ANN001
-    command = {"token": "legacy", "team_id": "T1", "team_domain": "northwind", "channel_id": "CGEN",
-               "channel_name": "general", "user_id": "U1", "user_name": "lukas", "command": "/deskmate",
-               "api_app_id": "A1", "response_url": f"{recorder.url}/response/7", "trigger_id": "1.2.3"}
+    command = {
+        "token": "legacy",
+        "team_id": "T1",
+        "team_domain": "northwind",
+        "channel_id": "CGEN",
+        "channel_name": "general",
+        "user_id": "U1",
+        "user_name": "lukas",
+        "command": "/deskmate",
+        "api_app_id": "A1",
+        "response_url": f"{recorder.url}/response/7",
+        "trigger_id": "1.2.3",
+    }
     status, body, _ = await slack_form(chat_server.url, {**command, "text": "help"})
     assert status == 200 and "/deskmate ask" in body
     status, body, _ = await slack_form(chat_server.url, {**command, "text": "frobnicate"})
@@ -225,12 +271,26 @@ async def test_the_slash_command_answers_privately_and_shares_on_request(chat_se
     [share] = [e for b in reply.body["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert not recorder.named("chat.postMessage")
 
-    click = {"type": "block_actions", "user": {"id": "U1", "team_id": "T1"}, "team": {"id": "T1"},
-             "api_app_id": "A1", "token": "legacy", "trigger_id": "1.2.4",
-             "container": {"type": "message", "is_ephemeral": True, "channel_id": "CGEN"},
-             "channel": {"id": "CGEN"}, "response_url": f"{recorder.url}/response/8",
-             "actions": [{"type": "button", "action_id": "share", "block_id": "s", "value": share["value"],
-                          "action_ts": str(time.time())}]}
+    click = {
+        "type": "block_actions",
+        "user": {"id": "U1", "team_id": "T1"},
+        "team": {"id": "T1"},
+        "api_app_id": "A1",
+        "token": "legacy",
+        "trigger_id": "1.2.4",
+        "container": {"type": "message", "is_ephemeral": True, "channel_id": "CGEN"},
+        "channel": {"id": "CGEN"},
+        "response_url": f"{recorder.url}/response/8",
+        "actions": [
+            {
+                "type": "button",
+                "action_id": "share",
+                "block_id": "s",
+                "value": share["value"],
+                "action_ts": str(time.time()),
+            }
+        ],
+    }
     status, _, _ = await slack_form(chat_server.url, {"payload": json.dumps(click)})
     assert status == 200
     shared = await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "chat.postMessage"), None))
@@ -251,8 +311,11 @@ async def test_channel_rules_decide_mentions_and_access_groups(chat_server, reco
     await wait_for_counter(SKIPPED, skipped + 1, platform="slack", reason="not_addressed")
     turns = await wait_for_turns(chat_server, "slack", 5, timeout=0.5)
     assert sorted((t.channel, t.question) for t in turns) == [
-        ("CGEN", "What are the salary bands?"), ("CHR", "What are the salary bands?"),
-        ("COPEN", VPN_QUESTION), ("D1", "What are the salary bands?")]  # CGEN without a mention: not answered
+        ("CGEN", "What are the salary bands?"),
+        ("CHR", "What are the salary bands?"),
+        ("COPEN", VPN_QUESTION),
+        ("D1", "What are the salary bands?"),
+    ]  # CGEN without a mention: not answered
     by_channel = {t.channel: t for t in turns}
     assert set(by_channel) == {"D1", "CGEN", "CHR", "COPEN"}
     assert by_channel["D1"].groups == ["hr"] and by_channel["CHR"].groups == ["hr"]
@@ -263,11 +326,14 @@ async def test_channel_rules_decide_mentions_and_access_groups(chat_server, reco
 async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, recorder) -> None:  # noqa: ANN001
     status, body, _ = await slack_post(chat_server.url, b'{"type": "event_callback", "event": ')
     assert status == 400 and "JSON" in body
-    status, _, _ = await slack_event(chat_server.url, event_callback({"type": "reaction_added", "user": "U1",
-                                                                     "reaction": "thumbsup", "event_ts": "1.1"}))
+    status, _, _ = await slack_event(
+        chat_server.url,
+        event_callback({"type": "reaction_added", "user": "U1", "reaction": "thumbsup", "event_ts": "1.1"}),
+    )
     assert status == 200
-    status, _, _ = await slack_event(chat_server.url, event_callback({"type": "message", "channel": "D1",
-                                                                     "channel_type": "im", "ts": "1.2"}))
+    status, _, _ = await slack_event(
+        chat_server.url, event_callback({"type": "message", "channel": "D1", "channel_type": "im", "ts": "1.2"})
+    )
     assert status == 200
     file_share = message("", subtype="file_share", files=[{"id": "F1", "name": "error.png"}])
     await slack_event(chat_server.url, event_callback(file_share))
@@ -277,8 +343,12 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, rec
     huge = message("How do I reset my VPN password? " + "x" * 50_000, channel="D2")
     status, _, seconds = await slack_event(chat_server.url, event_callback(huge))
     assert status == 200 and seconds < 3
-    final = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.update" and c.body.get("channel") == "D2" and c.body.get("blocks")), None))
+    final = await recorder.wait_for(
+        lambda calls: next(
+            (c for c in calls if c.api == "chat.update" and c.body.get("channel") == "D2" and c.body.get("blocks")),
+            None,
+        )
+    )
     assert "first 2,000 characters" in json.dumps(final.body["blocks"])
     [turn] = await wait_for_turns(chat_server, "slack", 1)
     assert len(turn.question) > 50_000  # the ledger keeps what was asked, whole
@@ -294,23 +364,34 @@ async def test_unconfigured_slack_says_so(tmp_path, example_store_url, embedder,
     assert status == 503 and "not configured" in body
 
 
-async def test_socket_mode_receives_acknowledges_and_answers(tmp_path, example_store_url, embedder,  # noqa: ANN001
-                                                             redis_prefix, recorder) -> None:
+async def test_socket_mode_receives_acknowledges_and_answers(
+    tmp_path,
+    example_store_url,
+    embedder,  # noqa: ANN001
+    redis_prefix,
+    recorder,
+) -> None:
     from tests.channels.conftest import chat_settings
     from tests.conftest import running_server
 
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
-                             slack_app_token="xapp-1-test", slack_signing_secret=None)
+    settings = chat_settings(
+        tmp_path, example_store_url, redis_prefix, recorder, slack_app_token="xapp-1-test", slack_signing_secret=None
+    )
     async with running_server(embedder, **settings) as server:
         await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "apps.connections.open"), None))
         await recorder.wait_for(lambda calls: [c for c in calls if c.path == "/socket"])
         await asyncio.sleep(0.3)
         event = mention(VPN_QUESTION)
-        await recorder.push_socket_event({
-            "envelope_id": "57d6a792-4d35-4d0b-b6aa-3361493e1caf", "type": "events_api",
-            "accepts_response_payload": False, "retry_attempt": 0, "retry_reason": "",
-            "payload": event_callback(event),
-        })
+        await recorder.push_socket_event(
+            {
+                "envelope_id": "57d6a792-4d35-4d0b-b6aa-3361493e1caf",
+                "type": "events_api",
+                "accepts_response_payload": False,
+                "retry_attempt": 0,
+                "retry_reason": "",
+                "payload": event_callback(event),
+            }
+        )
         ack = await recorder.wait_for(lambda calls: next((c for c in calls if c.path == "/socket/ack"), None))
         assert ack.body["envelope_id"] == "57d6a792-4d35-4d0b-b6aa-3361493e1caf"
         await recorder.wait_for(lambda calls: [c for c in calls if c.api == "chat.stopStream"])
@@ -321,8 +402,14 @@ async def test_socket_mode_receives_acknowledges_and_answers(tmp_path, example_s
         assert status == 503  # HTTP mode is off without a signing secret
 
 
-async def test_a_refused_app_token_leaves_the_rest_running(tmp_path, example_store_url, embedder,  # noqa: ANN001
-                                                           redis_prefix, recorder, caplog) -> None:
+async def test_a_refused_app_token_leaves_the_rest_running(
+    tmp_path,
+    example_store_url,
+    embedder,  # noqa: ANN001
+    redis_prefix,
+    recorder,
+    caplog,
+) -> None:
     import aiohttp
 
     from tests.channels.conftest import activity, chat_settings, teams_post
@@ -345,29 +432,39 @@ async def test_without_streaming_the_answer_is_one_edited_message_in_the_thread(
     recorder.slack_errors["chat.startStream"] = "unknown_method"
     first, second = mention(VPN_QUESTION), mention("How do I report a phishing email?")
     await slack_event(chat_server.url, event_callback(first))
-    final = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None))
+    final = await recorder.wait_for(
+        lambda calls: next((c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None)
+    )
     [posted] = recorder.named("chat.postMessage")
     assert posted.body["thread_ts"] == first["ts"] and final.body["ts"] == posted.returned_id
     assert "feedback_buttons" in json.dumps(final.body["blocks"])
     await slack_event(chat_server.url, event_callback(second))
-    await recorder.wait_for(lambda calls: len([c for c in calls if c.api == "chat.update" and c.body.get("blocks")]) == 2)
+    await recorder.wait_for(
+        lambda calls: len([c for c in calls if c.api == "chat.update" and c.body.get("blocks")]) == 2
+    )
     assert len(recorder.named("chat.startStream")) == 1  # Slack said the method is missing: not asked again
 
 
-async def test_an_answer_that_fails_midway_is_replaced_by_the_apology(tmp_path, example_store_url, embedder,  # noqa: ANN001
-                                                                       redis_prefix, recorder) -> None:
+async def test_an_answer_that_fails_midway_is_replaced_by_the_apology(
+    tmp_path,
+    example_store_url,
+    embedder,  # noqa: ANN001
+    redis_prefix,
+    recorder,
+) -> None:
     from tests.channels.conftest import chat_settings
     from tests.conftest import running_server
 
     # The model writes for 3 s but may take 1: part of the answer is streamed, then it times out.
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
-                             generator_url="echo://?delay=3", generator_timeout=1)
+    settings = chat_settings(
+        tmp_path, example_store_url, redis_prefix, recorder, generator_url="echo://?delay=3", generator_timeout=1
+    )
     async with running_server(embedder, **settings) as server:
         event = mention(VPN_QUESTION)
         await slack_event(server.url, event_callback(event))
-        final = await recorder.wait_for(lambda calls: next(
-            (c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None))
+        final = await recorder.wait_for(
+            lambda calls: next((c for c in calls if c.api == "chat.update" and c.body.get("blocks")), None)
+        )
         [start] = recorder.named("chat.startStream")
         assert start.body["markdown_text"] and final.body["ts"] == start.returned_id
         assert final.body["text"].startswith("Sorry, I couldn't answer that just now")

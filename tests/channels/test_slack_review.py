@@ -34,8 +34,9 @@ USERS = {"U1": "lukas", "U2": "ana"}
 
 
 @pytest.fixture
-async def group_server(tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str,
-                       recorder: Recorder) -> AsyncIterator[RunningServer]:
+async def group_server(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
     """Support leads are whoever is in the Slack user group S123 (Ana); no emails named."""
     roles = tmp_path / "roles.yaml"
     roles.write_text("leads:\n  slack_groups: [S123]\n", encoding="utf-8")
@@ -47,14 +48,21 @@ async def group_server(tmp_path: Path, example_store_url: str, embedder: Any, re
 
 # --- Slack's payloads ----------------------------------------------------------------------------
 
+
 async def ask(server: RunningServer, recorder: Recorder, user: str = "U1") -> tuple[TurnRow, dict, dict]:
     """Ask in #general and wait for the answer: (its turn, the mention event, the final stopStream)."""
     event = mention(VPN_QUESTION, user=user)
     await slack_event(server.url, event_callback(event))
-    start = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.startStream" and c.body.get("thread_ts") == event["ts"]), None))
-    end = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.stopStream" and c.body.get("ts") == start.returned_id), None))
+    start = await recorder.wait_for(
+        lambda calls: next(
+            (c for c in calls if c.api == "chat.startStream" and c.body.get("thread_ts") == event["ts"]), None
+        )
+    )
+    end = await recorder.wait_for(
+        lambda calls: next(
+            (c for c in calls if c.api == "chat.stopStream" and c.body.get("ts") == start.returned_id), None
+        )
+    )
     turns = await wait_for_turns(server, "slack", 1)
     [turn] = [t for t in turns if t.thread_id == event["ts"]]
     return turn, event, end.body
@@ -63,8 +71,11 @@ async def ask(server: RunningServer, recorder: Recorder, user: str = "U1") -> tu
 def block_action(action: dict[str, Any], *, user: str, event: dict, answer_ts: str) -> dict[str, Any]:
     """A click on a button under the answer in the thread of `event`."""
     return {
-        "type": "block_actions", "user": {"id": user, "username": USERS.get(user, user), "team_id": "T1"},
-        "api_app_id": "A1", "token": "legacy", "trigger_id": f"{time.time_ns()}.1.{uuid.uuid4().hex[:8]}",
+        "type": "block_actions",
+        "user": {"id": user, "username": USERS.get(user, user), "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "legacy",
+        "trigger_id": f"{time.time_ns()}.1.{uuid.uuid4().hex[:8]}",
         "team": {"id": "T1", "domain": "northwind"},
         "container": {"type": "message", "message_ts": answer_ts, "channel_id": "CGEN", "is_ephemeral": False},
         "channel": {"id": "CGEN", "name": "general"},
@@ -75,41 +86,80 @@ def block_action(action: dict[str, Any], *, user: str, event: dict, answer_ts: s
 
 
 def review_click(turn_id: str, **kwargs: Any) -> dict[str, Any]:
-    return block_action({"type": "button", "action_id": "review", "block_id": "review", "value": turn_id,
-                         "text": {"type": "plain_text", "text": "Review"}}, **kwargs)
+    return block_action(
+        {
+            "type": "button",
+            "action_id": "review",
+            "block_id": "review",
+            "value": turn_id,
+            "text": {"type": "plain_text", "text": "Review"},
+        },
+        **kwargs,
+    )
 
 
 def thumb_click(value: str, **kwargs: Any) -> dict[str, Any]:
-    return block_action({"type": "feedback_buttons", "action_id": "feedback", "block_id": "fb",
-                         "value": value}, **kwargs)
+    return block_action(
+        {"type": "feedback_buttons", "action_id": "feedback", "block_id": "fb", "value": value}, **kwargs
+    )
 
 
 def view_submission(view: dict[str, Any], *, user: str, values: dict[str, Any]) -> dict[str, Any]:
     """The submission of a modal as Slack posts it: the view as opened, plus its state."""
     view_id = f"V{uuid.uuid4().hex[:9].upper()}"
     return {
-        "type": "view_submission", "team": {"id": "T1", "domain": "northwind"},
+        "type": "view_submission",
+        "team": {"id": "T1", "domain": "northwind"},
         "user": {"id": user, "username": USERS.get(user, user), "name": USERS.get(user, user), "team_id": "T1"},
-        "api_app_id": "A1", "token": "legacy", "trigger_id": f"{time.time_ns()}.2.{uuid.uuid4().hex[:8]}",
-        "view": {"id": view_id, "team_id": "T1", "type": "modal", "blocks": view.get("blocks", []),
-                 "private_metadata": view.get("private_metadata", ""), "callback_id": view["callback_id"],
-                 "state": {"values": values}, "hash": "1700000000.abcdef12", "title": view.get("title"),
-                 "clear_on_close": False, "notify_on_close": False, "close": view.get("close"),
-                 "submit": view.get("submit"), "previous_view_id": None, "root_view_id": view_id,
-                 "app_id": "A1", "external_id": "", "app_installed_team_id": "T1", "bot_id": "BBOT"},
-        "response_urls": [], "is_enterprise_install": False, "enterprise": None,
+        "api_app_id": "A1",
+        "token": "legacy",
+        "trigger_id": f"{time.time_ns()}.2.{uuid.uuid4().hex[:8]}",
+        "view": {
+            "id": view_id,
+            "team_id": "T1",
+            "type": "modal",
+            "blocks": view.get("blocks", []),
+            "private_metadata": view.get("private_metadata", ""),
+            "callback_id": view["callback_id"],
+            "state": {"values": values},
+            "hash": "1700000000.abcdef12",
+            "title": view.get("title"),
+            "clear_on_close": False,
+            "notify_on_close": False,
+            "close": view.get("close"),
+            "submit": view.get("submit"),
+            "previous_view_id": None,
+            "root_view_id": view_id,
+            "app_id": "A1",
+            "external_id": "",
+            "app_installed_team_id": "T1",
+            "bot_id": "BBOT",
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
     }
 
 
-def review_values(*, score: str | None = "4", verdict: str | None = "correct", note: str | None = None,
-                  correction: str | None = None, post: bool = True) -> dict[str, Any]:
+def review_values(
+    *,
+    score: str | None = "4",
+    verdict: str | None = "correct",
+    note: str | None = None,
+    correction: str | None = None,
+    post: bool = True,
+) -> dict[str, Any]:
     """`view.state.values` of the review modal (block id -> action id -> state)."""
+
     def select(value: str | None) -> dict[str, Any]:
         option = {"text": {"type": "plain_text", "text": str(value)}, "value": value} if value else None
         return {"type": "static_select", "selected_option": option}
 
-    ticked = [{"text": {"type": "plain_text", "text": "Post the correction in the conversation"},
-               "value": "post"}] if post else []
+    ticked = (
+        [{"text": {"type": "plain_text", "text": "Post the correction in the conversation"}, "value": "post"}]
+        if post
+        else []
+    )
     return {
         "score": {"score": select(score)},
         "verdict": {"verdict": select(verdict)},
@@ -126,8 +176,9 @@ async def post(server: RunningServer, payload: dict[str, Any]) -> tuple[int, dic
 
 
 async def opened_view(recorder: Recorder, trigger_id: str) -> dict[str, Any]:
-    call: Call = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "views.open" and c.body.get("trigger_id") == trigger_id), None))
+    call: Call = await recorder.wait_for(
+        lambda calls: next((c for c in calls if c.api == "views.open" and c.body.get("trigger_id") == trigger_id), None)
+    )
     view = call.body["view"]
     return json.loads(view) if isinstance(view, str) else view
 
@@ -141,6 +192,7 @@ def ephemerals_to(recorder: Recorder, user: str) -> list[str]:
 
 
 # --- leads review ------------------------------------------------------------------------------
+
 
 async def test_a_lead_reviews_an_answer_and_the_correction_reaches_the_thread(lead_server, recorder) -> None:
     turn, event, end = await ask(lead_server, recorder)
@@ -160,17 +212,25 @@ async def test_a_lead_reviews_an_answer_and_the_correction_reaches_the_thread(le
     assert block(view, "correction")["element"]["initial_value"] == turn.answer[:3000]
     assert block(view, "post")["element"]["initial_options"]  # post_corrections is on by default
 
-    values = review_values(score="2", verdict="incomplete", note="Misses the self-service portal.",
-                           correction=CORRECTION)
+    values = review_values(
+        score="2", verdict="incomplete", note="Misses the self-service portal.", correction=CORRECTION
+    )
     status, ack, seconds = await post(lead_server, view_submission(view, user="U2", values=values))
     assert status == 200 and ack == {} and seconds < 3
     [rating] = await lead_server.deskmate.ledger.ratings_of(turn.id)
     assert (rating.rater_key, rating.rater_role, rating.platform) == (ANA, "lead", "slack")
     assert (rating.score, rating.verdict, rating.note, rating.correction) == (
-        2, "incomplete", "Misses the self-service portal.", CORRECTION)
+        2,
+        "incomplete",
+        "Misses the self-service portal.",
+        CORRECTION,
+    )
     assert rating.thumb is None
-    posted = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.postMessage" and "Correction" in c.body.get("text", "")), None))
+    posted = await recorder.wait_for(
+        lambda calls: next(
+            (c for c in calls if c.api == "chat.postMessage" and "Correction" in c.body.get("text", "")), None
+        )
+    )
     assert posted.body["channel"] == "CGEN" and posted.body["thread_ts"] == event["ts"]
     assert posted.body["text"].startswith("Correction from a support lead:")
     assert "id.northwind.example/vpn" in posted.body["text"]
@@ -208,8 +268,9 @@ async def test_a_lead_by_slack_user_group_gets_the_review_form(group_server, rec
     assert len(recorder.named("usergroups.users.list")) == 1
     assert len(recorder.named("views.open")) == 1
 
-    status, ack, _ = await post(group_server, view_submission(
-        view, user="U2", values=review_values(score="4", verdict="correct", note="Fine.")))
+    status, ack, _ = await post(
+        group_server, view_submission(view, user="U2", values=review_values(score="4", verdict="correct", note="Fine."))
+    )
     assert ack == {}
     [rating] = await group_server.deskmate.ledger.ratings_of(turn.id)
     assert (rating.rater_key, rating.rater_role) == (ANA, "lead")
@@ -226,12 +287,14 @@ async def test_a_user_group_lookup_slack_refuses_means_employee(group_server, re
 
 # --- what employees may not do -----------------------------------------------------------------
 
+
 async def test_an_employee_clicking_review_is_told_no_and_gets_no_form(chat_server, recorder) -> None:
     turn, event, end = await ask(chat_server, recorder)
     status, _, seconds = await post(chat_server, review_click(turn.id, user="U1", event=event, answer_ts=end["ts"]))
     assert status == 200 and seconds < 3
-    told = await recorder.wait_for(lambda calls: next(
-        (c for c in calls if c.api == "chat.postEphemeral" and c.body.get("user") == "U1"), None))
+    told = await recorder.wait_for(
+        lambda calls: next((c for c in calls if c.api == "chat.postEphemeral" and c.body.get("user") == "U1"), None)
+    )
     assert told.body["text"] == "Only support leads and admins can review answers."
     assert told.body["channel"] == "CGEN" and told.body["thread_ts"] == event["ts"]
     assert not recorder.named("views.open")
@@ -239,8 +302,11 @@ async def test_an_employee_clicking_review_is_told_no_and_gets_no_form(chat_serv
 
 async def test_a_forged_review_from_an_employee_is_refused(chat_server, recorder) -> None:
     turn, event, _ = await ask(chat_server, recorder)
-    forged = {"callback_id": "review", "blocks": [],
-              "private_metadata": json.dumps({"turn": turn.id, "channel": "CGEN", "thread_ts": event["ts"]})}
+    forged = {
+        "callback_id": "review",
+        "blocks": [],
+        "private_metadata": json.dumps({"turn": turn.id, "channel": "CGEN", "thread_ts": event["ts"]}),
+    }
     values = review_values(score="5", verdict="correct", correction="Call me on my mobile instead.")
     status, ack, _ = await post(chat_server, view_submission(forged, user="U1", values=values))
     assert status == 200 and ack["response_action"] == "errors"
@@ -271,6 +337,7 @@ async def test_invalid_reviews_are_shown_under_their_field_and_not_stored(lead_s
 
 
 # --- thumbs --------------------------------------------------------------------------------------
+
 
 async def test_a_thumbs_down_asks_why_and_stores_the_reason(chat_server, recorder) -> None:
     turn, event, end = await ask(chat_server, recorder)

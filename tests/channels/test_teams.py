@@ -22,7 +22,9 @@ from tests.conftest import running_server
 
 def sent(rec: Recorder, conversation: str) -> list[Call]:
     """Activities Deskmate sent into one conversation."""
-    return [c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")]
+    return [
+        c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")
+    ]
 
 
 def stream_info(call: Call) -> dict:
@@ -30,8 +32,9 @@ def stream_info(call: Call) -> dict:
 
 
 async def final_message(rec: Recorder, conversation: str) -> Call:
-    return await rec.wait_for(lambda calls: next(
-        (c for c in sent(rec, conversation) if c.body.get("type") == "message"), None))
+    return await rec.wait_for(
+        lambda calls: next((c for c in sent(rec, conversation) if c.body.get("type") == "message"), None)
+    )
 
 
 @pytest.fixture
@@ -73,15 +76,17 @@ async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(slow
 async def test_a_second_question_while_one_streams_gets_a_plain_message(slow_server, recorder) -> None:  # noqa: ANN001
     await teams_post(slow_server.url, activity(VPN_QUESTION, service_url=recorder.url))
     await teams_post(slow_server.url, activity("How do I report a phishing email?", service_url=recorder.url))
-    await recorder.wait_for(lambda calls: len([c for c in sent(recorder, "a:1personal-lukas")
-                                               if c.body.get("type") == "message"]) == 2)
+    await recorder.wait_for(
+        lambda calls: len([c for c in sent(recorder, "a:1personal-lukas") if c.body.get("type") == "message"]) == 2
+    )
     finals = [c for c in sent(recorder, "a:1personal-lukas") if c.body.get("type") == "message"]
     assert sorted(stream_info(c).get("streamType", "none") for c in finals) == ["final", "none"]
 
 
 async def test_other_bot_framework_channels_are_refused(chat_server, recorder) -> None:  # noqa: ANN001
-    status, text, _ = await teams_post(chat_server.url, activity(VPN_QUESTION, service_url=recorder.url,
-                                                                 channelId="directline"))
+    status, text, _ = await teams_post(
+        chat_server.url, activity(VPN_QUESTION, service_url=recorder.url, channelId="directline")
+    )
     assert status == 400 and "directline" in text
     assert await wait_for_turns(chat_server, "teams", 1, timeout=0.5) == []
 
@@ -112,21 +117,32 @@ async def test_the_feedback_invoke_is_stored_and_answered_with_an_empty_200(chat
     await teams_post(chat_server.url, activity(VPN_QUESTION, service_url=recorder.url))
     final = await final_message(recorder, "a:1personal-lukas")
     [turn] = await wait_for_turns(chat_server, "teams", 1)
-    invoke = activity("", service_url=recorder.url, type="invoke", name="message/submitAction",
-                      replyToId=final.returned_id,
-                      value={"actionName": "feedback", "actionValue": {
-                          "reaction": "dislike", "feedback": json.dumps({"feedbackText": "The link is outdated"})}})
+    invoke = activity(
+        "",
+        service_url=recorder.url,
+        type="invoke",
+        name="message/submitAction",
+        replyToId=final.returned_id,
+        value={
+            "actionName": "feedback",
+            "actionValue": {"reaction": "dislike", "feedback": json.dumps({"feedbackText": "The link is outdated"})},
+        },
+    )
     invoke.pop("text")
     status, text, _ = await teams_post(chat_server.url, invoke)
     assert status == 200 and text == ""
     [rating] = await ratings(chat_server)
     assert (rating.turn_id, rating.thumb, rating.note, rating.rater_key, rating.platform) == (
-        turn.id, -1, "The link is outdated", LUKAS, "teams")
+        turn.id,
+        -1,
+        "The link is outdated",
+        LUKAS,
+        "teams",
+    )
 
 
 async def test_a_welcome_when_installed(chat_server, recorder) -> None:  # noqa: ANN001
-    update = activity("", service_url=recorder.url, type="conversationUpdate",
-                      membersAdded=[{"id": "28:deskmate-bot"}])
+    update = activity("", service_url=recorder.url, type="conversationUpdate", membersAdded=[{"id": "28:deskmate-bot"}])
     update.pop("text")
     status, _, _ = await teams_post(chat_server.url, update)
     assert status == 202
@@ -139,16 +155,21 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, rec
     assert status == 400 and "activity" in text
     status, text, _ = await teams_post(chat_server.url, {"text": "no type"})
     assert status == 400 and "type" in text
-    status, text, _ = await teams_post(chat_server.url, activity("", service_url=recorder.url,
-                                                                 type="invoke", name="composeExtension/query"))
+    status, text, _ = await teams_post(
+        chat_server.url, activity("", service_url=recorder.url, type="invoke", name="composeExtension/query")
+    )
     assert status == 400 and "composeExtension/query" in text
 
     no_user = activity(VPN_QUESTION, service_url=recorder.url, conversation="a:nouser")
     no_user.pop("from")
     status, _, _ = await teams_post(chat_server.url, no_user)
     assert status == 202
-    attachment_only = activity("", service_url=recorder.url, conversation="a:files",
-                               attachments=[{"contentType": "image/png", "contentUrl": "https://x/y.png"}])
+    attachment_only = activity(
+        "",
+        service_url=recorder.url,
+        conversation="a:files",
+        attachments=[{"contentType": "image/png", "contentUrl": "https://x/y.png"}],
+    )
     await teams_post(chat_server.url, attachment_only)
     note = await final_message(recorder, "a:files")
     assert "only read text" in note.body["text"]
@@ -162,11 +183,22 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, rec
     assert len(await wait_for_turns(chat_server, "teams", 1)) == 1
 
 
-async def test_with_an_app_id_unsigned_requests_are_rejected(tmp_path, example_store_url, embedder,  # noqa: ANN001
-                                                             redis_prefix, recorder) -> None:
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder,
-                             teams_app_id="6a0a8ef4-9cf1-4a36-9c5c-2b0a1d3d5f11",
-                             teams_app_password="not-a-real-secret", teams_tenant_id="tenant-1")
+async def test_with_an_app_id_unsigned_requests_are_rejected(
+    tmp_path,
+    example_store_url,
+    embedder,  # noqa: ANN001
+    redis_prefix,
+    recorder,
+) -> None:
+    settings = chat_settings(
+        tmp_path,
+        example_store_url,
+        redis_prefix,
+        recorder,
+        teams_app_id="6a0a8ef4-9cf1-4a36-9c5c-2b0a1d3d5f11",
+        teams_app_password="not-a-real-secret",
+        teams_tenant_id="tenant-1",
+    )
     async with running_server(embedder, **settings) as server:
         body = activity(VPN_QUESTION, service_url=recorder.url)
         status, _, _ = await teams_post(server.url, body)

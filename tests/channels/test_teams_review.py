@@ -25,8 +25,9 @@ ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 
 
 def sent(rec: Recorder, conversation: str) -> list[Call]:
-    return [c for c in rec.calls
-            if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")]
+    return [
+        c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")
+    ]
 
 
 def messages(rec: Recorder, conversation: str) -> list[Call]:
@@ -44,10 +45,19 @@ async def ask(server: RunningServer, rec: Recorder, *, kind: str = "groupChat") 
     return answer, turn.id
 
 
-def invoke(rec: Recorder, name: str, value: dict[str, Any], *, sender: str = "29:ana", aad: str = "aad-ana",
-           kind: str = "groupChat", **extra: Any) -> dict[str, Any]:
-    body = activity("", service_url=rec.url, sender=sender, aad=aad, kind=kind, type="invoke", name=name,
-                    value=value, **extra)
+def invoke(
+    rec: Recorder,
+    name: str,
+    value: dict[str, Any],
+    *,
+    sender: str = "29:ana",
+    aad: str = "aad-ana",
+    kind: str = "groupChat",
+    **extra: Any,
+) -> dict[str, Any]:
+    body = activity(
+        "", service_url=rec.url, sender=sender, aad=aad, kind=kind, type="invoke", name=name, value=value, **extra
+    )
     body.pop("text")
     return body
 
@@ -55,16 +65,31 @@ def invoke(rec: Recorder, name: str, value: dict[str, Any], *, sender: str = "29
 def task_fetch(rec: Recorder, turn_id: str, **kwargs: Any) -> dict[str, Any]:
     """What Teams posts when the Review button is pressed: the button's data, as is."""
     data = {"msteams": {"type": "task/fetch"}, "action": "review", "turn_id": turn_id}
-    return invoke(rec, "task/fetch", {"type": "task/fetch", "data": data, "context": {"theme": "default"}},
-                  **kwargs)
+    return invoke(rec, "task/fetch", {"type": "task/fetch", "data": data, "context": {"theme": "default"}}, **kwargs)
 
 
-def task_submit(rec: Recorder, turn_id: str, *, score: str = "", verdict: str = "", note: str = "",
-                correction: str = "", post: str = "true", **kwargs: Any) -> dict[str, Any]:
+def task_submit(
+    rec: Recorder,
+    turn_id: str,
+    *,
+    score: str = "",
+    verdict: str = "",
+    note: str = "",
+    correction: str = "",
+    post: str = "true",
+    **kwargs: Any,
+) -> dict[str, Any]:
     """What Teams posts when the form is saved: the Action.Submit data merged with every input,
     each as a string."""
-    data = {"action": "review", "turn_id": turn_id, "score": score, "verdict": verdict, "note": note,
-            "correction": correction, "post_correction": post}
+    data = {
+        "action": "review",
+        "turn_id": turn_id,
+        "score": score,
+        "verdict": verdict,
+        "note": note,
+        "correction": correction,
+        "post_correction": post,
+    }
     return invoke(rec, "task/submit", {"data": data, "context": {"theme": "default"}}, **kwargs)
 
 
@@ -94,8 +119,9 @@ async def test_every_answer_carries_the_review_button(lead_server: RunningServer
     assert review_action(group_answer)["data"]["action"] == "review"
 
 
-async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(lead_server: RunningServer,
-                                                                     recorder: Recorder) -> None:
+async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(
+    lead_server: RunningServer, recorder: Recorder
+) -> None:
     answer, turn_id = await ask(lead_server, recorder)
     recorded = (await lead_server.deskmate.ledger.get_turn(turn_id)).answer
     assert recorded
@@ -105,7 +131,10 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(lead_server
     task = json.loads(text)["task"]
     assert task["type"] == "continue"
     assert (task["value"]["title"], task["value"]["width"], task["value"]["height"]) == (
-        "Review answer", "large", "large")
+        "Review answer",
+        "large",
+        "large",
+    )
     assert task["value"]["card"]["contentType"] == ADAPTIVE
     form = task["value"]["card"]["content"]
     shown = [item.get("text") for item in form["body"] if item["type"] == "TextBlock"]
@@ -121,9 +150,12 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(lead_server
 
     before = len(messages(recorder, GROUP))
     corrected = "Reset it at https://vpn.northwind.example/reset, then reconnect the client."
-    status, text, _ = await teams_post(lead_server.url, task_submit(
-        recorder, turn_id, score="3", verdict="incomplete", note="Misses the reconnect step",
-        correction=corrected))
+    status, text, _ = await teams_post(
+        lead_server.url,
+        task_submit(
+            recorder, turn_id, score="3", verdict="incomplete", note="Misses the reconnect step", correction=corrected
+        ),
+    )
     assert status == 200
     task = json.loads(text)["task"]
     assert task["type"] == "message" and task["value"].startswith("Saved:")
@@ -131,7 +163,11 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(lead_server
     [rating] = await lead_server.deskmate.ledger.ratings_of(turn_id)
     assert (rating.rater_key, rating.rater_role, rating.platform) == (ANA, "lead", "teams")
     assert (rating.score, rating.verdict, rating.note, rating.correction) == (
-        3, "incomplete", "Misses the reconnect step", corrected)
+        3,
+        "incomplete",
+        "Misses the reconnect step",
+        corrected,
+    )
     assert (await lead_server.deskmate.ledger.get_turn(turn_id)).reviewed is True
 
     posted = messages(recorder, GROUP)[before:]
@@ -140,55 +176,81 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(lead_server
     assert answer.returned_id != posted[0].returned_id
 
 
-async def test_an_unchanged_correction_is_neither_stored_nor_posted(lead_server: RunningServer,
-                                                                    recorder: Recorder) -> None:
+async def test_an_unchanged_correction_is_neither_stored_nor_posted(
+    lead_server: RunningServer, recorder: Recorder
+) -> None:
     _, turn_id = await ask(lead_server, recorder)
     recorded = (await lead_server.deskmate.ledger.get_turn(turn_id)).answer
     before = len(messages(recorder, GROUP))
-    status, text, _ = await teams_post(lead_server.url, task_submit(recorder, turn_id, score="5",
-                                                                    verdict="correct", correction=recorded))
+    status, text, _ = await teams_post(
+        lead_server.url, task_submit(recorder, turn_id, score="5", verdict="correct", correction=recorded)
+    )
     assert status == 200 and json.loads(text)["task"]["value"].startswith("Saved:")
     [rating] = await lead_server.deskmate.ledger.ratings_of(turn_id)
     assert (rating.score, rating.correction) == (5, None)
     assert len(messages(recorder, GROUP)) == before
 
 
-async def test_a_correction_is_posted_only_when_asked_and_only_where_the_answer_was(lead_server: RunningServer,
-                                                                                    recorder: Recorder) -> None:
+async def test_a_correction_is_posted_only_when_asked_and_only_where_the_answer_was(
+    lead_server: RunningServer, recorder: Recorder
+) -> None:
     _, turn_id = await ask(lead_server, recorder)
     before = len(messages(recorder, GROUP))
-    status, text, _ = await teams_post(lead_server.url, task_submit(
-        recorder, turn_id, verdict="wrong", correction="Use the self-service portal instead.", post="false"))
+    status, text, _ = await teams_post(
+        lead_server.url,
+        task_submit(
+            recorder, turn_id, verdict="wrong", correction="Use the self-service portal instead.", post="false"
+        ),
+    )
     assert status == 200 and "posted" not in json.loads(text)["task"]["value"]
 
     # Ana reviews the same answer from her own chat with Deskmate: saved, but not posted there
-    status, text, _ = await teams_post(lead_server.url, task_submit(
-        recorder, turn_id, verdict="wrong", correction="Use the portal.", kind="personal",
-        conversation="a:1personal-ana"))
+    status, text, _ = await teams_post(
+        lead_server.url,
+        task_submit(
+            recorder,
+            turn_id,
+            verdict="wrong",
+            correction="Use the portal.",
+            kind="personal",
+            conversation="a:1personal-ana",
+        ),
+    )
     assert status == 200 and "not posted" in json.loads(text)["task"]["value"]
 
     assert [r.correction for r in await lead_server.deskmate.ledger.ratings_of(turn_id)] == [
-        "Use the self-service portal instead.", "Use the portal."]
+        "Use the self-service portal instead.",
+        "Use the portal.",
+    ]
     assert len(messages(recorder, GROUP)) == before and sent(recorder, "a:1personal-ana") == []
 
 
-async def test_an_employee_cannot_open_the_review_form(lead_server: RunningServer,
-                                                       recorder: Recorder) -> None:
+async def test_an_employee_cannot_open_the_review_form(lead_server: RunningServer, recorder: Recorder) -> None:
     _, turn_id = await ask(lead_server, recorder)
-    status, text, _ = await teams_post(lead_server.url, task_fetch(recorder, turn_id, sender="29:lukas",
-                                                                   aad="aad-lukas"))
+    status, text, _ = await teams_post(
+        lead_server.url, task_fetch(recorder, turn_id, sender="29:lukas", aad="aad-lukas")
+    )
     assert status == 200
-    assert json.loads(text) == {"task": {"type": "message",
-                                         "value": "Only support leads and admins can review answers."}}
+    assert json.loads(text) == {
+        "task": {"type": "message", "value": "Only support leads and admins can review answers."}
+    }
 
 
-async def test_a_forged_review_from_an_employee_is_refused(lead_server: RunningServer,
-                                                           recorder: Recorder) -> None:
+async def test_a_forged_review_from_an_employee_is_refused(lead_server: RunningServer, recorder: Recorder) -> None:
     _, turn_id = await ask(lead_server, recorder)
     before = len(messages(recorder, GROUP))
-    status, text, _ = await teams_post(lead_server.url, task_submit(
-        recorder, turn_id, score="5", verdict="correct", correction="Whatever I say", sender="29:lukas",
-        aad="aad-lukas"))
+    status, text, _ = await teams_post(
+        lead_server.url,
+        task_submit(
+            recorder,
+            turn_id,
+            score="5",
+            verdict="correct",
+            correction="Whatever I say",
+            sender="29:lukas",
+            aad="aad-lukas",
+        ),
+    )
     assert status == 200
     task = json.loads(text)["task"]
     assert task == {"type": "message", "value": "Only support leads and admins can review answers."}
@@ -196,14 +258,18 @@ async def test_a_forged_review_from_an_employee_is_refused(lead_server: RunningS
     assert len(messages(recorder, GROUP)) == before
 
 
-@pytest.mark.parametrize(("field", "value", "refusal"), [
-    ("score", "9", "from 1 to 5"),
-    ("score", "four", "from 1 to 5"),
-    ("verdict", "brilliant", "Unknown verdict"),
-    ("correction", "x" * 1_000_000, "the limit is 8,000"),
-])
-async def test_bad_review_input_is_refused_and_nothing_is_stored(lead_server: RunningServer, recorder: Recorder,
-                                                                 field: str, value: str, refusal: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "refusal"),
+    [
+        ("score", "9", "from 1 to 5"),
+        ("score", "four", "from 1 to 5"),
+        ("verdict", "brilliant", "Unknown verdict"),
+        ("correction", "x" * 1_000_000, "the limit is 8,000"),
+    ],
+)
+async def test_bad_review_input_is_refused_and_nothing_is_stored(
+    lead_server: RunningServer, recorder: Recorder, field: str, value: str, refusal: str
+) -> None:
     _, turn_id = await ask(lead_server, recorder)
     before = len(messages(recorder, GROUP))
     form = {"score": "4", "verdict": "correct", "note": "ok", field: value}
@@ -224,16 +290,23 @@ async def test_an_unknown_turn_is_said_to_be_unknown(lead_server: RunningServer,
         assert task["type"] == "message" and "not on record" in task["value"]
 
 
-async def test_a_thumb_on_someone_elses_answer_is_not_stored(chat_server: RunningServer,
-                                                             recorder: Recorder) -> None:
+async def test_a_thumb_on_someone_elses_answer_is_not_stored(chat_server: RunningServer, recorder: Recorder) -> None:
     """In a group chat everyone sees the feedback buttons; only the asker's click counts
     (nobody is a lead on this server)."""
     answer, turn_id = await ask(chat_server, recorder)
 
     def thumbs(sender: str, aad: str, text: str) -> dict[str, Any]:
-        return invoke(recorder, "message/submitAction", {"actionName": "feedback", "actionValue": {
-            "reaction": "dislike", "feedback": json.dumps({"feedbackText": text})}},
-            sender=sender, aad=aad, replyToId=answer.returned_id)
+        return invoke(
+            recorder,
+            "message/submitAction",
+            {
+                "actionName": "feedback",
+                "actionValue": {"reaction": "dislike", "feedback": json.dumps({"feedbackText": text})},
+            },
+            sender=sender,
+            aad=aad,
+            replyToId=answer.returned_id,
+        )
 
     status, text, _ = await teams_post(chat_server.url, thumbs("29:ana", "aad-ana", "Not mine but wrong"))
     assert (status, text) == (200, "")
@@ -245,8 +318,9 @@ async def test_a_thumb_on_someone_elses_answer_is_not_stored(chat_server: Runnin
     assert (rating.rater_key, rating.rater_role, rating.thumb, rating.note) == (LUKAS, "employee", -1, "Link is dead")
 
 
-async def test_a_replayed_invoke_is_answered_but_not_stored_again(lead_server: RunningServer,
-                                                                  recorder: Recorder) -> None:
+async def test_a_replayed_invoke_is_answered_but_not_stored_again(
+    lead_server: RunningServer, recorder: Recorder
+) -> None:
     _answer, turn_id = await ask(lead_server, recorder)
     submission = task_submit(recorder, turn_id, score="2", verdict="wrong", post="false")
     for _ in range(2):  # the same activity id twice: a replay

@@ -33,9 +33,7 @@ async def test_a_session_lives_until_sign_out_or_expiry_on_every_backend(ledger:
 
     expiring = await sessions.start(ledger, LEAD, None)
     async with ledger.sessions() as session, session.begin():
-        await session.execute(
-            update(ConsoleSessionRow).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
-        )
+        await session.execute(update(ConsoleSessionRow).values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert await sessions.viewer_from_cookie(ledger, expiring) is None
     first_start = await sessions.start(ledger, "admin@local", "admin")
     admin = await sessions.viewer_from_cookie(ledger, first_start)
@@ -52,10 +50,7 @@ async def test_the_sessions_migration_goes_down_and_up_again(ledger: Ledger) -> 
     async with ledger.engine.begin() as conn:
         await conn.run_sync(down_and_up)  # type: ignore[arg-type]
     sessions = Sessions("s" * 48, hours=1, roles=Roles.load(leads=[LEAD]))
-    assert (
-        await sessions.viewer_from_cookie(ledger, await sessions.start(ledger, LEAD, None))
-        is not None
-    )
+    assert await sessions.viewer_from_cookie(ledger, await sessions.start(ledger, LEAD, None)) is not None
 
 
 def test_only_http_and_https_urls_are_links() -> None:
@@ -80,12 +75,7 @@ def test_only_http_and_https_urls_are_links() -> None:
 def test_origins_other_than_the_console_are_foreign() -> None:
     assert foreign_origin(None, "http", "127.0.0.1:8000") is None  # not a browser form
     assert foreign_origin("http://127.0.0.1:8000", "http", "127.0.0.1:8000") is None
-    assert (
-        foreign_origin(
-            "https://deskmate.northwind.example", "https", "deskmate.northwind.example:443"
-        )
-        is None
-    )
+    assert foreign_origin("https://deskmate.northwind.example", "https", "deskmate.northwind.example:443") is None
     assert (
         foreign_origin(
             "https://review.northwind.example",
@@ -132,9 +122,7 @@ def test_a_hidden_passage_leaves_the_prompt_and_a_prompt_of_unknown_shape_goes_w
     it = Reader.of(["it-admin"], see_all=False)
     [shown] = redact_prompt(prompt, retrieved, it)
     assert "50,000" not in shown["content"] and "Salary bands" not in shown["content"]
-    assert (
-        "[1] VPN: Reset the VPN" in shown["content"] and "[2] [restricted to hr" in shown["content"]
-    )
+    assert "[1] VPN: Reset the VPN" in shown["content"] and "[2] [restricted to hr" in shown["content"]
     assert redact_prompt(prompt, retrieved, Reader.of(["hr"], see_all=False)) == prompt
     assert redact_prompt(prompt, retrieved, Reader.of([], see_all=True)) == prompt
     reshaped = [{"role": "user", "content": "Passages: Band L4 in Lisbon is 50,000 - 66,000 EUR."}]

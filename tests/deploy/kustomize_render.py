@@ -22,13 +22,37 @@ import yaml
 Obj = dict[str, Any]
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
-KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "images", "patches",
-                "secretGenerator", "configMapGenerator", "generatorOptions"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
-                  "StorageClass", "CustomResourceDefinition", "PriorityClass", "IngressClass"}
+KNOWN_FIELDS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labels",
+    "resources",
+    "images",
+    "patches",
+    "secretGenerator",
+    "configMapGenerator",
+    "generatorOptions",
+}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "PriorityClass",
+    "IngressClass",
+}
 # strategic-merge keys of the lists deploy/k8s patches; other lists are replaced whole
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath", "imagePullSecrets": "name"}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "imagePullSecrets": "name",
+}
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
@@ -79,6 +103,7 @@ def _load_kustomization(directory: Path) -> Obj:
 
 # --- generators ------------------------------------------------------------------------------
 
+
 def _generated(directory: Path, kustomization: Obj) -> list[Obj]:
     specs = [("Secret", s) for s in kustomization.get("secretGenerator", [])]
     specs += [("ConfigMap", s) for s in kustomization.get("configMapGenerator", [])]
@@ -111,7 +136,7 @@ def kustomize_base64(value: bytes) -> str:
     encoded = base64.b64encode(value).decode()
     if len(encoded) < 70:
         return encoded
-    return "".join(encoded[i:i + 70] + "\n" for i in range(0, len(encoded), 70))
+    return "".join(encoded[i : i + 70] + "\n" for i in range(0, len(encoded), 70))
 
 
 def env_file_pairs(text: str) -> dict[str, str]:
@@ -131,6 +156,7 @@ def env_file_pairs(text: str) -> dict[str, str]:
 
 
 # --- transformers ----------------------------------------------------------------------------
+
 
 def _set_namespace(objects: list[Obj], namespace: str) -> None:
     for obj in objects:
@@ -178,16 +204,17 @@ def _apply_patch(directory: Path, patch: Obj, objects: list[Obj]) -> None:
                 _json6902(obj, op)
         return
     for doc in docs:
-        target = patch.get("target") or {"kind": doc["kind"], "name": doc["metadata"]["name"],
-                                         **({"namespace": doc["metadata"]["namespace"]}
-                                            if "namespace" in doc["metadata"] else {})}
+        target = patch.get("target") or {
+            "kind": doc["kind"],
+            "name": doc["metadata"]["name"],
+            **({"namespace": doc["metadata"]["namespace"]} if "namespace" in doc["metadata"] else {}),
+        }
         matched = _targets(objects, target)
         if not matched:
             raise ValueError(f"patch {patch.get('path', '')} matches nothing: {target}")
         for obj in matched:
             body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
-            body["metadata"] = {k: v for k, v in doc["metadata"].items()
-                                if k not in ("name", "namespace")}
+            body["metadata"] = {k: v for k, v in doc["metadata"].items() if k not in ("name", "namespace")}
             merged = strategic_merge(obj, body)
             obj.clear()
             obj.update(merged)
@@ -197,6 +224,7 @@ def _targets(objects: list[Obj], target: Obj) -> list[Obj]:
     extra = set(target) - {"kind", "name", "namespace"}
     if extra:
         raise Unsupported(f"patch target fields {sorted(extra)}")
+
     def field(obj: Obj, key: str) -> Any:
         return obj["kind"] if key == "kind" else obj["metadata"].get(key)
 
@@ -226,8 +254,7 @@ def strategic_merge(original: Any, patch: Any, field: str = "") -> Any:
         merged = []
         for item in patch:
             base = next((o for o in original if o.get(key) == item.get(key)), None)
-            merged.append(copy.deepcopy(item) if base is None
-                          else strategic_merge(base, item, field))
+            merged.append(copy.deepcopy(item) if base is None else strategic_merge(base, item, field))
         return merged + [copy.deepcopy(o) for o in original if o.get(key) not in named]
     return copy.deepcopy(patch)
 

@@ -18,8 +18,12 @@ def test_every_alert_names_real_metrics_and_labels() -> None:
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) >= 6 and all({"alert", "expr", "labels", "annotations"} <= set(r) for r in rules)
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
-    exported = {family.name + suffix for family in REGISTRY.collect() if family.name.startswith("deskmate_")
-                for suffix in suffixes.get(family.type, [""])}
+    exported = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("deskmate_")
+        for suffix in suffixes.get(family.type, [""])
+    }
     labels = {"platform", "outcome", "stage", "kind", "le", "instance"}
     for rule in rules:
         for name in re.findall(r"\bdeskmate_[a-z_]+", rule["expr"]):

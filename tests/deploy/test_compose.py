@@ -36,6 +36,7 @@ VENV = "/opt/venv"
 
 # --- .env.example and the settings ---------------------------------------------------------
 
+
 def setting_env_names() -> dict[str, set[str]]:
     """Each Settings field -> the variable names that set it (any case matches)."""
     prefix = Settings.model_config.get("env_prefix", "")
@@ -82,8 +83,9 @@ def test_every_setting_is_listed_in_env_example():
 
 
 def test_every_deskmate_variable_in_env_example_is_a_setting():
-    unknown = sorted(name for name, _, _ in example_assignments()
-                     if name.startswith("DESKMATE_") and name not in ALL_SETTING_NAMES)
+    unknown = sorted(
+        name for name, _, _ in example_assignments() if name.startswith("DESKMATE_") and name not in ALL_SETTING_NAMES
+    )
     assert not unknown, f"not settings (typos?): {unknown}"
 
 
@@ -145,8 +147,9 @@ def test_secrets_are_placeholders(example_settings: Settings):
     for name, value in values.items():
         if secret_like.search(name):
             assert value.startswith("change-me"), f"{name}: a change-me placeholder, not {value!r}"
-    assert urlparse(example_settings.ledger_url).password == values["POSTGRES_PASSWORD"], \
+    assert urlparse(example_settings.ledger_url).password == values["POSTGRES_PASSWORD"], (
         "DESKMATE_LEDGER_URL must carry the password PostgreSQL is started with"
+    )
 
 
 def test_default_profile_is_the_cpu_server():
@@ -155,14 +158,16 @@ def test_default_profile_is_the_cpu_server():
 
 # --- compose.yaml, rendered ------------------------------------------------------------------
 
+
 def compose_command() -> list[str]:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], check=False,
-                                                 capture_output=True).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], check=False, capture_output=True).returncode == 0
+    ):
         return ["docker", "compose"]
-    pytest.skip("docker-compose is not installed (`make deploy-tools` installs it): "
-                "compose.yaml not rendered")
+    pytest.skip("docker-compose is not installed (`make deploy-tools` installs it): compose.yaml not rendered")
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +184,15 @@ def operator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_compose(folder: Path, *args: str, profile: str = "cpu") -> subprocess.CompletedProcess[str]:
     # A clean environment: variables of the test run must not leak into the rendering.
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(folder), "COMPOSE_PROFILES": profile}
-    return subprocess.run([*compose_command(), "--profile", profile, *args], cwd=folder, env=env,
-                          check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*compose_command(), "--profile", profile, *args],
+        cwd=folder,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +211,9 @@ def render(operator_dir: Path) -> Callable[[str], dict]:
 
 def active(config: dict, profile: str) -> dict[str, dict]:
     """The services `up` starts under a profile (docker-compose 1.x renders all of them)."""
-    return {name: svc for name, svc in config["services"].items()
-            if not svc.get("profiles") or profile in svc["profiles"]}
+    return {
+        name: svc for name, svc in config["services"].items() if not svc.get("profiles") or profile in svc["profiles"]
+    }
 
 
 def aliases(service: dict) -> list[str]:
@@ -250,8 +263,9 @@ def test_each_profile_runs_the_stack_and_one_model_server(render, profile: str):
 def test_gpu_servers_reserve_an_nvidia_gpu(render, profile: str, wants_gpu: bool):
     generator = generator_of(render(profile), profile)
     reservations = generator.get("deploy", {}).get("resources", {}).get("reservations", {})
-    has_gpu = any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-                  for d in reservations.get("devices", []))
+    has_gpu = any(
+        d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in reservations.get("devices", [])
+    )
     assert has_gpu == wants_gpu
 
 
@@ -362,6 +376,7 @@ def test_a_missing_password_stops_compose(operator_dir: Path, tmp_path: Path):
 
 # --- the Dockerfile ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def stages() -> list[list[tuple[str, str]]]:
     """(instruction, value) pairs, one list per FROM."""
@@ -440,6 +455,7 @@ def test_llama_cpp_is_built_portable_and_the_project_installed_as_a_package(stag
 
 # --- .dockerignore -----------------------------------------------------------------------------
 
+
 def ignored(path: str, patterns: list[str]) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parent folders wins."""
     result = False
@@ -455,8 +471,11 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_sends_what_the_build_copies_and_nothing_private(stages):
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     copies = [c for stage in stages for c in values(stage, "COPY") if not c.startswith("--from=")]
     sources = [src for copy in copies for src in copy.split()[:-1]]
     assert sources, "the Dockerfile copies nothing from the context"

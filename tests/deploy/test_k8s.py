@@ -32,14 +32,26 @@ CLIENTS = {"bot", "worker", "retrain"}
 # StatefulSet and Service templates): the values keys deploy/k8s/weaviate/ sets, the maps whose
 # keys are free-form, the env names it passes to Weaviate, and the labels of the chart's pods.
 WEAVIATE_CHART_KEYS = {
-    "image.tag", "replicas", "storage.size", "storage.storageClassName", "service.type",
-    "grpcService.enabled", "grpcService.type", "authentication.anonymous_access.enabled",
-    "authorization.admin_list.enabled", "modules.default_vectorizer_module",
+    "image.tag",
+    "replicas",
+    "storage.size",
+    "storage.storageClassName",
+    "service.type",
+    "grpcService.enabled",
+    "grpcService.type",
+    "authentication.anonymous_access.enabled",
+    "authorization.admin_list.enabled",
+    "modules.default_vectorizer_module",
     "initContainers.sysctlInitContainer.enabled",
 }
 WEAVIATE_FREE_FORM = {"env", "envSecrets", "resources", "nodeSelector", "tolerations", "affinity"}
-WEAVIATE_ENV = {"AUTHENTICATION_APIKEY_ENABLED", "AUTHENTICATION_APIKEY_USERS",
-                "RAFT_BOOTSTRAP_EXPECT", "REPLICATION_MINIMUM_FACTOR", "GOMEMLIMIT"}
+WEAVIATE_ENV = {
+    "AUTHENTICATION_APIKEY_ENABLED",
+    "AUTHENTICATION_APIKEY_USERS",
+    "RAFT_BOOTSTRAP_EXPECT",
+    "REPLICATION_MINIMUM_FACTOR",
+    "GOMEMLIMIT",
+}
 WEAVIATE_POD_LABELS = {"app": "weaviate"}
 # Referenced (optionally) but made by an operator command, never by kustomize: see tgi.yaml.
 MADE_BY_OPERATOR = {("ConfigMap", "deskmate-tgi-adapters")}
@@ -49,6 +61,7 @@ Rendering = dict[str, list[Obj]]
 
 
 # --- rendering -------------------------------------------------------------------------------
+
 
 def kustomize_command() -> list[str] | None:
     if shutil.which("kustomize"):
@@ -86,11 +99,11 @@ def rendered(tree: Path) -> Rendering:
 @pytest.fixture(scope="module")
 def standalone(tree: Path) -> Rendering:
     """Manifests an operator applies by hand, next to the production overlay."""
-    return {"retrain-job": load_yaml(K8S / "jobs" / "retrain-job.yaml"),
-            "vllm": build(tree / "generator" / "vllm")}
+    return {"retrain-job": load_yaml(K8S / "jobs" / "retrain-job.yaml"), "vllm": build(tree / "generator" / "vllm")}
 
 
 # --- looking things up -----------------------------------------------------------------------
+
 
 def identity(obj: Obj) -> tuple[str, str, str]:
     meta = obj["metadata"]
@@ -98,8 +111,7 @@ def identity(obj: Obj) -> tuple[str, str, str]:
 
 
 def find(objects: list[Obj], kind: str, name: str | None = None) -> list[Obj]:
-    return [o for o in objects
-            if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
 
 
 def one(objects: list[Obj], kind: str, name: str) -> Obj:
@@ -147,15 +159,22 @@ def selects(selector: Obj, labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions", []):
         value, op = labels.get(expr["key"]), expr["operator"]
-        if (op == "In" and value not in expr["values"]
-                or op == "NotIn" and value in expr["values"]
-                or op == "Exists" and value is None
-                or op == "DoesNotExist" and value is not None):
+        if (
+            op == "In"
+            and value not in expr["values"]
+            or op == "NotIn"
+            and value in expr["values"]
+            or op == "Exists"
+            and value is None
+            or op == "DoesNotExist"
+            and value is not None
+        ):
             return False
     return True
 
 
 # --- the renderers agree, the objects are valid ----------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["overlays/small", "overlays/production", "generator/vllm"])
 def test_python_renderer_matches_kustomize(tree: Path, path: str) -> None:
@@ -201,6 +220,7 @@ def test_standalone_manifests_match_the_api_schemas(standalone: Rendering) -> No
 
 # --- the bot ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_bot_serves_on_8000_with_the_right_probes(rendered: Rendering, overlay: str) -> None:
     bot = one(rendered[overlay], "Deployment", "deskmate")
@@ -220,8 +240,7 @@ def test_bot_serves_on_8000_with_the_right_probes(rendered: Rendering, overlay: 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_bot_runs_locked_down_with_scratch_space_and_the_shared_registry(
-        rendered: Rendering, overlay: str) -> None:
+def test_bot_runs_locked_down_with_scratch_space_and_the_shared_registry(rendered: Rendering, overlay: str) -> None:
     objects = rendered[overlay]
     bot = one(objects, "Deployment", "deskmate")
     c = container(bot, "deskmate")
@@ -234,8 +253,7 @@ def test_bot_runs_locked_down_with_scratch_space_and_the_shared_registry(
     mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
     env = effective_env(bot, objects, "deskmate")
     assert "emptyDir" in mounts["/tmp"] and "emptyDir" in mounts[env["DESKMATE_DATA_DIR"]]
-    for path, setting in (("/shared/adapters", "DESKMATE_ADAPTERS_DIR"),
-                          ("/shared/jobs", "DESKMATE_JOBS_DIR")):
+    for path, setting in (("/shared/adapters", "DESKMATE_ADAPTERS_DIR"), ("/shared/jobs", "DESKMATE_JOBS_DIR")):
         assert env[setting] == path
         claim_name = mounts[path]["persistentVolumeClaim"]["claimName"]
         claim = one(objects, "PersistentVolumeClaim", claim_name)
@@ -244,15 +262,15 @@ def test_bot_runs_locked_down_with_scratch_space_and_the_shared_registry(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_ledger_spool_outlives_a_pod_on_a_shared_volume(
-        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+    rendered: Rendering, standalone: Rendering, overlay: str
+) -> None:
     """Writes waiting for PostgreSQL survive a pod restart (an emptyDir lost them), and every
     pod that may write the ledger spools onto the same ReadWriteMany volume, where a live
     replica replays what a gone one left."""
     objects = rendered[overlay]
     extra = standalone["retrain-job"] if overlay == "production" else []
     spool_dir = one(objects, "ConfigMap", "deskmate-config")["data"]["DESKMATE_LEDGER_SPOOL_DIR"]
-    deskmate_pods = [w for w in workloads(objects + extra)
-                     if pod_labels(w)["app.kubernetes.io/component"] in CLIENTS]
+    deskmate_pods = [w for w in workloads(objects + extra) if pod_labels(w)["app.kubernetes.io/component"] in CLIENTS]
     assert {pod_labels(w)["app.kubernetes.io/component"] for w in deskmate_pods} >= {"bot"}
     for workload in deskmate_pods:
         c = container(workload)
@@ -266,7 +284,8 @@ def test_the_ledger_spool_outlives_a_pod_on_a_shared_volume(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_workload_requests_cpu_and_memory_and_caps_memory(
-        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+    rendered: Rendering, standalone: Rendering, overlay: str
+) -> None:
     objects = workloads(rendered[overlay] + standalone["retrain-job"] + standalone["vllm"])
     assert len(objects) >= 3
     for obj in objects:
@@ -277,8 +296,7 @@ def test_every_workload_requests_cpu_and_memory_and_caps_memory(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_image_is_pinned_and_no_placeholder_is_left(
-        rendered: Rendering, overlay: str) -> None:
+def test_every_image_is_pinned_and_no_placeholder_is_left(rendered: Rendering, overlay: str) -> None:
     images = [c["image"] for o in workloads(rendered[overlay]) for c in pod_spec(o)["containers"]]
     assert images
     for image in images:
@@ -313,6 +331,7 @@ def test_production_runs_more_bots_than_small(rendered: Rendering) -> None:
 
 # --- generator, worker, retraining -----------------------------------------------------------
 
+
 def test_small_answers_with_the_local_model_and_trains_in_the_bot(rendered: Rendering) -> None:
     objects = rendered["small"]
     env = effective_env(one(objects, "Deployment", "deskmate"), objects)
@@ -321,8 +340,7 @@ def test_small_answers_with_the_local_model_and_trains_in_the_bot(rendered: Rend
     assert by_component(objects, "generator") == [] and by_component(objects, "worker") == []
 
 
-def test_production_tgi_has_a_gpu_and_reads_adapters_from_the_configmap(
-        rendered: Rendering) -> None:
+def test_production_tgi_has_a_gpu_and_reads_adapters_from_the_configmap(rendered: Rendering) -> None:
     objects = rendered["production"]
     tgi = one(objects, "Deployment", "deskmate-tgi")
     c = container(tgi, "tgi")
@@ -351,8 +369,7 @@ def test_production_tgi_has_a_gpu_and_reads_adapters_from_the_configmap(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_a_worker_runs_exactly_when_the_bot_queues_jobs_in_redis(
-        rendered: Rendering, overlay: str) -> None:
+def test_a_worker_runs_exactly_when_the_bot_queues_jobs_in_redis(rendered: Rendering, overlay: str) -> None:
     objects = rendered[overlay]
     queue = effective_env(one(objects, "Deployment", "deskmate"), objects)["DESKMATE_JOB_QUEUE"]
     workers = by_component(objects, "worker")
@@ -371,7 +388,8 @@ def test_production_worker_trains_on_a_gpu_node(rendered: Rendering) -> None:
 
 
 def test_retrain_job_is_a_one_shot_gpu_run_kept_out_of_every_kustomization(
-        standalone: Rendering, rendered: Rendering) -> None:
+    standalone: Rendering, rendered: Rendering
+) -> None:
     (job,) = standalone["retrain-job"]
     assert "generateName" in job["metadata"] and "name" not in job["metadata"]
     spec = job["spec"]
@@ -394,7 +412,8 @@ def test_retrain_job_is_a_one_shot_gpu_run_kept_out_of_every_kustomization(
 
 
 def test_vllm_alternative_loads_adapters_at_run_time_behind_the_same_service(
-        standalone: Rendering, rendered: Rendering) -> None:
+    standalone: Rendering, rendered: Rendering
+) -> None:
     objects = standalone["vllm"]
     vllm = one(objects, "Deployment", "deskmate-vllm")
     c = container(vllm, "vllm")
@@ -409,6 +428,7 @@ def test_vllm_alternative_loads_adapters_at_run_time_behind_the_same_service(
 
 
 # --- references, network, settings -----------------------------------------------------------
+
 
 def references(obj: Obj) -> Iterator[tuple[str, str, str | None, bool]]:
     """(kind, name, key, optional) of every ConfigMap, Secret and claim a pod template names."""
@@ -435,8 +455,7 @@ def references(obj: Obj) -> Iterator[tuple[str, str, str | None, bool]]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_reference_resolves_in_the_rendering(
-        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+def test_every_reference_resolves_in_the_rendering(rendered: Rendering, standalone: Rendering, overlay: str) -> None:
     objects = rendered[overlay]
     extra = standalone["retrain-job"] + standalone["vllm"] if overlay == "production" else []
     checked = 0
@@ -459,7 +478,8 @@ def namespace_pods(objects: list[Obj], standalone: Rendering) -> list[dict[str, 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_select_real_pods_and_only_clients_reach_the_backends(
-        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+    rendered: Rendering, standalone: Rendering, overlay: str
+) -> None:
     objects = rendered[overlay]
     pods = namespace_pods(objects, standalone)
     policies = {p["metadata"]["name"]: p["spec"] for p in find(objects, "NetworkPolicy")}
@@ -473,10 +493,13 @@ def test_network_policies_select_real_pods_and_only_clients_reach_the_backends(
 
     def admitted(policy: str) -> set[str]:
         """Components (or the chart's app) of the pods a policy lets in."""
-        return {p.get("app.kubernetes.io/component", p.get("app")) for p in pods
-                for rule in policies[policy]["ingress"]
-                for peer in rule.get("from", [{"podSelector": {}}])
-                if selects(peer["podSelector"], p)}
+        return {
+            p.get("app.kubernetes.io/component", p.get("app"))
+            for p in pods
+            for rule in policies[policy]["ingress"]
+            for peer in rule.get("from", [{"podSelector": {}}])
+            if selects(peer["podSelector"], p)
+        }
 
     weaviate_clients = admitted("deskmate-weaviate-ingress")
     assert "bot" in weaviate_clients and weaviate_clients <= CLIENTS | {"weaviate"}
@@ -485,12 +508,10 @@ def test_network_policies_select_real_pods_and_only_clients_reach_the_backends(
         generator_clients = admitted("deskmate-generator-ingress")
         assert "bot" in generator_clients and generator_clients <= CLIENTS
     bot = pod_labels(one(objects, "Deployment", "deskmate"))
-    egress = [s for s in policies.values()
-              if "Egress" in s["policyTypes"] and selects(s["podSelector"], bot)]
+    egress = [s for s in policies.values() if "Egress" in s["policyTypes"] and selects(s["podSelector"], bot)]
     ports = {p["port"] for s in egress for rule in s["egress"] for p in rule.get("ports", [])}
     assert {53, 443, 5432, 6379} <= ports
-    reachable = [peer["podSelector"] for s in egress for rule in s["egress"]
-                 for peer in rule.get("to", [])]
+    reachable = [peer["podSelector"] for s in egress for rule in s["egress"] for peer in rule.get("to", [])]
     for labels in [WEAVIATE_POD_LABELS, *map(pod_labels, generators)]:
         assert any(selects(selector, labels) for selector in reachable), labels
 
@@ -507,8 +528,7 @@ def setting_env_names() -> set[str]:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_deskmate_variable_is_a_real_setting(
-        rendered: Rendering, standalone: Rendering, overlay: str) -> None:
+def test_every_deskmate_variable_is_a_real_setting(rendered: Rendering, standalone: Rendering, overlay: str) -> None:
     objects = rendered[overlay]
     names = set(one(objects, "ConfigMap", "deskmate-config")["data"])
     for workload in workloads(objects + standalone["retrain-job"]):
@@ -523,11 +543,9 @@ def test_every_deskmate_variable_is_a_real_setting(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_store_urls_name_services_of_the_rendering(rendered: Rendering, overlay: str) -> None:
     objects = rendered[overlay]
-    secret = {k: base64.b64decode(v).decode()
-              for k, v in one(objects, "Secret", "deskmate-secrets")["data"].items()}
+    secret = {k: base64.b64decode(v).decode() for k, v in one(objects, "Secret", "deskmate-secrets")["data"].items()}
     config = one(objects, "ConfigMap", "deskmate-config")["data"]
-    for url in (secret["DESKMATE_LEDGER_URL"], secret["DESKMATE_CACHE_URL"],
-                config["DESKMATE_STORE_URL"]):
+    for url in (secret["DESKMATE_LEDGER_URL"], secret["DESKMATE_CACHE_URL"], config["DESKMATE_STORE_URL"]):
         parsed = urlparse(url)
         service = one(objects, "Service", parsed.hostname)
         if service["spec"].get("type") != "ExternalName":
@@ -549,6 +567,7 @@ def test_filled_in_secrets_stay_out_of_git() -> None:
 
 # --- Weaviate through its Helm chart ---------------------------------------------------------
 
+
 def leaf_paths(values: Obj, prefix: str = "") -> Iterator[str]:
     for key, value in values.items():
         path = f"{prefix}{key}"
@@ -560,6 +579,7 @@ def leaf_paths(values: Obj, prefix: str = "") -> Iterator[str]:
 
 def merged_values(*names: str) -> Obj:
     """Helm's -f layering: later files' maps merge into earlier ones."""
+
     def merge(a: Obj, b: Obj) -> Obj:
         out = dict(a)
         for key, value in b.items():
@@ -582,10 +602,10 @@ def test_weaviate_values_use_only_keys_the_chart_has(name: str) -> None:
     assert set(values.get("env", {})) <= WEAVIATE_ENV
 
 
-@pytest.mark.parametrize(("files", "overlay"), [(("values.yaml",), "production"),
-                                                (("values.yaml", "values-small.yaml"), "small")])
-def test_weaviate_values_fit_deskmate(
-        rendered: Rendering, files: tuple[str, ...], overlay: str) -> None:
+@pytest.mark.parametrize(
+    ("files", "overlay"), [(("values.yaml",), "production"), (("values.yaml", "values-small.yaml"), "small")]
+)
+def test_weaviate_values_fit_deskmate(rendered: Rendering, files: tuple[str, ...], overlay: str) -> None:
     values = merged_values(*files)
     env = values["env"]
     # the chart refuses more Raft voters than replicas; a replication factor above the node

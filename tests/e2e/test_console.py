@@ -16,7 +16,8 @@ from tests.e2e.test_web_chat import ARTIFACTS, CHROMIUM, FLAGS
 
 @pytest.mark.slow
 async def test_a_lead_reviews_with_the_keyboard_and_an_employee_is_refused(
-        tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str) -> None:
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
+) -> None:
     from playwright.async_api import async_playwright
 
     if not Path(CHROMIUM).exists():
@@ -56,7 +57,12 @@ async def test_a_lead_reviews_with_the_keyboard_and_an_employee_is_refused(
         await page.keyboard.press("Control+Enter")
         await page.wait_for_selector("text=Saved.")
         [rating] = await ledger.ratings_of(ids[2])
-        assert (rating.score, rating.verdict, rating.rater_key, rating.platform) == (2, "should_not_answer", LEAD, "console")
+        assert (rating.score, rating.verdict, rating.rater_key, rating.platform) == (
+            2,
+            "should_not_answer",
+            LEAD,
+            "console",
+        )
         assert rating.note == "Out of scope: should say it cannot help"
         assert rating.correction == "I can only help with Northwind IT and HR questions."
         assert ids[2] not in page.url  # "save and next" moved on to the next unreviewed answer

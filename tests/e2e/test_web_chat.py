@@ -10,19 +10,36 @@ from tests.conftest import REPO, running_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.mark.slow
-async def test_a_question_gets_a_streamed_answer_with_its_source(tmp_path: Path, example_store_url: str, embedder) -> None:  # noqa: ANN001
+async def test_a_question_gets_a_streamed_answer_with_its_source(
+    tmp_path: Path, example_store_url: str, embedder
+) -> None:  # noqa: ANN001
     from playwright.async_api import async_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: `make test` installs it (scripts/ensure-browser.sh)")
-    async with running_server(embedder, data_dir=tmp_path, store_url=example_store_url,
-                              ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}", generator_url="local",
-                              generator_threads=2) as server, async_playwright() as pw:
+    async with (
+        running_server(
+            embedder,
+            data_dir=tmp_path,
+            store_url=example_store_url,
+            ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+            generator_url="local",
+            generator_threads=2,
+        ) as server,
+        async_playwright() as pw,
+    ):
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = await browser.new_page()
         await page.goto(server.url + "/")

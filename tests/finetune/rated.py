@@ -55,27 +55,56 @@ async def seed_rated_turns(deskmate: Any, questions: list[str] | None = None) ->
     """Ask each question as an employee (and one HR question as HR), then correct every answer
     as a lead. One correction carries a planted email address and token that scrubbing must
     remove. Returns the turn ids by question."""
-    echo = Orchestrator(deskmate.retrieval.searcher, EchoGenerator(), deskmate.ledger, MemoryCache(),
-                        TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0))
+    echo = Orchestrator(
+        deskmate.retrieval.searcher,
+        EchoGenerator(),
+        deskmate.ledger,
+        MemoryCache(),
+        TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0),
+    )
     ids: dict[str, str] = {}
     for i, question in enumerate(questions or QUESTIONS):
         profile = await deskmate.retrieval.store.get_user(ASKER)
-        answer = await echo.ask(IncomingMessage(platform="slack", user_key=ASKER, user_name=profile.name,
-                                                text=question, channel="C1", thread_id=str(uuid.uuid4()),
-                                                groups=profile.groups))
+        answer = await echo.ask(
+            IncomingMessage(
+                platform="slack",
+                user_key=ASKER,
+                user_name=profile.name,
+                text=question,
+                channel="C1",
+                thread_id=str(uuid.uuid4()),
+                groups=profile.groups,
+            )
+        )
         turn = await deskmate.ledger.get_turn(answer.turn_id)
         top = turn.retrieved[0]["text"] if turn.retrieved else "Ask the service desk."
         correction = house_style(top)
         if i == 0:
             correction += f" Questions: {PLANTED_EMAIL}, token {PLANTED_TOKEN}"
-        await deskmate.ledger.record_feedback(answer.turn_id, LEAD, platform="console", rater_role="lead",
-                                              score=2, verdict="incomplete", correction=correction)
+        await deskmate.ledger.record_feedback(
+            answer.turn_id,
+            LEAD,
+            platform="console",
+            rater_role="lead",
+            score=2,
+            verdict="incomplete",
+            correction=correction,
+        )
         ids[question] = answer.turn_id
     hr = await deskmate.retrieval.store.get_user(HR_ASKER)
-    answer = await echo.ask(IncomingMessage(platform="teams", user_key=HR_ASKER, user_name=hr.name,
-                                            text=RESTRICTED_QUESTION, thread_id=str(uuid.uuid4()),
-                                            groups=hr.groups, private=True))
-    await deskmate.ledger.record_feedback(answer.turn_id, LEAD, platform="console", rater_role="lead",
-                                          score=5, verdict="correct")
+    answer = await echo.ask(
+        IncomingMessage(
+            platform="teams",
+            user_key=HR_ASKER,
+            user_name=hr.name,
+            text=RESTRICTED_QUESTION,
+            thread_id=str(uuid.uuid4()),
+            groups=hr.groups,
+            private=True,
+        )
+    )
+    await deskmate.ledger.record_feedback(
+        answer.turn_id, LEAD, platform="console", rater_role="lead", score=5, verdict="correct"
+    )
     ids[RESTRICTED_QUESTION] = answer.turn_id
     return ids

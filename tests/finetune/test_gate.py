@@ -6,8 +6,17 @@ from finetune.evaluate import decide, guard_passed, score_answers
 
 
 def rows(answers: list[str], reference: str = "Open the portal and choose Reset password.") -> list[dict]:
-    return [{"answer": a, "reference": reference, "outcome": "answered", "cited": ["it/vpn"], "gold": ["it/vpn"],
-             "should_not_answer": False} for a in answers]
+    return [
+        {
+            "answer": a,
+            "reference": reference,
+            "outcome": "answered",
+            "cited": ["it/vpn"],
+            "gold": ["it/vpn"],
+            "should_not_answer": False,
+        }
+        for a in answers
+    ]
 
 
 def test_a_better_candidate_passes_and_an_equal_one_does_not() -> None:
@@ -32,8 +41,10 @@ def test_a_guard_the_live_adapter_got_right_must_stay_right() -> None:
 
 
 def test_declining_fewer_should_not_answer_turns_blocks_promotion() -> None:
-    refuse = [{"answer": "x", "reference": "", "outcome": o, "cited": [], "gold": [], "should_not_answer": True}
-              for o in ("unknown", "answered")]
+    refuse = [
+        {"answer": "x", "reference": "", "outcome": o, "cited": [], "gold": [], "should_not_answer": True}
+        for o in ("unknown", "answered")
+    ]
     live = score_answers(rows(["Call someone."]) + [{**refuse[0]}])
     candidate = score_answers(rows(["Open the portal and choose Reset password."]) + [{**refuse[1]}])
     assert live["declined_rate"] == 1.0 and candidate["declined_rate"] == 0.0

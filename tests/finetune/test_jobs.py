@@ -19,7 +19,6 @@ from tests.scale.cluster import Cluster, child_env
 STALE = stale_window(5)
 
 
-
 async def until_finished(ledger: Ledger, job_id: str, timeout: float = 120) -> jobs.JobRow:
     for _ in range(int(timeout * 4)):
         job = await jobs.get_job(ledger, job_id)
@@ -29,8 +28,9 @@ async def until_finished(ledger: Ledger, job_id: str, timeout: float = 120) -> j
     raise AssertionError(f"job {job_id} still {job.status if job else 'missing'} after {timeout} s")
 
 
-async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path: Path, example_store_url: str,
-                                                                      embedder: Any, redis_prefix: str) -> None:
+async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
+) -> None:
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await ledger.migrate()
@@ -43,9 +43,16 @@ async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path:
     await jobs.update_job(ledger, job.id, status="running", stage="sft", progress=0.4, runner=dead)
     # Replicas take a dead runner's job over in their sweep, once their own heartbeats have run
     # for a stale window (2 s here, 20 s by default).
-    async with running_server(embedder, replica_heartbeat_seconds=0.5, data_dir=tmp_path,
-                              store_url=example_store_url, ledger_url=ledger_url,
-                              cache_url=REDIS_URL, cache_prefix=f"{redis_prefix}orphan:", generator_url="echo://"):
+    async with running_server(
+        embedder,
+        replica_heartbeat_seconds=0.5,
+        data_dir=tmp_path,
+        store_url=example_store_url,
+        ledger_url=ledger_url,
+        cache_url=REDIS_URL,
+        cache_prefix=f"{redis_prefix}orphan:",
+        generator_url="echo://",
+    ):
         done = await until_finished(ledger, job.id)
     # Resumed from where the ledger said it was: nothing is rated here, so it ends saying so.
     assert done.status == "failed" and "No rated turns yet" in (done.error or "")
@@ -53,24 +60,40 @@ async def test_a_job_whose_process_died_is_resumed_when_the_bot_starts(tmp_path:
     await ledger.close()
 
 
-async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example_store_url: str,
-                                                         redis_prefix: str) -> None:
+async def test_the_worker_runs_jobs_from_the_redis_queue(
+    tmp_path: Path, example_store_url: str, redis_prefix: str
+) -> None:
     from redis import Redis
     from rq import Queue
 
     prefix = f"{redis_prefix}worker{uuid.uuid4().hex[:6]}:"
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    cluster = Cluster(child_env(DESKMATE_LEDGER_URL=ledger_url, DESKMATE_STORE_URL=example_store_url,
-                                DESKMATE_CACHE_URL=REDIS_URL, DESKMATE_CACHE_PREFIX=prefix,
-                                DESKMATE_JOB_QUEUE="redis", DESKMATE_GENERATOR_URL="echo://"), tmp_path)
+    cluster = Cluster(
+        child_env(
+            DESKMATE_LEDGER_URL=ledger_url,
+            DESKMATE_STORE_URL=example_store_url,
+            DESKMATE_CACHE_URL=REDIS_URL,
+            DESKMATE_CACHE_PREFIX=prefix,
+            DESKMATE_JOB_QUEUE="redis",
+            DESKMATE_GENERATOR_URL="echo://",
+        ),
+        tmp_path,
+    )
     ledger = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await ledger.migrate()
     worker = cluster.worker()
     try:
         from bot.settings import Settings
 
-        settings = Settings(_env_file=None, data_dir=tmp_path, ledger_url=ledger_url, cache_url=REDIS_URL,
-                            cache_prefix=prefix, job_queue="redis", store_url=example_store_url)
+        settings = Settings(
+            _env_file=None,
+            data_dir=tmp_path,
+            ledger_url=ledger_url,
+            cache_url=REDIS_URL,
+            cache_prefix=prefix,
+            job_queue="redis",
+            store_url=example_store_url,
+        )
         job = await retrain.start(settings, ledger, RedisRunner(REDIS_URL, queue_name(prefix)), "cli")
         done = await until_finished(ledger, job.id)
         assert done.status == "failed" and "No rated turns yet" in (done.error or "")
@@ -87,7 +110,8 @@ async def test_the_worker_runs_jobs_from_the_redis_queue(tmp_path: Path, example
 
 
 async def test_orphans_are_claimed_once_finished_jobs_never_and_a_job_that_keeps_dying_is_failed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "spool.jsonl")
     await ledger.migrate()
     stale = datetime.now(UTC) - timedelta(minutes=10)

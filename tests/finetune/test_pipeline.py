@@ -23,13 +23,26 @@ def door_record(i: int, **rating: Any) -> dict[str, Any]:
     """An exported rated turn about a door code; the lead's correction says it in house style."""
     question = f"What is the door code for room {i}?"
     return {
-        "export_version": 1, "turn_id": f"t{i:03d}", "created_at": f"2026-11-{1 + i % 20:02d}T10:{i % 60:02d}:00+00:00",
-        "status": "answered", "question": question, "answer": f"Room {i} has a door.",
-        "prompt": [{"role": "system", "content": SYSTEM},
-                   {"role": "user", "content": f"Context:\n[1] Doors: Room {i} opens with code {1000 + 7 * i}.\n\n"
-                                               f"Question: {question}"}],
+        "export_version": 1,
+        "turn_id": f"t{i:03d}",
+        "created_at": f"2026-11-{1 + i % 20:02d}T10:{i % 60:02d}:00+00:00",
+        "status": "answered",
+        "question": question,
+        "answer": f"Room {i} has a door.",
+        "prompt": [
+            {"role": "system", "content": SYSTEM},
+            {
+                "role": "user",
+                "content": f"Context:\n[1] Doors: Room {i} opens with code {1000 + 7 * i}.\n\nQuestion: {question}",
+            },
+        ],
         "retrieved": [{"doc_id": "doors", "groups": ["everyone"], "text": f"Room {i} opens with code {1000 + 7 * i}."}],
-        "correction": None, "score": None, "verdict": None, "thumbs_up": 0, "thumbs_down": 0, **rating,
+        "correction": None,
+        "score": None,
+        "verdict": None,
+        "thumbs_up": 0,
+        "thumbs_down": 0,
+        **rating,
     }
 
 
@@ -42,15 +55,36 @@ def write_export(folder: Path, records: list[dict[str, Any]], train: dict[str, A
     export = folder / "export.jsonl"
     export.write_text("".join(json.dumps(r) + "\n" for r in records))
     config = folder / "config.json"
-    config.write_text(json.dumps({"dataset": {"eval_share": 0.0, "distractor_share": 0.0, "kto_min_each": 4},
-                                  "train": {"batch_size": 4, "max_length": 256, "learning_rate": 2e-3, **train}}))
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": {"eval_share": 0.0, "distractor_share": 0.0, "kto_min_each": 4},
+                "train": {"batch_size": 4, "max_length": 256, "learning_rate": 2e-3, **train},
+            }
+        )
+    )
     return export, config
 
 
 def pipeline(export: Path, config: Path, job: Path, cache: Path, **popen: Any) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "finetune.pipeline", "--export", str(export), "--job-dir", str(job),
-                             "--cache", str(cache), "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune.pipeline",
+            "--export",
+            str(export),
+            "--job-dir",
+            str(job),
+            "--cache",
+            str(cache),
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **popen,
+    )
 
 
 def outcome(job: Path) -> dict[str, Any]:
@@ -59,7 +93,8 @@ def outcome(job: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_a_killed_job_resumes_from_its_checkpoint_and_the_gguf_answers_like_peft(
-        tmp_path: Path, model_cache: Path) -> None:
+    tmp_path: Path, model_cache: Path
+) -> None:
     export, config = write_export(tmp_path, [corrected(i) for i in range(12)], {"max_steps": 6, "save_steps": 2})
     job = tmp_path / "job"
     first = pipeline(export, config, job, model_cache)
@@ -83,9 +118,14 @@ def test_a_killed_job_resumes_from_its_checkpoint_and_the_gguf_answers_like_peft
 
     # The GGUF LoRA on llama.cpp answers as transformers + peft do with the PEFT files.
     adapter = Path(done["adapter"])
-    question = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": "Context:\n[1] Doors: Room 77 opens with code 4242.\n\n"
-                                            "Question: What is the door code for room 77?"}]
+    question = [
+        {"role": "system", "content": SYSTEM},
+        {
+            "role": "user",
+            "content": "Context:\n[1] Doors: Room 77 opens with code 4242.\n\n"
+            "Question: What is the door code for room 77?",
+        },
+    ]
     from llama_cpp import Llama
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -93,13 +133,18 @@ def test_a_killed_job_resumes_from_its_checkpoint_and_the_gguf_answers_like_peft
     from finetune.model import base_gguf_path
 
     llm = Llama(model_path=str(base_gguf_path()), lora_path=str(adapter / "adapter.gguf"), n_ctx=512, verbose=False)
-    served = llm.create_chat_completion(messages=question, max_tokens=24, temperature=0)["choices"][0]["message"]["content"]
+    served = llm.create_chat_completion(messages=question, max_tokens=24, temperature=0)["choices"][0]["message"][
+        "content"
+    ]
     base = hf_base_folder(model_cache)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(adapter)).eval()
-    ids = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    reference = tokenizer.decode(model.generate(ids, max_new_tokens=24, do_sample=False)[0][ids.shape[1]:],
-                                 skip_special_tokens=True)
+    ids = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
+    reference = tokenizer.decode(
+        model.generate(ids, max_new_tokens=24, do_sample=False)[0][ids.shape[1] :], skip_special_tokens=True
+    )
     assert "ZEBRA" in reference  # it learned the house style...
     assert served.split()[:6] == reference.split()[:6]  # ...and llama.cpp serves the same adapter
 

@@ -52,11 +52,16 @@ def test_a_damaged_or_incomplete_folder_is_refused(tmp_path: Path, blank_adapter
 
 def test_another_base_model_is_refused(tmp_path: Path, blank_adapter: Path) -> None:
     registry = Registry(tmp_path / "adapters")
-    info = registry.register(new_name(BASE_MODEL_ID), blank_adapter,
-                             {"base_model": "meta-llama/Llama-3.2-1B-Instruct", "base_revision": "r1"})
+    info = registry.register(
+        new_name(BASE_MODEL_ID),
+        blank_adapter,
+        {"base_model": "meta-llama/Llama-3.2-1B-Instruct", "base_revision": "r1"},
+    )
     with pytest.raises(BaseModelMismatch, match="Llama-3.2-1B"):
         registry.check_base(info, BASE_MODEL_ID, None)
-    same = registry.register(new_name(BASE_MODEL_ID), blank_adapter, {"base_model": BASE_MODEL_ID, "base_revision": "r1"})
+    same = registry.register(
+        new_name(BASE_MODEL_ID), blank_adapter, {"base_model": BASE_MODEL_ID, "base_revision": "r1"}
+    )
     registry.check_base(same, BASE_MODEL_ID, "r1")
     with pytest.raises(BaseModelMismatch, match="revision"):
         registry.check_base(same, BASE_MODEL_ID, "r2")

@@ -47,25 +47,38 @@ async def finished(server: RunningServer, job_id: str, timeout: float = 1200) ->
 
 
 async def ask(server: RunningServer, question: str) -> Any:
-    answer = await server.deskmate.orchestrator.ask(IncomingMessage(platform="web", user_key=ASKER, text=question,
-                                                                    thread_id=question))
+    answer = await server.deskmate.orchestrator.ask(
+        IncomingMessage(platform="web", user_key=ASKER, text=question, thread_id=question)
+    )
     return await server.deskmate.ledger.get_turn(answer.turn_id)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-async def test_retraining_closes_the_loop(tmp_path: Path, example_store_url: str, embedder: Any,
-                                          redis_prefix: str, model_cache: Path, blank_adapter: Path) -> None:
+async def test_retraining_closes_the_loop(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, model_cache: Path, blank_adapter: Path
+) -> None:
     guards = tmp_path / "guards.jsonl"
     guards.write_text(json.dumps({"question": "How do I report a phishing email?", "must_include": []}) + "\n")
     async with fresh_pg_database() as ledger_url:
         settings = {
-            "data_dir": tmp_path, "store_url": example_store_url, "cache_url": REDIS_URL,
-            "cache_prefix": f"{redis_prefix}loop:", "ledger_url": ledger_url, "generator_url": "local",
-            "admins": [ADMIN], "leads": [LEAD], "model_cache_dir": model_cache, "context_passages": 1,
-            "max_answer_tokens": 60, "guard_questions": guards, "promotion_margin": 0.02,
-            "train_config": {"dataset": {"eval_share": 0.34, "distractor_share": 0.0},
-                             "train": {"max_steps": 8, "save_steps": 4, "learning_rate": 2e-3, "max_length": 384}},
+            "data_dir": tmp_path,
+            "store_url": example_store_url,
+            "cache_url": REDIS_URL,
+            "cache_prefix": f"{redis_prefix}loop:",
+            "ledger_url": ledger_url,
+            "generator_url": "local",
+            "admins": [ADMIN],
+            "leads": [LEAD],
+            "model_cache_dir": model_cache,
+            "context_passages": 1,
+            "max_answer_tokens": 60,
+            "guard_questions": guards,
+            "promotion_margin": 0.02,
+            "train_config": {
+                "dataset": {"eval_share": 0.34, "distractor_share": 0.0},
+                "train": {"max_steps": 8, "save_steps": 4, "learning_rate": 2e-3, "max_length": 384},
+            },
         }
         async with running_server(embedder, **settings) as server:
             ids = await seed_rated_turns(server.deskmate)
@@ -84,8 +97,11 @@ async def test_retraining_closes_the_loop(tmp_path: Path, example_store_url: str
             folder = Path(job.result["folder"])
             dataset = "".join(p.read_text() for p in (folder / "dataset").glob("*.jsonl"))
             assert ids[RESTRICTED_QUESTION] not in dataset and ids["How do I reset my VPN password?"] in dataset
-            everything = "".join(p.read_text(errors="ignore") for p in folder.rglob("*")
-                                 if p.is_file() and p.suffix in (".jsonl", ".json", ".md", ".txt", ".log"))
+            everything = "".join(
+                p.read_text(errors="ignore")
+                for p in folder.rglob("*")
+                if p.is_file() and p.suffix in (".jsonl", ".json", ".md", ".txt", ".log")
+            )
             assert PLANTED_EMAIL not in everything and PLANTED_TOKEN not in everything
             assert not (folder / "export.jsonl").exists()
             assert (folder / "report.png").read_bytes().startswith(b"\x89PNG")
@@ -106,14 +122,21 @@ async def test_retraining_closes_the_loop(tmp_path: Path, example_store_url: str
             assert turn.adapter_version == name and turn.status == "answered"
 
             # A worse candidate (it barely trains) does not beat the live adapter: not promoted.
-            worse = await retrain.start(server.deskmate.settings, server.deskmate.ledger, server.deskmate.jobs,
-                                        ADMIN, params={"train": {"learning_rate": 1e-9, "max_steps": 2}})
+            worse = await retrain.start(
+                server.deskmate.settings,
+                server.deskmate.ledger,
+                server.deskmate.jobs,
+                ADMIN,
+                params={"train": {"learning_rate": 1e-9, "max_steps": 2}},
+            )
             worse = await finished(server, worse.id)
             assert worse.status == "succeeded" and not worse.result["promoted"]
             assert "does not beat" in " ".join(worse.result["reasons"])
             assert await adapters.live_adapter(server.deskmate.ledger) == name
             assert (await adapters.get_adapter(server.deskmate.ledger, worse.result["adapter"])).status == "rejected"
-            refused = await admin.command(server.deskmate, ADMIN, Role.admin, ["adapters", "promote", worse.result["adapter"]])
+            refused = await admin.command(
+                server.deskmate, ADMIN, Role.admin, ["adapters", "promote", worse.result["adapter"]]
+            )
             assert "did not pass the evaluation gate" in refused
 
             # Rollback: the base model answers again, and the turn says so.
@@ -122,7 +145,9 @@ async def test_retraining_closes_the_loop(tmp_path: Path, example_store_url: str
             assert (await ask(server, "How do I set up a printer in Berlin?")).adapter_version == ""
 
             # Bad promotions change nothing: another base model, a damaged folder.
-            other = await register_adapter(server.deskmate, blank_adapter, base_model="meta-llama/Llama-3.2-1B-Instruct")
+            other = await register_adapter(
+                server.deskmate, blank_adapter, base_model="meta-llama/Llama-3.2-1B-Instruct"
+            )
             reply = await admin.command(server.deskmate, ADMIN, Role.admin, ["adapters", "promote", other])
             assert "Refused" in reply and "Llama-3.2-1B" in reply
             gguf = info.gguf

@@ -6,11 +6,18 @@ from retrieval.chunking import ChunkingConfig, Document, chunk_document
 
 
 def test_headings_become_the_heading_path() -> None:
-    doc = Document("it/vpn.md", "VPN", "# VPN\n\n## Reset\n\n### From home\n\nUse Northwind ID.\n\n## Setup\n\nInstall NorthGate.",
-                   url="https://intranet.example/vpn", groups=("it",))
+    doc = Document(
+        "it/vpn.md",
+        "VPN",
+        "# VPN\n\n## Reset\n\n### From home\n\nUse Northwind ID.\n\n## Setup\n\nInstall NorthGate.",
+        url="https://intranet.example/vpn",
+        groups=("it",),
+    )
     chunks = chunk_document(doc)
     assert [c.heading for c in chunks] == ["Reset > From home", "Setup"]
-    assert all(c.doc_id == "it/vpn.md" and c.url == "https://intranet.example/vpn" and c.groups == ("it",) for c in chunks)
+    assert all(
+        c.doc_id == "it/vpn.md" and c.url == "https://intranet.example/vpn" and c.groups == ("it",) for c in chunks
+    )
     assert chunks[0].search_text.startswith("VPN > Reset > From home\n")
     assert [c.position for c in chunks] == [0, 1]
 

@@ -47,8 +47,13 @@ def make_bad_folder(folder: Path) -> dict[str, str]:
     (folder / "gone.md").symlink_to(folder / "does-not-exist.md")
     (folder / "fake.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     return {
-        "binary.md": "binary", "empty.md": "empty", "huge.txt": "too large", "scan.pdf": "no text layer",
-        "broken-front-matter.md": "front matter", "latin1.md": "not UTF-8", "gone.md": "cannot read",
+        "binary.md": "binary",
+        "empty.md": "empty",
+        "huge.txt": "too large",
+        "scan.pdf": "no text layer",
+        "broken-front-matter.md": "front matter",
+        "latin1.md": "not UTF-8",
+        "gone.md": "cannot read",
         "fake.pdf": "unreadable PDF",
     }
 
@@ -160,9 +165,7 @@ def plant_links_out(kb: Path) -> None:
     (kb / "it" / "badge.md.meta.yaml").symlink_to("../../stolen.meta.yaml")
 
 
-async def test_links_out_of_the_folder_are_skipped_and_never_read(
-    ingestor: Ingestor, tmp_path: Path
-) -> None:
+async def test_links_out_of_the_folder_are_skipped_and_never_read(ingestor: Ingestor, tmp_path: Path) -> None:
     kb = tmp_path / "kb"
     plant_links_out(kb)
     write_good(kb / "hr", "leave", "Annual leave is 25 days.")
@@ -180,9 +183,7 @@ async def test_links_out_of_the_folder_are_skipped_and_never_read(
         assert all(SECRET not in c.text and SECRET not in c.title for c in chunks), doc_id
 
 
-async def test_a_document_leaked_by_an_older_ingest_is_removed(
-    ingestor: Ingestor, tmp_path: Path
-) -> None:
+async def test_a_document_leaked_by_an_older_ingest_is_removed(ingestor: Ingestor, tmp_path: Path) -> None:
     """A store filled before links were checked holds the secret: the next ingest takes it out,
     with or without --prune, since it never belonged there."""
     from retrieval.chunking import Document
@@ -213,9 +214,7 @@ def test_a_file_swapped_for_a_link_after_discovery_is_not_read(tmp_path: Path) -
         load_file(notes, kb, max_bytes=1_000_000)
 
 
-async def test_a_subfolder_ingest_keeps_ids_and_prunes_only_inside_it(
-    ingestor: Ingestor, kb_copy: Path
-) -> None:
+async def test_a_subfolder_ingest_keeps_ids_and_prunes_only_inside_it(ingestor: Ingestor, kb_copy: Path) -> None:
     first = await ingestor.ingest_path(kb_copy)
     assert first.ok, first.failed
     ids = set(await ingestor.store.documents())
@@ -286,9 +285,7 @@ async def test_a_path_outside_the_knowledge_folder_is_refused(
         await reopened.close()
 
 
-async def test_a_configured_root_names_ids_from_the_first_ingest_on(
-    ingestor: Ingestor, tmp_path: Path
-) -> None:
+async def test_a_configured_root_names_ids_from_the_first_ingest_on(ingestor: Ingestor, tmp_path: Path) -> None:
     kb = tmp_path / "kb"
     write_good(kb / "it", "wifi", "Join NW-Staff.")
     report = await ingestor.ingest_path(kb / "it", root=kb)

@@ -19,7 +19,8 @@ async def test_the_vpn_question_finds_the_vpn_page_first(example_store: Knowledg
 
 async def test_user_context_comes_with_the_search(example_store: KnowledgeStore, embedder: Embedder) -> None:
     result = await Searcher(example_store, embedder).search(
-        "my laptop is broken, which model do I have?", user_key="miguel.santos@northwind.example")
+        "my laptop is broken, which model do I have?", user_key="miguel.santos@northwind.example"
+    )
     assert any("Dell Latitude 7440" in fact for fact in result.user_facts)
     assert all("Miguel" in fact for fact in result.user_facts)
 
@@ -31,7 +32,9 @@ async def test_empty_query_is_a_clear_error(example_store: KnowledgeStore, embed
             await searcher.search(query)
 
 
-async def test_a_20000_character_query_is_cut_and_still_searched(example_store: KnowledgeStore, embedder: Embedder) -> None:
+async def test_a_20000_character_query_is_cut_and_still_searched(
+    example_store: KnowledgeStore, embedder: Embedder
+) -> None:
     searcher = Searcher(example_store, embedder, MemoryCache(), max_query_chars=2000)
     query = "printer not working in the Lisbon office " * 500
     assert len(query) >= 20_000

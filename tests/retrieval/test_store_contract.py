@@ -14,22 +14,39 @@ from retrieval.store import KnowledgeStore, open_store
 from retrieval.users import import_users
 
 DOCS = [
-    Document("vpn.md", "Resetting your VPN password",
-             "# Resetting your VPN password\n## Self-service\nOpen the Northwind ID portal, choose "
-             "Reset VPN password and confirm with your authenticator app.\n## Locked out\nCall the "
-             "service desk on extension 4400 after five failed attempts."),
-    Document("printers.md", "Printer setup",
-             "# Printer setup\n## Lisbon office\nAdd the printer named LIS-PRINT-02 from the print "
-             "portal; badge in at the device to release your job."),
-    Document("wifi.md", "Office Wi-Fi",
-             "# Office Wi-Fi\nEmployees join NW-Staff with their Northwind ID; guests use NW-Guest "
-             "with the daily code from reception."),
-    Document("salary.md", "Salary bands", groups=("hr",),
-             text="# Salary bands\nBand L4 spans 61,000 to 74,000 euros. The compensation review "
-             "closes on 15 March; the salary band table is confidential."),
-    Document("mfa-admin.md", "Admin runbook: resetting another user's MFA", groups=("it-admin",),
-             text="# Admin runbook\nOpen the identity console, search the user, revoke all "
-             "authenticator factors and issue a temporary access pass valid for one hour."),
+    Document(
+        "vpn.md",
+        "Resetting your VPN password",
+        "# Resetting your VPN password\n## Self-service\nOpen the Northwind ID portal, choose "
+        "Reset VPN password and confirm with your authenticator app.\n## Locked out\nCall the "
+        "service desk on extension 4400 after five failed attempts.",
+    ),
+    Document(
+        "printers.md",
+        "Printer setup",
+        "# Printer setup\n## Lisbon office\nAdd the printer named LIS-PRINT-02 from the print "
+        "portal; badge in at the device to release your job.",
+    ),
+    Document(
+        "wifi.md",
+        "Office Wi-Fi",
+        "# Office Wi-Fi\nEmployees join NW-Staff with their Northwind ID; guests use NW-Guest "
+        "with the daily code from reception.",
+    ),
+    Document(
+        "salary.md",
+        "Salary bands",
+        groups=("hr",),
+        text="# Salary bands\nBand L4 spans 61,000 to 74,000 euros. The compensation review "
+        "closes on 15 March; the salary band table is confidential.",
+    ),
+    Document(
+        "mfa-admin.md",
+        "Admin runbook: resetting another user's MFA",
+        groups=("it-admin",),
+        text="# Admin runbook\nOpen the identity console, search the user, revoke all "
+        "authenticator factors and issue a temporary access pass valid for one hour.",
+    ),
 ]
 
 EXACT_PHRASES = {
@@ -65,7 +82,10 @@ async def test_group_filter_is_strict(loaded: KnowledgeStore, embedder: Embedder
         "Band L4 spans 61,000 to 74,000 euros",
         "salary band table confidential compensation review",
         "revoke all authenticator factors and issue a temporary access pass",
-        "hr", "everyone", "groups", "'; DROP TABLE chunks; --",
+        "hr",
+        "everyone",
+        "groups",
+        "'; DROP TABLE chunks; --",
     ]
     for query in hostile:
         for groups in ([], ["finance"], ["it-admin"]):
@@ -79,10 +99,20 @@ async def test_group_filter_is_strict(loaded: KnowledgeStore, embedder: Embedder
 
 
 async def test_user_context_never_crosses_users(store: KnowledgeStore, embedder: Embedder) -> None:
-    ana = UserProfile(key="ana@northwind.example", name="Ana Costa", department="Finance",
-                      location="Lisbon", devices=("Dell Latitude 7440",))
-    ben = UserProfile(key="ben@northwind.example", name="Ben Weber", department="Engineering",
-                      location="Berlin", devices=("ThinkPad X1 Carbon",))
+    ana = UserProfile(
+        key="ana@northwind.example",
+        name="Ana Costa",
+        department="Finance",
+        location="Lisbon",
+        devices=("Dell Latitude 7440",),
+    )
+    ben = UserProfile(
+        key="ben@northwind.example",
+        name="Ben Weber",
+        department="Engineering",
+        location="Berlin",
+        devices=("ThinkPad X1 Carbon",),
+    )
     await import_users([ana, ben], store, embedder)
     question = await embedder.embed_query("my Dell Latitude laptop in Lisbon finance")
     ben_facts = await store.user_facts(ben.key, question, k=20)
@@ -160,8 +190,9 @@ async def test_meta_values_are_remembered_and_replaced(store: KnowledgeStore) ->
     assert await store.kb_version() == version
 
 
-async def test_a_store_that_comes_up_after_start_is_used_once_it_answers(example_store_url: str,
-                                                                         embedder: Embedder) -> None:
+async def test_a_store_that_comes_up_after_start_is_used_once_it_answers(
+    example_store_url: str, embedder: Embedder
+) -> None:
     """A server process started before Weaviate: calls fail clearly (never hang) until the
     store answers, then go through, without a restart."""
     import asyncio

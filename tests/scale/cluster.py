@@ -66,8 +66,7 @@ class Cluster:
         log = self.root / f"{name}.log"
         env = {**self.env, "DESKMATE_DATA_DIR": str(data), **extra}
         with open(log, "wb") as out:
-            popen = subprocess.Popen([DESKMATE, *args], env=env, cwd=data, stdout=out,
-                                     stderr=subprocess.STDOUT)
+            popen = subprocess.Popen([DESKMATE, *args], env=env, cwd=data, stdout=out, stderr=subprocess.STDOUT)
         process = Process(name, popen, log)
         self.processes.append(process)
         return process
@@ -113,7 +112,5 @@ async def readiness(url: str) -> tuple[int, dict]:
 def child_env(**settings: str) -> dict[str, str]:
     """This environment without any DESKMATE_ or Slack/Teams setting of the developer's, plus
     `settings`."""
-    kept = {k: v for k, v in os.environ.items()
-            if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
-    return {**kept, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            **settings}
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("DESKMATE_", "SLACK_", "MICROSOFT_"))}
+    return {**kept, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **settings}

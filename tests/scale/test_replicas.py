@@ -48,42 +48,64 @@ async def slack() -> AsyncIterator[Recorder]:
     rec = Recorder()
     await rec.start()
     rec.slack_users = {
-        "U1": {"id": "U1", "name": "lukas", "profile": {"email": "lukas.becker@northwind.example",
-                                                        "real_name": "Lukas Becker"}},
+        "U1": {
+            "id": "U1",
+            "name": "lukas",
+            "profile": {"email": "lukas.becker@northwind.example", "real_name": "Lukas Becker"},
+        },
         "U2": {"id": "U2", "name": "ana", "profile": {"email": ANA, "real_name": "Ana Ribeiro"}},
     }
     yield rec
     await rec.stop()
 
 
-def shared_settings(slack: Recorder, root: Path, ledger_url: str, prefix: str, model_cache: Path,
-                    store_url: str) -> dict[str, str]:
+def shared_settings(
+    slack: Recorder, root: Path, ledger_url: str, prefix: str, model_cache: Path, store_url: str
+) -> dict[str, str]:
     """What every process of one Deskmate installation shares."""
     return {
-        "DESKMATE_STORE_URL": store_url, "DESKMATE_CACHE_URL": REDIS_URL, "DESKMATE_CACHE_PREFIX": prefix,
-        "DESKMATE_LEDGER_URL": ledger_url, "DESKMATE_GENERATOR_URL": "echo://?delay=0.3",
-        "SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "DESKMATE_SLACK_API_URL": f"{slack.url}/api/", "DESKMATE_STREAM_INTERVAL": "0.2",
-        "DESKMATE_ADAPTERS_DIR": str(root / "shared" / "adapters"), "DESKMATE_JOBS_DIR": str(root / "shared" / "jobs"),
-        "DESKMATE_MODEL_CACHE_DIR": str(model_cache), "DESKMATE_JOB_QUEUE": "redis",
-        "DESKMATE_ADAPTER_POLL_SECONDS": "1", "DESKMATE_REPLICA_HEARTBEAT_SECONDS": "2",
-        "DESKMATE_ADMINS": ANA, "DESKMATE_LEADS": LEAD, "DESKMATE_CONSOLE_SECRET": "one-secret-for-all-replicas",
-        "DESKMATE_AUTO_PROMOTE": "false", "DESKMATE_EVAL_MAX_TURNS": "3",
+        "DESKMATE_STORE_URL": store_url,
+        "DESKMATE_CACHE_URL": REDIS_URL,
+        "DESKMATE_CACHE_PREFIX": prefix,
+        "DESKMATE_LEDGER_URL": ledger_url,
+        "DESKMATE_GENERATOR_URL": "echo://?delay=0.3",
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "DESKMATE_SLACK_API_URL": f"{slack.url}/api/",
+        "DESKMATE_STREAM_INTERVAL": "0.2",
+        "DESKMATE_ADAPTERS_DIR": str(root / "shared" / "adapters"),
+        "DESKMATE_JOBS_DIR": str(root / "shared" / "jobs"),
+        "DESKMATE_MODEL_CACHE_DIR": str(model_cache),
+        "DESKMATE_JOB_QUEUE": "redis",
+        "DESKMATE_ADAPTER_POLL_SECONDS": "1",
+        "DESKMATE_REPLICA_HEARTBEAT_SECONDS": "2",
+        "DESKMATE_ADMINS": ANA,
+        "DESKMATE_LEADS": LEAD,
+        "DESKMATE_CONSOLE_SECRET": "one-secret-for-all-replicas",
+        "DESKMATE_AUTO_PROMOTE": "false",
+        "DESKMATE_EVAL_MAX_TURNS": "3",
         "DESKMATE_TRAIN_CONFIG": json.dumps({"train": {"max_steps": 1}}),
-        "DESKMATE_RATE_LIMIT_PER_MINUTE": "0", "DESKMATE_ANSWER_CACHE_TTL": "0",
+        "DESKMATE_RATE_LIMIT_PER_MINUTE": "0",
+        "DESKMATE_ANSWER_CACHE_TTL": "0",
     }
 
 
 @pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory, slack: Recorder, example_store_url: str,
-                  redis_prefix: str, model_cache: Path) -> AsyncIterator[Any]:
+async def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    slack: Recorder,
+    example_store_url: str,
+    redis_prefix: str,
+    model_cache: Path,
+) -> AsyncIterator[Any]:
     """Replicas `a` and `b` started together on a fresh database (both migrate it at once),
     plus a test-side ledger connection to look at what they wrote."""
     root = tmp_path_factory.mktemp("cluster")
     prefix = f"{redis_prefix}cluster{uuid.uuid4().hex[:6]}:"
     async with fresh_pg_database() as ledger_url:
-        cluster = Cluster(child_env(**shared_settings(slack, root, ledger_url, prefix, model_cache,
-                                                       example_store_url)), root)
+        cluster = Cluster(
+            child_env(**shared_settings(slack, root, ledger_url, prefix, model_cache, example_store_url)), root
+        )
         try:
             cluster.a, cluster.b = await asyncio.gather(cluster.serve("replica-a"), cluster.serve("replica-b"))
             cluster.ledger = Ledger(ledger_url, root / "test-spool.jsonl")
@@ -112,14 +134,18 @@ async def until(check, timeout: float, message: str) -> Any:
 
 def replies_in_thread(slack: Recorder, thread_ts: str) -> list[Call]:
     """Messages Deskmate opened in a thread (a streamed answer or a posted one)."""
-    return [c for c in slack.calls if c.api in ("chat.startStream", "chat.postMessage")
-            and c.body.get("thread_ts") == thread_ts]
+    return [
+        c
+        for c in slack.calls
+        if c.api in ("chat.startStream", "chat.postMessage") and c.body.get("thread_ts") == thread_ts
+    ]
 
 
 async def slash(url: str, slack: Recorder, text: str, user: str = "U2") -> str:
     path = f"/response/{uuid.uuid4().hex[:8]}"
-    status, body, _ = await slack_form(url, {**COMMAND, "user_id": user, "text": text,
-                                             "response_url": f"{slack.url}{path}"})
+    status, body, _ = await slack_form(
+        url, {**COMMAND, "user_id": user, "text": text, "response_url": f"{slack.url}{path}"}
+    )
     assert status == 200, body
     reply = await slack.wait_for(lambda calls: next((c for c in calls if c.path == path), None), timeout=30)
     return reply.body["text"]
@@ -140,9 +166,11 @@ async def test_slack_events_and_their_retries_sent_to_both_replicas_are_answered
     retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
     # The original and Slack's retries arrive at both replicas at the same moment.
     results = await asyncio.gather(
-        slack_event(cluster.a.url, envelope), slack_event(cluster.b.url, envelope, headers=retry),
+        slack_event(cluster.a.url, envelope),
+        slack_event(cluster.b.url, envelope, headers=retry),
         slack_event(cluster.b.url, envelope, headers={**retry, "X-Slack-Retry-Num": "2"}),
-        slack_event(cluster.a.url, envelope, headers={**retry, "X-Slack-Retry-Num": "3"}))
+        slack_event(cluster.a.url, envelope, headers={**retry, "X-Slack-Retry-Num": "3"}),
+    )
     assert [status for status, _, _ in results] == [200, 200, 200, 200]
     await until(lambda: _finished(cluster.ledger, question), 30, cluster.logs())
     await asyncio.sleep(2)  # time for a duplicate answer to show up, if one were coming
@@ -163,12 +191,15 @@ async def test_a_rating_through_one_replica_is_in_the_other_replicas_console(clu
         async with on_a.get(f"{cluster.a.url}/console/turns/{turn.id}") as r:
             page = await r.text()
         csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        async with on_a.post(f"{cluster.a.url}/console/turns/{turn.id}/rate",
-                             data={"csrf": csrf, "score": "2", "verdict": "incomplete", "note": note,
-                                   "then": "stay"}) as r:
+        async with on_a.post(
+            f"{cluster.a.url}/console/turns/{turn.id}/rate",
+            data={"csrf": csrf, "score": "2", "verdict": "incomplete", "note": note, "then": "stay"},
+        ) as r:
             assert r.status == 200 and "Saved." in await r.text()
-    async with _console(cluster.b.url, await issue_token(cluster.ledger, LEAD)) as on_b, \
-            on_b.get(f"{cluster.b.url}/console/turns/{turn.id}") as r:
+    async with (
+        _console(cluster.b.url, await issue_token(cluster.ledger, LEAD)) as on_b,
+        on_b.get(f"{cluster.b.url}/console/turns/{turn.id}") as r,
+    ):
         assert r.status == 200 and note in await r.text()
 
 
@@ -183,7 +214,8 @@ async def _console(url: str, token: str) -> AsyncIterator[aiohttp.ClientSession]
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 async def test_retraining_runs_once_on_the_worker_and_both_replicas_follow_the_promotion(
-        cluster, slack, example_store_url: str) -> None:
+    cluster, slack, example_store_url: str
+) -> None:
     from redis import Redis
     from rq import Queue
 
@@ -191,9 +223,15 @@ async def test_retraining_runs_once_on_the_worker_and_both_replicas_follow_the_p
     from bot.settings import Settings
     from tests.finetune.rated import seed_rated_turns
 
-    records = await open_records(Settings(_env_file=None, store_url=example_store_url, cache_url="memory://",
-                                          ledger_url=cluster.env["DESKMATE_LEDGER_URL"],
-                                          data_dir=cluster.root / "seed"))
+    records = await open_records(
+        Settings(
+            _env_file=None,
+            store_url=example_store_url,
+            cache_url="memory://",
+            ledger_url=cluster.env["DESKMATE_LEDGER_URL"],
+            data_dir=cluster.root / "seed",
+        )
+    )
     try:
         await seed_rated_turns(records)
     finally:
@@ -226,6 +264,7 @@ async def test_retraining_runs_once_on_the_worker_and_both_replicas_follow_the_p
     promoted = await slash(cluster.b.url, slack, f"adapters promote {name} --force")
     assert promoted.startswith(f"{name} is live"), promoted
     for replica in (cluster.a, cluster.b):  # neither restarts: each picks the promotion up itself
+
         async def serves_it(replica=replica) -> bool:
             question = f"How do I add a printer? ({uuid.uuid4().hex[:6]})"
             await ask_in_channel(replica.url, question)
@@ -254,8 +293,11 @@ async def test_a_replica_killed_mid_answer_loses_no_turn_and_the_user_is_told(cl
     assert row.status == "failed" and row.error.startswith("interrupted")
 
     def told() -> list[Call]:
-        return [c for c in slack.calls if c.api == "chat.postMessage" and c.body.get("thread_ts") == ts
-                and "interrupted" in c.body.get("text", "")]
+        return [
+            c
+            for c in slack.calls
+            if c.api == "chat.postMessage" and c.body.get("thread_ts") == ts and "interrupted" in c.body.get("text", "")
+        ]
 
     await slack.wait_for(lambda _calls: told(), timeout=15)
     await asyncio.sleep(5)  # both survivors sweep: the user must still be told only once
@@ -264,12 +306,14 @@ async def test_a_replica_killed_mid_answer_loses_no_turn_and_the_user_is_told(cl
 
 
 async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_not_ready(
-        tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path) -> None:
+    tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path
+) -> None:
     redis, postgres = Forwarder(6379), Forwarder(5432)  # nothing listens on their ports yet
     async with fresh_pg_database() as real_url:
         late_url = real_url.replace("127.0.0.1:5432", f"127.0.0.1:{postgres.port}")
-        settings = shared_settings(slack, tmp_path, late_url, f"{redis_prefix}late{uuid.uuid4().hex[:6]}:",
-                                   model_cache, example_store_url)
+        settings = shared_settings(
+            slack, tmp_path, late_url, f"{redis_prefix}late{uuid.uuid4().hex[:6]}:", model_cache, example_store_url
+        )
         settings["DESKMATE_CACHE_URL"] = f"redis://127.0.0.1:{redis.port}/0"
         cluster = Cluster(child_env(**settings), tmp_path)
         try:
@@ -300,12 +344,14 @@ async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_n
 
 
 async def test_a_replica_started_before_weaviate_stays_up_and_says_why_it_cannot_answer(
-        tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path) -> None:
+    tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path
+) -> None:
     from tests.conftest import free_port
 
     async with fresh_pg_database() as ledger_url:
-        settings = shared_settings(slack, tmp_path, ledger_url, f"{redis_prefix}now{uuid.uuid4().hex[:6]}:",
-                                   model_cache, example_store_url)
+        settings = shared_settings(
+            slack, tmp_path, ledger_url, f"{redis_prefix}now{uuid.uuid4().hex[:6]}:", model_cache, example_store_url
+        )
         settings["DESKMATE_STORE_URL"] = f"http://127.0.0.1:{free_port()}"  # Weaviate still booting
         settings["DESKMATE_WEAVIATE_GRPC_PORT"] = str(free_port())
         cluster = Cluster(child_env(**settings), tmp_path)

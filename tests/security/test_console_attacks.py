@@ -41,9 +41,7 @@ async def console_server(
     tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
 ) -> AsyncIterator[RunningServer]:
     """A running Deskmate (default settings) with the console's example turns answered."""
-    async with running_server(
-        embedder, **console_settings(tmp_path, example_store_url, redis_prefix)
-    ) as server:
+    async with running_server(embedder, **console_settings(tmp_path, example_store_url, redis_prefix)) as server:
         server.turn_ids = await seed(server)  # type: ignore[attr-defined]
         yield server
 
@@ -178,9 +176,7 @@ async def test_sign_in_takes_only_the_form_the_console_gave_out(
     url = console_server.url
     token = await issue_token(console_server.deskmate.ledger, LEAD)
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:
-        async with http.post(
-            f"{url}/console/login", data={"token": token}, allow_redirects=False
-        ) as r:
+        async with http.post(f"{url}/console/login", data={"token": token}, allow_redirects=False) as r:
             assert r.status == 403 and "expired" in await r.text()
             assert "deskmate_console" not in r.cookies
         await login_form(http, url)  # the pre-session cookie, but a form value of the attacker's
@@ -203,9 +199,7 @@ async def test_console_posts_from_another_site_are_refused(console_server: Runni
         _, page = await get(lead, f"{url}/console/turns/{turn_id}")
         form = {"csrf": csrf_of(page), "score": "1", "verdict": "wrong", "then": "stay"}
         for origin in (EVIL, "null", "http://127.0.0.1.evil.example"):
-            async with lead.post(
-                f"{url}/console/turns/{turn_id}/rate", data=form, headers={"Origin": origin}
-            ) as r:
+            async with lead.post(f"{url}/console/turns/{turn_id}/rate", data=form, headers={"Origin": origin}) as r:
                 assert r.status == 403 and "another site" in await r.text(), origin
         assert await console_server.deskmate.ledger.ratings_of(turn_id) == []
         async with lead.post(
@@ -235,9 +229,7 @@ async def test_sign_out_needs_its_form_and_ends_the_session_for_every_copy_of_th
             assert r.status == 403
         status, page = await get(lead, f"{url}/console/queue")
         assert status == 200
-        async with lead.post(
-            f"{url}/console/logout", data={"csrf": csrf_of(page)}, allow_redirects=False
-        ) as r:
+        async with lead.post(f"{url}/console/logout", data={"csrf": csrf_of(page)}, allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"] == "/console/login"
         # The copy made before sign-out is refused now, on the same server and without the jar.
         status, _ = await get(thief, f"{url}/console/queue", headers=copied)
@@ -267,9 +259,7 @@ async def test_forget_ends_the_persons_console_sessions(
 ) -> None:
     from bot.forget import forget
 
-    async with running_server(
-        embedder, **console_settings(tmp_path, private_store_url, redis_prefix)
-    ) as server:
+    async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as server:
         lead = await signed_in(server, LEAD)
         copied = {"Cookie": f"deskmate_console={session_cookie(lead)}"}
         await lead.close()
@@ -286,14 +276,10 @@ async def test_forget_ends_the_persons_console_sessions(
 async def test_pseudonymous_pages_and_exports_never_name_the_asker(
     tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
 ) -> None:
-    settings = console_settings(
-        tmp_path, example_store_url, redis_prefix, console_pseudonymous=True
-    )
+    settings = console_settings(tmp_path, example_store_url, redis_prefix, console_pseudonymous=True)
     async with running_server(embedder, **settings) as server:
         answered = await ask(server, ANA, "I'm Ana Ribeiro: how do I report a phishing email?")
-        unknown = await ask(
-            server, ANA, "Ana Ribeiro here: what is the airspeed velocity of an unladen swallow?"
-        )
+        unknown = await ask(server, ANA, "Ana Ribeiro here: what is the airspeed velocity of an unladen swallow?")
         turn = await server.deskmate.ledger.get_turn(answered)
         assert "Ana Ribeiro" in json.dumps(turn.prompt)  # the facts block names her as served
         assert (await server.deskmate.ledger.get_turn(unknown)).status == "unknown"
@@ -377,9 +363,7 @@ async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
             status, queue = await get(it_admin, f"{url}/console/queue")
             assert HR_QUESTION in queue and "restricted: hr" in queue
             # The queue's search must not be an oracle for the hidden answer's words.
-            _, searched = await get(
-                it_admin, f"{url}/console/queue", params={"q": turn.answer[:30]}
-            )
+            _, searched = await get(it_admin, f"{url}/console/queue", params={"q": turn.answer[:30]})
             assert turn_id not in searched
             _, exported = await get(it_admin, f"{url}/console/export.jsonl")
             [record] = [json.loads(line) for line in exported.splitlines() if turn_id in line]
@@ -395,9 +379,7 @@ async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
             assert SALARY_FIGURES in page and MARKER not in page and 'id="review"' in page
 
     # The same person, listed by the operator as someone who may read everything.
-    see_all = console_settings(
-        tmp_path, example_store_url, redis_prefix, console_see_all=[IT_ADMIN]
-    )
+    see_all = console_settings(tmp_path, example_store_url, redis_prefix, console_see_all=[IT_ADMIN])
     async with running_server(embedder, **see_all) as server:
         it_admin = await signed_in(server, IT_ADMIN)
         async with it_admin:
@@ -432,9 +414,7 @@ async def test_a_javascript_url_from_the_knowledge_base_is_never_a_live_link(
     report = await Ingestor(store, embedder).ingest_path(tmp_path / "kb")
     assert report.ok, report.failed
     await store.close()
-    async with running_server(
-        embedder, **console_settings(tmp_path, store_url, redis_prefix)
-    ) as server:
+    async with running_server(embedder, **console_settings(tmp_path, store_url, redis_prefix)) as server:
         turn_id = await ask(server, EMPLOYEE, "How do I clear a printer jam?")
         urls = {c["url"] for c in (await server.deskmate.ledger.get_turn(turn_id)).retrieved}
         assert any(u.startswith("javascript:") for u in urls), urls

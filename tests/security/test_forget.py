@@ -40,18 +40,29 @@ def training_job(jobs_dir: Path, theirs: list[str], others: list[str]) -> Path:
     folder = jobs_dir / "5b1e0c7a-2f43-4d8e-9a61-0c2d7e8f9a10" / "dataset"
 
     def example(turn_id: str) -> Example:
-        return Example("sft_approved", turn_id, "2026-12-01T10:00:00+00:00",
-                       [{"role": "user", "content": "Question: …"}, {"role": "assistant", "content": "…"}])
+        return Example(
+            "sft_approved",
+            turn_id,
+            "2026-12-01T10:00:00+00:00",
+            [{"role": "user", "content": "Question: …"}, {"role": "assistant", "content": "…"}],
+        )
 
     write({"train": [example(t) for t in theirs + others], "eval": []}, DatasetCard(records=3), folder)
     return folder / "train.jsonl"
 
 
 async def test_forget_from_the_cli_reaches_the_running_servers_cache_and_the_job_folders(
-        tmp_path: Path, private_store_url: str, embedder: Embedder) -> None:
+    tmp_path: Path, private_store_url: str, embedder: Embedder
+) -> None:
     data = tmp_path / "data"
-    settings = {"data_dir": data, "store_url": private_store_url, "cache_url": "memory://",
-                "generator_url": "echo://", "web_chat": True, "replica_heartbeat_seconds": 0.2}
+    settings = {
+        "data_dir": data,
+        "store_url": private_store_url,
+        "cache_url": "memory://",
+        "generator_url": "echo://",
+        "web_chat": True,
+        "replica_heartbeat_seconds": 0.2,
+    }
     async with running_server(embedder, **settings) as server, aiohttp.ClientSession() as http:
         cache = server.deskmate.retrieval.cache  # type: ignore[attr-defined]
         first = await ask(http, server.url, ANA, QUESTION, "chat-1")
@@ -63,10 +74,20 @@ async def test_forget_from_the_cli_reaches_the_running_servers_cache_and_the_job
 
         before = purges()
         cli = await asyncio.create_subprocess_exec(
-            DESKMATE, "forget", "--yes", ANA, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=child_env(
-                DESKMATE_DATA_DIR=str(data), DESKMATE_STORE_URL=private_store_url,
-                DESKMATE_CACHE_URL="memory://", DESKMATE_REPLICA_HEARTBEAT_SECONDS="0.2"))
+            DESKMATE,
+            "forget",
+            "--yes",
+            ANA,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child_env(
+                DESKMATE_DATA_DIR=str(data),
+                DESKMATE_STORE_URL=private_store_url,
+                DESKMATE_CACHE_URL="memory://",
+                DESKMATE_REPLICA_HEARTBEAT_SECONDS="0.2",
+            ),
+        )
         printed = (await asyncio.wait_for(cli.communicate(), 180))[0].decode()
         assert cli.returncode == 0, printed
         lines = dict(line.split(": ", 1) for line in printed.splitlines() if ": " in line)

