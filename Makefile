@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-.PHONY: demo test lint install install-test services browser deploy-tools clean
+.PHONY: demo test test-fast lint install install-test services browser deploy-tools clean
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -51,6 +51,11 @@ lint: install-test
 
 test: lint services browser deploy-tools
 	$(BIN)/python -m pytest
+
+# The inner loop: lint, then every test that needs neither the CPU model nor training
+# (`-m "not slow"`); `make test` runs them all.
+test-fast: lint services browser deploy-tools
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) .deskmate .pytest_cache

@@ -40,24 +40,24 @@ from _common import (
 )
 from retrieval_speed import READER, synthetic_writes
 
-from bot.generation import EchoGenerator, LlamaCppGenerator
-from bot.ledger import Ledger
-from bot.messages import IncomingMessage
-from bot.orchestrator import Orchestrator, TurnPolicy
-from bot.prompts import build_messages
+from bot.answering.generation import EchoGenerator, LlamaCppGenerator
+from bot.answering.messages import IncomingMessage
+from bot.answering.orchestrator import Orchestrator, TurnPolicy
+from bot.answering.prompts import build_messages
+from bot.ledger.ledger import Ledger
 from finetune.model import base_gguf_path
+from retrieval.backends import open_store
 from retrieval.cache import MemoryCache
 from retrieval.chunking import Document, chunk_document
 from retrieval.embeddings import Embedder
 from retrieval.search import Searcher
-from retrieval.store import open_store
 
 
 def ms_stats(values: list[float]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(values), 2), "p99_ms": round(percentile(values, 99), 2)}
 
 
-async def measure_overhead(size: int, texts: list[str], vectors, questions: list[str], embedder: Embedder) -> dict:  # noqa: ANN001
+async def measure_overhead(size: int, texts: list[str], vectors, questions: list[str], embedder: Embedder) -> dict:
     sentences = [s.strip() for t in texts for s in t.split(".") if len(s.strip()) > 20]
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)

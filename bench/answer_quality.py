@@ -24,18 +24,18 @@ from typing import Any
 
 from _common import gold_ids, history_of, print_table, read_jsonl, write_result
 
-from bot.generation import Generator, LlamaCppGenerator
-from bot.ledger import Ledger
-from bot.messages import IncomingMessage
-from bot.orchestrator import Orchestrator, TurnPolicy
+from bot.answering.generation import Generator, LlamaCppGenerator
+from bot.answering.messages import IncomingMessage
+from bot.answering.orchestrator import Orchestrator, TurnPolicy
+from bot.ledger.ledger import Ledger
 from finetune.evaluate import best_of, rouge_l, token_f1
 from finetune.model import base_gguf_path
+from retrieval.backends import open_store
 from retrieval.cache import MemoryCache
 from retrieval.chunking import ChunkingConfig, Document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
-from retrieval.store import open_store
 
 
 def references(question: dict[str, Any]) -> list[str]:
@@ -102,7 +102,7 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
     scored = [r for r in rows if r["f1"] is not None and not r["unanswerable"]]
     with_gold = [r for r in rows if r["cites_gold"] is not None]
     unans = [r for r in rows if r["unanswerable"]]
-    mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None  # noqa: E731
+    mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None
     return {
         "questions": len(rows),
         "token_f1": mean([r["f1"] for r in scored]),

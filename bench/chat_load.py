@@ -49,7 +49,7 @@ from _common import (
 )
 from slack_sdk.signature import SignatureVerifier
 
-from tests.channels.recorder import Recorder
+from tests.support.recorder import Recorder
 
 SECRET = "bench-signing-secret"
 QUESTIONS = [
@@ -380,7 +380,7 @@ def main() -> None:
         )
         server = subprocess.Popen(
             [DESKMATE, "serve"], env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "serve.log", "w")
-        )  # noqa: SIM115
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, server)

@@ -64,7 +64,9 @@ from _common import (
 from sqlalchemy import func, insert, select, text
 
 from bot.console.auth import issue_token
-from bot.ledger import FeedbackRow, Ledger, TurnRow, turn_risk
+from bot.ledger.ledger import Ledger
+from bot.ledger.review import turn_risk
+from bot.ledger.rows import FeedbackRow, TurnRow
 
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
 PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -3,7 +3,7 @@
 A QA set stands in for rated turns whose lead-corrected answers are the gold answers. Its
 questions are split by manual section (no section and no gold document on both sides). The train
 side takes the product path: turns recorded by the real orchestrator, a lead correction on each,
-`bot.export.rated_turns`, then `python -m finetune.pipeline` as a child process (for its peak
+`bot.feedback.export.rated_turns`, then `python -m finetune.pipeline` as a child process (for its peak
 RSS). The test side is answered four ways with `answer_quality.answer_all` in the same run: base,
 base + RAG, fine-tuned, fine-tuned + RAG. On 2 cores the base setups are answered on one core
 while training runs on the other, and the two fine-tuned setups then run side by side.
@@ -30,20 +30,20 @@ from typing import Any
 from _common import REPO, gold_ids, history_of, print_table, read_jsonl, write_result
 from answer_quality import MIGRATING, answer_all, references
 
-from bot.export import rated_turns
-from bot.generation import EchoGenerator, LlamaCppGenerator
-from bot.ledger import Ledger
-from bot.messages import IncomingMessage
-from bot.orchestrator import Orchestrator, TurnPolicy
-from bot.ratings import Rating, submit
-from bot.roles import Role
+from bot.answering.generation import EchoGenerator, LlamaCppGenerator
+from bot.answering.messages import IncomingMessage
+from bot.answering.orchestrator import Orchestrator, TurnPolicy
+from bot.feedback.export import rated_turns
+from bot.feedback.ratings import Rating, submit
+from bot.feedback.roles import Role
+from bot.ledger.ledger import Ledger
 from finetune.model import base_gguf_path
+from retrieval.backends import open_store
 from retrieval.cache import MemoryCache
 from retrieval.chunking import ChunkingConfig, Document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher
-from retrieval.store import open_store
 
 SETUPS = {
     "base only": (False, False),
@@ -254,7 +254,11 @@ async def run(args: argparse.Namespace, job_dir: Path) -> dict[str, Any]:
     tuned = [s for s in args.setups if SETUPS[s][0]]
     generators = [await load_generator(args, adapter) for _ in tuned]
     results.update(
-        zip(tuned, await asyncio.gather(*(answer_setup(args, s, test, g) for s, g in zip(tuned, generators))))
+        zip(
+            tuned,
+            await asyncio.gather(*(answer_setup(args, s, test, g) for s, g in zip(tuned, generators, strict=True))),
+            strict=True,
+        )
     )
     results = {s: results[s] for s in args.setups}
     seconds.update({s: r["wall_seconds"] for s, r in results.items()})

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from _common import gold_ids, history_of, print_table, read_jsonl, write_result
 
+from retrieval.backends import open_store
 from retrieval.chunking import ChunkingConfig, Document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.search import Searcher, earlier_questions
-from retrieval.store import open_store
 
 
-def doc_ranking(hits) -> list[str]:  # noqa: ANN001
+def doc_ranking(hits) -> list[str]:
     ranking: list[str] = []
     for hit in hits:
         if hit.chunk.doc_id not in ranking:
@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace) -> dict:
         await store.close()
     n = len(answerable)
     figures = {m: {"recall@5": t[0] / n, "ndcg@10": t[1] / n, "mrr@10": t[2] / n} for m, t in totals.items()}
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
     return {
         "corpus": str(args.corpus),
         "questions": str(args.questions),

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 from _common import percentile, print_table, read_jsonl, write_result
 
+from retrieval.backends import open_store
 from retrieval.cache import MemoryCache
 from retrieval.chunking import ChunkingConfig, Document, chunk_document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.records import Chunk, DocumentRecord, DocumentWrite
 from retrieval.search import Searcher
-from retrieval.store import open_store
 
 GROUPS = ["everyone", "hr", "finance", "it-admin", "legal", "sales"]
 READER = ["finance", "sales"]  # the reader sees everyone + these two: about half the chunks

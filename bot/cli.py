@@ -1,4 +1,4 @@
-"""The `deskmate` command: a thin face on library calls (see `bot.app`)."""
+"""The `deskmate` command: a thin face on library calls (see `bot.wiring`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -15,21 +16,35 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.app import (
-    Deskmate,
-    Records,
-    Retrieval,
-    build_web_app,
-    open_deskmate,
-    open_ledger,
-    open_records,
-    open_retrieval,
-)
+from bot.answering.generation import LlamaCppGenerator, generator_from_settings
+from bot.answering.messages import Delta, Done, IncomingMessage, Status
+from bot.console.auth import LOCAL_ADMIN, issue_token
+from bot.deskmate import Deskmate, Records, Retrieval
 from bot.exposure import Exposure, StartupRefused, exposure
-from bot.ledger import Ledger
-from bot.messages import Delta, Done, IncomingMessage, Status
+from bot.feedback.export import csv_header, rated_turns, to_csv_row, to_jsonl
+from bot.feedback.forget import forget as forget_person
+from bot.feedback.roles import roles_from_settings
+from bot.ledger.filters import Filters
+from bot.ledger.ledger import Ledger
+from bot.server import build_ops_app, build_web_app
 from bot.settings import Settings
-from retrieval.ingest import OutsideKnowledgeFolder
+from bot.training import jobs
+from bot.training.adapters import (
+    PromotionRefused,
+    list_adapters,
+    live_adapter,
+    lora_adapters_value,
+    promote,
+    rollback,
+    to_serve,
+)
+from bot.training.commands import describe_adapters, describe_job
+from bot.training.jobs import list_jobs, queue_name, request_cancel
+from bot.training.retrain import KIND, Retrainer
+from bot.wiring import open_deskmate, open_ledger, open_records, open_retrieval
+from finetune.registry import AdapterInvalid, Registry
+from retrieval.ingest import IngestReport, OutsideKnowledgeFolder
+from retrieval.records import StoreStats
 from retrieval.search import QueryError, SearchResult
 from retrieval.users import import_users, load_directory
 
@@ -50,6 +65,19 @@ jobs_app = typer.Typer(help="Background jobs (retraining).", no_args_is_help=Tru
 adapters_app = typer.Typer(help="Adapter versions: list, show, promote, roll back.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(adapters_app, name="adapters")
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class PlatformName(StrEnum):
+    slack = "slack"
+    teams = "teams"
+    web = "web"
+    cli = "cli"
+
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -101,7 +129,7 @@ def main(
     _setup_logging(verbose)
 
 
-@app.command()
+@app.command(epilog="Example: deskmate ingest examples/kb   ·   deskmate ingest kb/policies --prune")
 def ingest(
     path: Annotated[Path, typer.Argument(help="A folder (read recursively) or one file.")],
     prune: Annotated[
@@ -116,7 +144,7 @@ def ingest(
         err.print(f"[red]error:[/] no such file or folder: {path}")
         raise typer.Exit(2)
 
-    async def work(r: Retrieval):
+    async def work(r: Retrieval) -> IngestReport:
         with Progress(
             TextColumn("[bold]ingest"),
             BarColumn(),
@@ -170,7 +198,7 @@ def _print_result(result: SearchResult) -> None:
     out.print(f"[dim]confidence {result.confidence:.2f} ({verdict}) · knowledge base v{result.kb_version}[/]")
 
 
-@app.command()
+@app.command(epilog='Example: deskmate search "How do I reset my password?" --user ana@example.com --k 3')
 def search(
     question: Annotated[str | None, typer.Argument(help="Leave out for an interactive prompt.")] = None,
     user: Annotated[str | None, typer.Option(help="Search as this user (email): their groups and context.")] = None,
@@ -228,7 +256,7 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Documents, chunks and users in the knowledge store."""
     settings = Settings()
 
-    async def work(r: Retrieval):
+    async def work(r: Retrieval) -> StoreStats:
         return await r.store.stats()
 
     stats = _run(work)
@@ -251,7 +279,7 @@ def kb_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(table)
 
 
-@users_app.command("import")
+@users_app.command("import", epilog="Example: deskmate users import examples/users.csv")
 def users_import(path: Annotated[Path, typer.Argument(help="CSV or JSON directory file.")]) -> None:
     """Import employees (email, name, department, location, role, groups, devices)."""
     try:
@@ -331,7 +359,7 @@ async def _stream_answer(d: Deskmate, message: IncomingMessage, as_json: bool) -
     return "failed"
 
 
-@app.command()
+@app.command(epilog='Example: deskmate ask "Can I expense a monitor?" --user ana@example.com --json')
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     user: Annotated[str | None, typer.Option(help="Ask as this user (email): their groups and context.")] = None,
@@ -347,7 +375,7 @@ def ask(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog="Example: deskmate chat --user ana@example.com")
 def chat(
     user: Annotated[str | None, typer.Option(help="Chat as this user (email).")] = None,
 ) -> None:
@@ -376,7 +404,6 @@ def chat(
 @roles_app.command("list")
 def roles_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every rule that makes someone a support lead or an admin (settings and roles file)."""
-    from bot.roles import roles_from_settings
 
     settings = Settings()
     try:
@@ -409,7 +436,6 @@ def console_token(
     ] = None,
 ) -> None:
     """A one-time sign-in token for the console, valid for a day. Shown once, stored hashed."""
-    from bot.console.auth import LOCAL_ADMIN, issue_token
 
     settings = Settings()
     token = _run_with(open_ledger, lambda ledger: issue_token(ledger, user))
@@ -418,35 +444,37 @@ def console_token(
     out.print(f"Open http://{settings.host}:{settings.port}/console/login and paste it.", highlight=False)
 
 
-@export_app.command("ratings")
+@export_app.command(
+    "ratings",
+    epilog="Example: deskmate export ratings --out ratings.csv --format csv --since 2026-11-01 --platform slack",
+)
 def export_ratings(
     out_path: Annotated[Path, typer.Option("--out", help="File to write.")] = Path("ratings.jsonl"),
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="The file's format.")] = ExportFormat.jsonl,
     since: Annotated[str | None, typer.Option(help="From this day (YYYY-MM-DD).")] = None,
     until: Annotated[str | None, typer.Option(help="Up to and including this day.")] = None,
-    platform: Annotated[str | None, typer.Option(help="slack, teams, web or cli.")] = None,
+    platform: Annotated[PlatformName | None, typer.Option(help="Only turns asked on this platform.")] = None,
     verdict: Annotated[str | None, typer.Option(help="Only turns with this verdict.")] = None,
 ) -> None:
     """Write the rated turns (what retraining reads): prompt as served, answer, correction,
     latest lead score and verdict, thumbs. No user identities."""
-    from bot.console.queries import Filters
-    from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-
-    if fmt not in ("jsonl", "csv"):
-        err.print("[red]error:[/] --format is jsonl or csv")
-        raise typer.Exit(2)
     filters = Filters.from_query(
-        {"since": since or "", "until": until or "", "platform": platform or "", "verdict": verdict or ""}
+        {
+            "since": since or "",
+            "until": until or "",
+            "platform": platform.value if platform else "",
+            "verdict": verdict or "",
+        }
     )
 
     async def work(ledger: Ledger) -> int:
         count = 0
         tmp = out_path.with_suffix(out_path.suffix + ".part")
         with open(tmp, "w", encoding="utf-8", newline="") as f:  # noqa: ASYNC230 (a CLI run, nothing else waits)
-            if fmt == "csv":
+            if fmt is ExportFormat.csv:
                 f.write(csv_header())
             async for record in rated_turns(ledger, filters):
-                f.write(to_jsonl(record) if fmt == "jsonl" else to_csv_row(record))
+                f.write(to_jsonl(record) if fmt is ExportFormat.jsonl else to_csv_row(record))
                 count += 1
         tmp.replace(out_path)
         return count
@@ -455,7 +483,7 @@ def export_ratings(
     out.print(f"{count} rated turns written to {out_path}", highlight=False)
 
 
-@app.command()
+@app.command(epilog="Example: deskmate retrain --dry-run   ·   deskmate retrain   ·   deskmate jobs list")
 def retrain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and show the training set only.")] = False,
     include_restricted: Annotated[
@@ -466,9 +494,6 @@ def retrain(
 ) -> None:
     """Retrain from the rated turns, here and now: training set, LoRA training, the evaluation
     gate against the live adapter, and promotion if it wins. Progress is shown and recorded."""
-    from bot import jobs
-    from bot.admin import describe_job
-    from bot.retrain import KIND, Retrainer
 
     settings = Settings()
     params: dict[str, Any] = {"dataset": {"include_restricted": include_restricted}}
@@ -511,8 +536,6 @@ def retrain(
 @jobs_app.command("list")
 def jobs_list() -> None:
     """Recent jobs, newest first."""
-    from bot.admin import describe_job
-    from bot.jobs import list_jobs
 
     rows = _run_with(open_ledger, lambda ledger: list_jobs(ledger))
     if not rows:
@@ -524,7 +547,6 @@ def jobs_list() -> None:
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id (or its first 8 characters).")]) -> None:
     """Stop a job at its next training step; its checkpoint is kept."""
-    from bot.jobs import request_cancel
 
     job = _run_with(open_ledger, lambda ledger: request_cancel(ledger, job_id))
     if job is None:
@@ -535,14 +557,11 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id (or its first
 
 def _adapter_call(action: Callable[[Records, Any, Any], Awaitable[T]]) -> T:
     """Run an adapters action with the ledger, the registry and a generator of the serving kind."""
-    from bot.adapters import PromotionRefused
-    from bot.app import make_generator
-    from finetune.registry import Registry
 
     settings = Settings()
 
     async def work(d: Records) -> T:
-        generator = make_generator(settings)
+        generator = generator_from_settings(settings)
         try:
             return await action(d, Registry(settings.resolved_adapters_dir()), generator)
         finally:
@@ -558,8 +577,6 @@ def _adapter_call(action: Callable[[Records, Any, Any], Awaitable[T]]) -> T:
 @adapters_app.command("list")
 def adapters_list() -> None:
     """Every adapter version: live, candidate (passed the gate), rejected or retired."""
-    from bot.adapters import list_adapters, live_adapter
-    from bot.admin import describe_adapters
 
     async def work(d: Records, _registry: Any, _generator: Any) -> str:
         return describe_adapters(await list_adapters(d.ledger), await live_adapter(d.ledger))
@@ -570,7 +587,6 @@ def adapters_list() -> None:
 @adapters_app.command("show")
 def adapters_show(name: Annotated[str, typer.Argument(help="Adapter version.")]) -> None:
     """Its metadata: base model, dataset card, training config and evaluation report."""
-    from finetune.registry import AdapterInvalid, Registry
 
     try:
         info = Registry(Settings().resolved_adapters_dir()).get(name)
@@ -588,7 +604,6 @@ def adapters_lora_env(
 ) -> None:
     """Print the LORA_ADAPTERS value for TGI (which loads adapters only at start-up): feed it to
     the TGI deployment's ConfigMap, roll TGI, then promote (deploy/README.md)."""
-    from bot.adapters import lora_adapters_value, to_serve
 
     async def work(d: Records, _registry: Any, _generator: Any) -> list[str]:
         return await to_serve(d.ledger, previous=previous, candidates=candidates)
@@ -596,14 +611,16 @@ def adapters_lora_env(
     print(lora_adapters_value(_adapter_call(work), root))
 
 
-@adapters_app.command("promote")
+@adapters_app.command(
+    "promote",
+    epilog="Example: deskmate adapters list   ·   deskmate adapters promote <name>   ·   deskmate adapters rollback",
+)
 def adapters_promote(
     name: Annotated[str, typer.Argument(help="Adapter version.")],
     force: Annotated[bool, typer.Option("--force", help="Promote even though the gate rejected it.")] = False,
     actor: Annotated[str, typer.Option(help="Who is promoting (recorded).")] = "cli",
 ) -> None:
     """Put an adapter live (running servers pick it up within seconds)."""
-    from bot.adapters import promote
 
     async def work(d: Records, registry: Any, generator: Any) -> str:
         info = await promote(d.ledger, registry, name, actor=actor, generator=generator, force=force)
@@ -615,7 +632,6 @@ def adapters_promote(
 @adapters_app.command("rollback")
 def adapters_rollback(actor: Annotated[str, typer.Option(help="Who is rolling back (recorded).")] = "cli") -> None:
     """Put back what was live before the current adapter."""
-    from bot.adapters import rollback
 
     async def work(d: Records, registry: Any, generator: Any) -> str:
         return await rollback(d.ledger, registry, actor=actor, generator=generator)
@@ -630,8 +646,6 @@ def worker() -> None:
     from redis import Redis
     from rq import Queue, Worker
 
-    from bot.jobs import queue_name
-
     settings = Settings()
     if not settings.cache_url.startswith(("redis://", "rediss://")):
         err.print("[red]deskmate worker needs DESKMATE_CACHE_URL=redis://…[/] (the queue lives in Redis)")
@@ -643,7 +657,7 @@ def worker() -> None:
     Worker([Queue(queue, connection=connection)], connection=connection).work(with_scheduler=False)
 
 
-@app.command()
+@app.command(epilog="Example: deskmate forget ana@example.com --yes")
 def forget(
     user: Annotated[str, typer.Argument(help="The person's email (user key).")],
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -651,7 +665,6 @@ def forget(
     """Remove a person everywhere: ledger, spool and dead letters, job folders, adapter cards,
     cache (running servers' too, within a heartbeat) and store. Prints each place and its count,
     and what it could not reach."""
-    from bot.forget import forget as forget_person
 
     if not yes and not typer.confirm(f"Remove everything Deskmate keeps about {user}? This cannot be undone"):
         raise typer.Exit(1)
@@ -710,7 +723,9 @@ def platform_lines(settings: Settings, faces: Exposure, base: str) -> list[str]:
     return [slack, teams, web_chat, console]
 
 
-@app.command()
+@app.command(
+    epilog="Example: deskmate serve   ·   deskmate serve --host 0.0.0.0 --port 8080 (needs the platforms' credentials: see README, Security)"
+)
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
@@ -722,9 +737,6 @@ def serve(
     import signal
 
     from aiohttp import web
-
-    from bot.app import build_ops_app
-    from bot.generation import LlamaCppGenerator
 
     settings = Settings()
     updates: dict[str, object] = {}

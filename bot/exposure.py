@@ -18,8 +18,6 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bot.settings import Settings
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
 
 class StartupRefused(Exception):
     """The settings would open a door nobody asked for; the message says what to set."""

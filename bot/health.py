@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from bot import metrics
-
-if TYPE_CHECKING:
-    from bot.app import Deskmate
+from bot.deskmate import Deskmate
 
 
 async def readiness(deskmate: Deskmate) -> dict[str, dict[str, object]]:

@@ -10,7 +10,7 @@ is a conditional UPDATE (`status = 'pending'`), so exactly one replica claims ea
 user is told once.
 
 The heartbeat also carries two duties that need every replica, not just one: replaying spooled
-ledger writes (its own, and spool files a gone process left: bot/spool.py), and applying new
+ledger writes (its own, and spool files a gone process left: bot/ledger/spool.py), and applying new
 forget requests (ledger tombstones) to this process's own cache, which nothing outside the
 process can reach.
 """
@@ -29,7 +29,10 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from bot import metrics
-from bot.ledger import LEDGER_ERRORS, Ledger, ReplicaRow, Tombstone, TurnRow
+from bot.ledger.failures import LEDGER_ERRORS
+from bot.ledger.ledger import Ledger, rows_affected
+from bot.ledger.rows import ReplicaRow, TurnRow
+from bot.ledger.tombstones import Tombstone
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ MISSED_BEATS = 4
 FORGET_AFTER = timedelta(days=1)
 
 Notifier = Callable[[TurnRow, str], Awaitable[bool]]
-# Applies a forget request to this process's cache (bot.forget.purge_cache on the server's cache)
+# Applies a forget request to this process's cache (bot.feedback.forget.purge_cache on the server's cache)
 Purger = Callable[[Tombstone], Awaitable[object]]
 
 # Tombstones older than this process (less this margin, for clocks a little apart) are not
@@ -111,7 +114,7 @@ async def close_interrupted(ledger: Ledger, turn: TurnRow) -> bool:
             .values(status="failed", error=error, completed_at=now, risk=TurnRow.risk + 2)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        return rows_affected(result) == 1
 
 
 async def sweep(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     adapter: str = Field("", description="Adapter version to serve until the registry names one.")
     adapter_path: Path | None = Field(None, description="GGUF LoRA file of `adapter` (local model).")
     max_answer_tokens: int = Field(200, ge=16, le=2048)
-    prompt_version: str = Field("v1", description="Prompt template version (bot/prompts.py).")
+    prompt_version: str = Field("v1", description="Prompt template version (bot/answering/prompts.py).")
     context_passages: int = Field(3, ge=1, le=10, description="Passages put in front of the model.")
     fallback_contact: str = Field(
         "the IT service desk (#it-help in Slack, or servicedesk@northwind.example)",
@@ -208,7 +208,7 @@ class Settings(BaseSettings):
     # --- roles, ratings, the review console ---------------------------------------------------
     roles_file: Path | None = Field(
         None,
-        description="YAML naming admins and leads by email, Slack user group and Entra group id (see bot/roles.py).",
+        description="YAML naming admins and leads by email, Slack user group and Entra group id (see bot/feedback/roles.py).",
     )
     admins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Admin emails (JSON list or comma-separated)."
@@ -280,7 +280,7 @@ class Settings(BaseSettings):
         "prompts (e.g. `location,department`; JSON list or comma-separated). Empty: the whole "
         "'About the person asking' block is removed from every training prompt.",
     )
-    train_config: dict = Field(
+    train_config: dict[str, Any] = Field(
         default_factory=dict,
         description="JSON overrides of the dataset and "
         'training settings: {"dataset": {...}, "train": {...}} (finetune/).',

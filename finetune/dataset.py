@@ -69,8 +69,8 @@ class AskerFactsReport:
     allowed: list[str] = field(default_factory=list)
     prompts_with_block: int = 0
     unreadable: int = 0  # blocks not in the known shape: removed whole
-    removed: Counter = field(default_factory=Counter)
-    kept: Counter = field(default_factory=Counter)
+    removed: Counter[str] = field(default_factory=Counter)
+    kept: Counter[str] = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,7 +82,7 @@ class AskerFactsReport:
         }
 
     def markdown(self) -> list[str]:
-        def fields(counts: Counter) -> str:
+        def fields(counts: Counter[str]) -> str:
             return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items())) or "none"
 
         allowed = ", ".join(self.allowed) or "none (the whole block is removed)"
@@ -101,11 +101,11 @@ class AskerFactsReport:
 @dataclass
 class DatasetCard:
     records: int = 0
-    examples: Counter = field(default_factory=Counter)
-    train: Counter = field(default_factory=Counter)
-    eval: Counter = field(default_factory=Counter)
-    filtered: Counter = field(default_factory=Counter)
-    scrubbed: Counter = field(default_factory=Counter)
+    examples: Counter[str] = field(default_factory=Counter)
+    train: Counter[str] = field(default_factory=Counter)
+    eval: Counter[str] = field(default_factory=Counter)
+    filtered: Counter[str] = field(default_factory=Counter)
+    scrubbed: Counter[str] = field(default_factory=Counter)
     kto: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     asker: AskerFactsReport = field(default_factory=AskerFactsReport)

@@ -8,10 +8,12 @@ each and the libraries that carry them pull in a whole NLP toolkit.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypedDict
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -55,7 +57,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def best_of(metric, prediction: str, references: Iterable[str]) -> float:
+def best_of(metric: Callable[[str, str], float], prediction: str, references: Iterable[str]) -> float:
     """The best score against any of several acceptable references."""
     return max((metric(prediction, r) for r in references), default=0.0)
 
@@ -66,7 +68,15 @@ def best_of(metric, prediction: str, references: Iterable[str]) -> float:
 # GPU batch job can call them too.
 
 
-def score_answers(rows: list[dict]) -> dict:
+class Decision(TypedDict):
+    """What `decide` returns (a plain dict at run time, stored in the job's report.json)."""
+
+    promote: bool
+    margin: float
+    reasons: list[str]
+
+
+def score_answers(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """Means over answered rows. Each row: `answer`, `reference` (lead's answer; '' for a turn
     that should not be answered), `outcome`, `cited` and `gold` (document ids),
     `should_not_answer` (bool)."""
@@ -82,11 +92,11 @@ def score_answers(rows: list[dict]) -> dict:
         "token_f1": mean([token_f1(r["answer"], r["reference"]) for r in scored]),
         "rouge_l": mean([rouge_l(r["answer"], r["reference"]) for r in scored]),
         "citation_rate": mean([float(bool(set(r["gold"]) & set(r.get("cited") or []))) for r in with_gold]),
-        "declined_rate": mean([float(r.get("outcome") in ("unknown", "refused")) for r in refuse]),
+        "declined_rate": mean([float(r.get("outcome") == "unknown") for r in refuse]),
     }
 
 
-def guard_passed(guard: dict, answer: str, cited: list[str]) -> bool:
+def guard_passed(guard: Mapping[str, Any], answer: str, cited: Sequence[str]) -> bool:
     """A guard question stays right when its answer holds every required phrase and, if one is
     named, cites the expected document."""
     text = answer.lower()
@@ -95,7 +105,12 @@ def guard_passed(guard: dict, answer: str, cited: list[str]) -> bool:
     return all(p.lower() in text for p in phrases) and (not doc or doc in cited)
 
 
-def decide(candidate: dict, live: dict, guards: list[dict], margin: float) -> dict:
+def decide(
+    candidate: Mapping[str, float | None],
+    live: Mapping[str, float | None],
+    guards: Sequence[Mapping[str, Any]],
+    margin: float,
+) -> Decision:
     """Promote only when the candidate beats the live adapter's token F1 by `margin`, handles
     "should not answer" turns no worse, and gets right every guard the live one got right."""
     reasons: list[str] = []
@@ -113,7 +128,7 @@ def decide(candidate: dict, live: dict, guards: list[dict], margin: float) -> di
     return {"promote": not reasons, "margin": margin, "reasons": reasons or ["beats the live adapter on every check"]}
 
 
-def plot(report: dict, path) -> None:
+def plot(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """A bar chart of candidate vs live on each figure, saved as PNG next to the report."""
     import matplotlib
 

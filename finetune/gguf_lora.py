@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 PEFT_NAME = re.compile(r"^(?:base_model\.model\.)?(model\.layers\.\d+\.[\w.]+)\.lora_([AB])\.weight$")
 
@@ -26,13 +32,13 @@ class AdapterConversionError(ValueError):
     """The PEFT adapter cannot be written as a GGUF LoRA (unsupported layer or shape)."""
 
 
-def _permute_rows(weights, n_head: int):
+def _permute_rows(weights: npt.NDArray[np.float32], n_head: int) -> npt.NDArray[np.float32]:
     """llama.cpp's row order for a rotary projection (its converter's `permute`)."""
     rows = weights.shape[0]
     return weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def convert(adapter_dir: Path, base_config: dict, out_file: Path) -> Path:
+def convert(adapter_dir: Path, base_config: Mapping[str, Any], out_file: Path) -> Path:
     """Write `out_file` from the PEFT adapter in `adapter_dir`; `base_config` is the base
     model's `config.json` (heads, layers, architecture)."""
     import gguf
@@ -53,7 +59,7 @@ def convert(adapter_dir: Path, base_config: dict, out_file: Path) -> Path:
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
 
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    pairs: dict[str, dict[str, np.ndarray]] = {}
+    pairs: dict[str, dict[str, npt.NDArray[np.float32]]] = {}
     for key, value in tensors.items():
         found = PEFT_NAME.match(key)
         if not found:

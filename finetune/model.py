@@ -79,8 +79,9 @@ def hf_base_folder(cache_root: Path) -> Path:
     ]
     if odd:
         raise RuntimeError(f"unexpected quantized layers after loading the GGUF: {odd[:3]}")
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)  # not a declared attribute of every model class
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

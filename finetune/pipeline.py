@@ -21,14 +21,25 @@ import json
 import re
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from finetune import dataset as datasets
+from finetune.gguf_lora import convert
+from finetune.model import BASE_MODEL_ID, base_revision, hf_base_folder
 from finetune.train import NothingToTrain, TrainConfig, TrainingCancelled, train
 
-EXIT_OK, EXIT_FAILED, EXIT_NOTHING, EXIT_DISK, EXIT_CANCELLED = 0, 1, 2, 3, 4
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+# The exit codes (also the `exit` field of outcome.json); a supervisor can import these.
+EXIT_OK = 0  # trained and converted: the adapter is ready to evaluate
+EXIT_FAILED = 1  # an unexpected error; outcome.json carries it
+EXIT_NOTHING = 2  # the dataset has nothing to train on (`NothingToTrain`)
+EXIT_DISK = 3  # the disk (or a file-size limit) ran out
+EXIT_CANCELLED = 4  # someone asked the job to stop (`TrainingCancelled`); a rerun resumes
 DISK_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
@@ -65,9 +76,6 @@ def run(
     train_config: TrainConfig,
 ) -> int:
     """All the file steps; returns the exit code (also written to outcome.json)."""
-    from finetune.gguf_lora import convert
-    from finetune.model import BASE_MODEL_ID, base_revision, hf_base_folder
-
     job_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     stage = "dataset"
@@ -134,9 +142,15 @@ def disk_full(exc: BaseException) -> str | None:
     return None
 
 
-def _config(cls: type, raw: dict[str, Any]) -> Any:
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
+
+
+def config_from(cls: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
+    """An instance of the dataclass `cls` from a config mapping (JSON, settings), keeping only
+    the keys that are fields of `cls` and leaving the rest at their defaults; unknown keys are
+    ignored, so an older or newer config still loads."""
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in known})
+    return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             names,
             args.job_dir,
             cache_root=args.cache,
-            dataset_config=_config(datasets.DatasetConfig, raw.get("dataset", {})),
-            train_config=_config(TrainConfig, raw.get("train", {})),
+            dataset_config=config_from(datasets.DatasetConfig, raw.get("dataset", {})),
+            train_config=config_from(TrainConfig, raw.get("train", {})),
         )
     except Exception as exc:  # noqa: BLE001 (the outcome file is how the supervisor learns why)
         import traceback

@@ -90,8 +90,8 @@ class Registry:
             "files": {f: _digest(staging / f) for f in REQUIRED},
         }
         (staging / "metadata.json").write_text(json.dumps(sealed, indent=2, default=str) + "\n")
-        for file in staging.iterdir():
-            os.chmod(file, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        for path in staging.iterdir():
+            os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         staging.rename(target)  # all or nothing: a crash leaves only a hidden .partial folder
         return AdapterInfo(name, target, sealed)
 

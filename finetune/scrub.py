@@ -76,13 +76,13 @@ class Scrubber:
 
     names: Iterable[str] = ()
     region: str = "US"
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._names = literal_pattern(self.names, name_parts=True)
 
-    def _sub(self, pattern: re.Pattern, text: str, kind: str, check=None) -> str:
-        def replace(match: re.Match) -> str:
+    def _sub(self, pattern: re.Pattern[str], text: str, kind: str, check: Callable[[str], bool] | None = None) -> str:
+        def replace(match: re.Match[str]) -> str:
             if check is not None and not check(match.group(0)):
                 return match.group(0)
             self.counts[kind] += 1
@@ -146,7 +146,7 @@ class Scrubber:
 
 
 # --- the asker's directory facts --------------------------------------------------------------
-# bot/prompts.py puts the asker's facts in the user turn as one line, "About the person asking: "
+# bot/answering/prompts.py puts the asker's facts in the user turn as one line, "About the person asking: "
 # and the facts joined by spaces, right before "\nQuestion: "; retrieval/users.py writes each
 # fact as one sentence about the person. finetune imports neither, so their shapes are restated
 # here; tests/finetune/test_dataset.py renders a block through both, so a change shows up there.

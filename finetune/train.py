@@ -19,7 +19,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -84,13 +87,15 @@ class _Progress:
         self.out, self.stage, self.share = out, stage, share
         self.started = time.time()
 
-    def callback(self) -> Any:
+    def callback(self) -> TrainerCallback:
         from transformers import TrainerCallback
 
         outer = self
 
         class Callback(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
+            def on_step_end(
+                self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+            ) -> TrainerControl:
                 outer.write(state.global_step, state.max_steps, state.log_history)
                 if (outer.out / "CANCEL").exists():
                     control.should_save = True
@@ -167,8 +172,8 @@ def train(dataset_dir: Path, base_dir: Path, out_dir: Path, config: TrainConfig)
     if kto_rows:
         kto_dir = out_dir / "kto"
         if not (kto_dir / "final" / "adapter_config.json").is_file():
-            model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-            model = PeftModel.from_pretrained(model, str(sft_done), is_trainable=True)
+            base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(sft_done), is_trainable=True)
             report["kto"] = _run_kto(
                 kto_rows, model, tokenizer, config, kto_dir, _Progress(out_dir, "kto", (1.0 - kto_share, 1.0))
             )
@@ -249,7 +254,7 @@ def _run_sft(
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # trl re-exports lazily, not explicitly
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     args = SFTConfig(
@@ -275,7 +280,7 @@ def _run_kto(
     rows: list[dict[str, Any]], model: Any, tokenizer: Any, config: TrainConfig, folder: Path, progress: _Progress
 ) -> dict[str, Any]:
     from datasets import Dataset
-    from trl import KTOConfig, KTOTrainer
+    from trl import KTOConfig, KTOTrainer  # type: ignore[attr-defined]  # trl re-exports lazily, not explicitly
 
     good = sum(1 for r in rows if r["label"])
     bad = len(rows) - good

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
+from typing import cast
 from urllib.parse import urlparse
 
 import redis.asyncio as aioredis
@@ -169,7 +170,8 @@ class RedisCache(Cache):
             self._failed(exc)
             return None
         self._recovered()
-        return value
+        # The pool is made without decode_responses, so Redis hands back bytes, never str.
+        return cast("bytes | None", value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         if not self._available():

@@ -12,10 +12,14 @@ import hashlib
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.cache import Cache
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 QUERY_TTL_SECONDS = 7 * 24 * 3600
 
@@ -40,17 +44,18 @@ class Embedder:
         self.name = Path(self.model_ref).name if Path(self.model_ref).exists() else self.model_ref
         self.batch_size = batch_size
         self._cache = cache
-        self._model = None
+        self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
 
-    def _load(self):  # noqa: ANN202 (SentenceTransformer is imported lazily)
+    def _load(self) -> SentenceTransformer:
         if self._model is None:
             with self._lock:
                 if self._model is None:
                     from sentence_transformers import SentenceTransformer
                     from transformers.utils import logging as hf_logging
 
-                    hf_logging.disable_progress_bar()  # a loading bar per process is noise in logs
+                    # A loading bar per process is noise in logs.
+                    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # unannotated in transformers
                     self._model = SentenceTransformer(self.model_ref, device="cpu")
         return self._model
 
@@ -58,12 +63,9 @@ class Embedder:
     def dim(self) -> int:
         model = self._load()
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(get_dim())
-
-    @property
-    def max_chars(self) -> int:
-        """Roughly how much text the model reads before it truncates (≈4 characters a token)."""
-        return int(self._load().max_seq_length) * 4
+        dim = get_dim()
+        assert dim is not None, "the embedding model reports no dimension"
+        return int(dim)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages in batches (blocking: call from a worker thread in async code)."""
@@ -91,7 +93,7 @@ class Embedder:
             cached = await self._cache.get(key)
             if cached is not None and len(cached) == 4 * self.dim:
                 return np.frombuffer(cached, dtype=np.float32)
-        vector = (await asyncio.to_thread(self.embed, [text]))[0]
+        vector: np.ndarray = (await asyncio.to_thread(self.embed, [text]))[0]
         if self._cache is not None:
             await self._cache.set(key, vector.tobytes(), ttl=QUERY_TTL_SECONDS)
         return vector

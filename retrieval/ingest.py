@@ -17,10 +17,11 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import frontmatter
 import yaml
@@ -119,7 +120,7 @@ def _decode(raw: bytes, name: str) -> str:
         raise IngestError(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
 
 
-def _split_front_matter(text: str) -> tuple[dict, str]:
+def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     try:
         post = frontmatter.loads(text)
     except yaml.YAMLError as exc:
@@ -151,13 +152,15 @@ def _title_from_name(path: Path) -> str:
     return path.stem.replace("-", " ").replace("_", " ").strip().capitalize()
 
 
-def _load_html(raw: str) -> tuple[dict, str]:
+def _load_html(raw: str) -> tuple[dict[str, Any], str]:
     soup = BeautifulSoup(raw, "html.parser")
-    meta: dict = {}
+    meta: dict[str, Any] = {}
     if soup.title and soup.title.string:
         meta["title"] = soup.title.string.strip()
     for tag in soup.find_all("meta"):
-        name = (tag.get("name") or "").lower()
+        name_attr = tag.get("name") or ""
+        assert isinstance(name_attr, str)  # bs4 splits only class-like attributes (class, rel) into lists
+        name = name_attr.lower()
         if name.startswith("deskmate-") and tag.get("content") is not None:
             meta[name.removeprefix("deskmate-")] = tag["content"]
     canonical = soup.find("link", rel="canonical")
@@ -170,7 +173,7 @@ def _load_html(raw: str) -> tuple[dict, str]:
     return meta, markdown
 
 
-def _load_pdf(raw: bytes) -> tuple[dict, list[str]]:
+def _load_pdf(raw: bytes) -> tuple[dict[str, Any], list[str]]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -179,7 +182,7 @@ def _load_pdf(raw: bytes) -> tuple[dict, list[str]]:
         # The bytes already checked, not the name again: the file may have been swapped since.
         reader = PdfReader(io.BytesIO(raw))
         pages = [(page.extract_text() or "").strip() for page in reader.pages]
-        info = reader.metadata or {}
+        info: Mapping[str, object] = reader.metadata or {}
     except (PdfReadError, ValueError, KeyError, OSError) as exc:
         raise IngestError(f"unreadable PDF: {exc}") from None
     if not any(pages):

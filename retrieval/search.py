@@ -8,7 +8,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from retrieval.cache import Cache
 from retrieval.embeddings import Embedder
@@ -44,7 +46,7 @@ class SearchResult:
     cached: bool = False
     user_facts: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
             "confidence": round(self.confidence, 4),
@@ -161,7 +163,9 @@ class Searcher:
             user_facts=facts,
         )
 
-    async def _rank(self, text, vector, scope, k, mode) -> tuple[list[Hit], float]:  # noqa: ANN001
+    async def _rank(
+        self, text: str, vector: np.ndarray, scope: tuple[str, ...], k: int, mode: Mode
+    ) -> tuple[list[Hit], float]:
         if mode == "dense":
             hits = await self.store.dense(vector, k, scope)
             return hits, max(0.0, hits[0].score) if hits else 0.0

@@ -9,8 +9,6 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -139,37 +137,15 @@ class KnowledgeStore(ABC):
         """Release connections."""
 
 
-async def open_store(
-    url: str,
-    *,
-    dim: int,
-    api_key: str | None = None,
-    grpc_port: int | None = None,
-    vector_index_min_rows: int = 20_000,
-) -> KnowledgeStore:
-    """Open the backend a URL names: `lancedb:///path` (or a bare path) or `http(s)://` Weaviate."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        from retrieval.store_weaviate import WeaviateStore
-
-        return await WeaviateStore.connect(url, dim=dim, api_key=api_key, grpc_port=grpc_port)
-    if parsed.scheme in ("lancedb", "", "file"):
-        from retrieval.store_lancedb import LanceStore
-
-        path = url.split("://", 1)[1] if "://" in url else url
-        return await LanceStore.open(path, dim=dim, vector_index_min_rows=vector_index_min_rows)
-    raise ValueError(f"unsupported store URL scheme {parsed.scheme!r} in {url!r}")
-
-
-class DeferredStore:
+class DeferredStore(KnowledgeStore):
     """A store whose server was not up when a long-running process started (Weaviate still
     booting in a fresh cluster). Instead of crashing the process, every call raises
     `StoreUnavailable` until a connection succeeds. Connecting happens in the background, started
     by use and by `ping` (which readiness probes call) at most every `retry_after` seconds, so
     no request or probe waits on a connect timeout. Then it is the store.
 
-    Duck-typed rather than a `KnowledgeStore` subclass: it forwards whatever the real store
-    offers, so it cannot fall behind when the interface grows."""
+    A `KnowledgeStore` itself, forwarding each method by name, so the interface's completeness
+    check holds for it as for every backend."""
 
     def __init__(
         self,
@@ -204,11 +180,69 @@ class DeferredStore:
             return
         log.warning("store.connected after start-up")
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        async def forward(*args: Any, **kwargs: Any) -> Any:
-            return await getattr(self._ready(), name)(*args, **kwargs)
+    # --- the interface, each call forwarded once connected (a new abstract method of
+    # KnowledgeStore makes this class fail to instantiate until it is forwarded here too) ------
+    async def replace_documents(self, writes: Sequence[DocumentWrite]) -> None:
+        await self._ready().replace_documents(writes)
 
-        return forward
+    async def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        return await self._ready().delete_documents(doc_ids)
+
+    async def documents(self) -> dict[str, DocumentRecord]:
+        return await self._ready().documents()
+
+    async def chunks_of(self, doc_id: str) -> list[Chunk]:
+        return await self._ready().chunks_of(doc_id)
+
+    async def dense(self, vector: np.ndarray, k: int, groups: Sequence[str]) -> list[Hit]:
+        return await self._ready().dense(vector, k, groups)
+
+    async def lexical(self, text: str, k: int, groups: Sequence[str]) -> list[Hit]:
+        return await self._ready().lexical(text, k, groups)
+
+    async def hybrid(
+        self,
+        text: str,
+        vector: np.ndarray,
+        k: int,
+        groups: Sequence[str],
+        alpha: float,
+        candidates: int | None = None,
+    ) -> RankedHits:
+        return await self._ready().hybrid(text, vector, k, groups, alpha, candidates)
+
+    async def put_user(self, profile: UserProfile, facts: Sequence[str], vectors: np.ndarray) -> None:
+        await self._ready().put_user(profile, facts, vectors)
+
+    async def get_user(self, key: str) -> UserProfile | None:
+        return await self._ready().get_user(key)
+
+    async def users(self) -> list[UserProfile]:
+        return await self._ready().users()
+
+    async def user_facts(self, key: str, vector: np.ndarray, k: int) -> list[str]:
+        return await self._ready().user_facts(key, vector, k)
+
+    async def delete_user(self, key: str) -> int:
+        return await self._ready().delete_user(key)
+
+    async def kb_version(self) -> int:
+        return await self._ready().kb_version()
+
+    async def bump_kb_version(self) -> int:
+        return await self._ready().bump_kb_version()
+
+    async def meta(self, key: str) -> str | None:
+        return await self._ready().meta(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._ready().set_meta(key, value)
+
+    async def stats(self) -> StoreStats:
+        return await self._ready().stats()
+
+    async def optimize(self) -> None:
+        await self._ready().optimize()
 
     async def ping(self) -> bool:
         """Raises with the reason while not connected, so a readiness probe can show it."""

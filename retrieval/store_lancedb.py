@@ -19,6 +19,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, BTree, IvfHnswSq, LabelList
+from lancedb.table import AsyncTable
 
 from retrieval.records import (
     Chunk,
@@ -47,7 +48,7 @@ class LanceStore(KnowledgeStore):
     `meta` (the kb version) and `meta_text` (what `set_meta` remembers)."""
 
     def __init__(
-        self, db: lancedb.AsyncConnection, tables: dict[str, Any], dim: int, vector_index_min_rows: int
+        self, db: lancedb.AsyncConnection, tables: dict[str, AsyncTable], dim: int, vector_index_min_rows: int
     ) -> None:
         self._db = db
         self._t = tables
@@ -332,5 +333,5 @@ class LanceStore(KnowledgeStore):
 
     async def close(self) -> None:
         for table in self._t.values():
-            table.close()
-        self._db.close()
+            table.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated
+        self._db.close()  # type: ignore[no-untyped-call]  # lancedb leaves close() unannotated

@@ -27,7 +27,7 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +46,7 @@ from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter, FilterReturn, HybridFusion, MetadataQuery, Sort
 from weaviate.collections import CollectionAsync
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
+from weaviate.outputs.query import Object
 from weaviate.util import generate_uuid5
 
 from retrieval.fusion import relative_score_fusion
@@ -88,6 +89,12 @@ KB_VERSION_ID = generate_uuid5("kb_version")
 #: Seconds a server may take to answer the connection checks. The client bounds each check,
 #: but with an API key its first request waits the full 30 s query timeout.
 CONNECT_TIMEOUT = 10
+
+#: Properties of our objects as written and read. The client types each value as the union of
+#: every Weaviate field kind; our collections' schemas fix each property's kind instead.
+Props = Mapping[str, Any]
+#: One of our collections (none uses cross-references).
+Collection = CollectionAsync[Props, None]
 
 
 def tenant_name(user_key: str) -> str:
@@ -137,7 +144,7 @@ def text_property(
     )
 
 
-def chunk_from(properties: dict[str, Any]) -> Chunk:
+def chunk_from(properties: Props) -> Chunk:
     return Chunk(
         id=properties["chunk_id"],
         doc_id=properties["doc_id"],
@@ -168,10 +175,10 @@ class WeaviateStore(KnowledgeStore):
         self._client = client
         self._names = names
         self.dim = dim
-        self._chunks = client.collections.use(names["chunk"])
-        self._documents = client.collections.use(names["document"])
-        self._users = client.collections.use(names["user"])
-        self._meta = client.collections.use(names["meta"])
+        self._chunks: Collection = client.collections.use(names["chunk"])
+        self._documents: Collection = client.collections.use(names["document"])
+        self._users: Collection = client.collections.use(names["user"])
+        self._meta: Collection = client.collections.use(names["meta"])
         # Weaviate evaluates ContainsNone from 1.33 on; older servers get a fetch-then-delete.
         self._contains_none = server_version >= (1, 33)
         self._write_lock = asyncio.Lock()
@@ -244,7 +251,8 @@ class WeaviateStore(KnowledgeStore):
             "meta": f"{base}Meta",
         }
         version = tuple(int(n) for n in re.findall(r"\d+", str(meta.get("version", "0.0")))[:2])
-        store = cls(client, names, dim, (version + (0, 0))[:2])
+        major, minor = (version + (0, 0))[:2]
+        store = cls(client, names, dim, (major, minor))
         try:
             await store._ensure_collections()
             await store._check_dimension()
@@ -355,7 +363,7 @@ class WeaviateStore(KnowledgeStore):
 
     # --- helpers -----------------------------------------------------------------------------
     @staticmethod
-    async def _insert(collection: CollectionAsync, objects: Sequence[DataObject]) -> None:
+    async def _insert(collection: Collection, objects: Sequence[DataObject[Props, None]]) -> None:
         for part in sliced(objects, INSERT_BATCH):
             result = await collection.data.insert_many(part)
             if result.errors:
@@ -366,7 +374,7 @@ class WeaviateStore(KnowledgeStore):
                 )
 
     @staticmethod
-    async def _delete_where(collection: CollectionAsync, where: FilterReturn) -> int:
+    async def _delete_where(collection: Collection, where: FilterReturn) -> int:
         """Deletes everything matching; one call removes at most the server's
         QUERY_MAXIMUM_RESULTS objects, so repeat until nothing matches."""
         removed = 0
@@ -378,13 +386,13 @@ class WeaviateStore(KnowledgeStore):
             if result.matches == 0 or result.successful == 0:
                 return removed
 
-    async def _doc_chunk_objects(self, doc_id: str, properties: list[str]) -> list[Any]:
+    async def _doc_chunk_objects(self, doc_id: str, properties: list[str]) -> list[Object[Props, None]]:
         """All of a document's chunk objects in position order. Weaviate's cursor cannot be
         combined with a filter and offsets stop at QUERY_MAXIMUM_RESULTS, so pages are keyed
         on position, with an offset only to step over chunks sharing one."""
         of_doc = Filter.by_property("doc_id").equal(doc_id)
         order = Sort.by_property("position").by_property("chunk_id")
-        found: list[Any] = []
+        found: list[Object[Props, None]] = []
         low: int | None = None
         skip = 0
         while True:
@@ -424,7 +432,7 @@ class WeaviateStore(KnowledgeStore):
         the next ingest redoes it."""
         if not writes:
             return
-        objects: list[DataObject] = []
+        objects: list[DataObject[Props, None]] = []
         for write in writes:
             if len(write.chunks) != len(write.vectors):
                 raise ValueError(f"{write.record.doc_id}: {len(write.chunks)} chunks, {len(write.vectors)} vectors")
@@ -574,7 +582,7 @@ class WeaviateStore(KnowledgeStore):
         return RankedHits(hits=self._visible(hits, groups)[:k], top_similarity=top[0].score if top else 0.0)
 
     # --- users -------------------------------------------------------------------------------
-    def _user_collection(self, key: str) -> CollectionAsync:
+    def _user_collection(self, key: str) -> Collection:
         return self._users.with_tenant(tenant_name(key))
 
     async def _tenant_exists(self, key: str) -> bool:

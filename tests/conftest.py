@@ -1,16 +1,16 @@
-"""Shared fixtures: real Redis and PostgreSQL on this machine, isolated per run.
+"""Shared fixtures: real Redis and PostgreSQL on this machine, isolated per run, the example
+handbook ingested once, the CPU model, and the running servers the channel and console tests
+share. Helpers a test calls live in tests/support/, never here.
 
-Each run uses its own Redis key prefix (and, from the ledger issue on, its own database) and
-removes them at the end, so runs never see each other's data.
+Each run uses its own Redis key prefix and its own PostgreSQL databases and removes them at the
+end, so runs never see each other's data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +19,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from retrieval.backends import open_store
 from retrieval.cache import Cache, MemoryCache, RedisCache
 from retrieval.embeddings import Embedder
-from retrieval.store import KnowledgeStore, open_store
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_KB = REPO / "examples" / "kb"
-EXAMPLE_USERS = REPO / "examples" / "users.csv"
-REDIS_URL = os.environ.get("DESKMATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-RUN_ID = uuid.uuid4().hex[:10]
+from retrieval.store import KnowledgeStore
+from tests.support.console import console_settings, seed
+from tests.support.platforms import ANA, chat_settings
+from tests.support.recorder import Recorder
+from tests.support.server import RunningServer, running_server
+from tests.support.services import EXAMPLE_KB, EXAMPLE_USERS, REDIS_URL, RUN_ID, fresh_pg_database
 
 
 @pytest.fixture(scope="session")
@@ -96,58 +96,6 @@ def kb_copy(tmp_path: Path) -> Iterator[Path]:
     yield target
 
 
-# --- the ledger: SQLite, and databases of this run's own on the real PostgreSQL -------------
-
-PG_ADMIN_DSN = os.environ.get("DESKMATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    try:
-        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_DSN} is not reachable ({exc}): `make test` should have started it")
-    try:
-        await admin.execute(sql)
-    finally:
-        await admin.close()
-
-
-@contextlib.asynccontextmanager
-async def fresh_pg_database() -> AsyncIterator[str]:
-    """A new PostgreSQL database named after this run, dropped afterwards."""
-    name = f"deskmate_test_{RUN_ID}_{uuid.uuid4().hex[:6]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.asynccontextmanager
-async def missing_pg_database(suffix: str) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
-    """A real outage: the URL of a PostgreSQL database that does not exist yet, and a function
-    that creates it (bringing the ledger back). Dropped at the end."""
-    name = f"deskmate_test_{RUN_ID}_{suffix}"
-
-    async def create() -> None:
-        await _pg_admin(f'CREATE DATABASE "{name}"')
-
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}", create
-    finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """Every ledger backend this machine runs: a SQLite file, and a fresh PostgreSQL database."""
@@ -161,7 +109,7 @@ async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 @pytest.fixture
 async def ledger(ledger_url: str, tmp_path: Path):
     """A migrated ledger on every backend."""
-    from bot.ledger import Ledger
+    from bot.ledger.ledger import Ledger
 
     backend = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await backend.migrate()
@@ -250,7 +198,7 @@ def blank_adapter(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 async def local_generator(gguf_path: Path):
     """One llama.cpp model for the whole run, as `deskmate serve` holds one."""
-    from bot.generation import LlamaCppGenerator
+    from bot.answering.generation import LlamaCppGenerator
 
     generator = LlamaCppGenerator(gguf_path, n_threads=2)
     await generator.load()
@@ -258,65 +206,66 @@ async def local_generator(gguf_path: Path):
     await generator.close()
 
 
-# --- a running `deskmate serve` ----------------------------------------------------------------
+# --- servers the channel and console tests share ------------------------------------------------
 
 
-@dataclass
-class RunningServer:
-    url: str
-    deskmate: object
-    settings: object
-
-
-@contextlib.asynccontextmanager
-async def running_server(embedder: Embedder, **overrides: object) -> AsyncIterator[RunningServer]:
-    """`deskmate serve` in this process on a free port: the real app over real HTTP."""
-    from aiohttp import web
-
-    from bot.app import build_web_app, open_deskmate
-    from bot.settings import Settings
-
-    settings = Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
-    deskmate = await open_deskmate(settings, embedder=embedder)
-    runner = web.AppRunner(build_web_app(deskmate), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield RunningServer(f"http://127.0.0.1:{port}", deskmate, settings)
-    finally:
-        await runner.cleanup()
-        await deskmate.close()
-
-
-async def register_adapter(
-    deskmate: object,
-    source: Path,
-    *,
-    status: str = "candidate",
-    base_model: str | None = None,
-    started_by: str = "tests",
-) -> str:
-    """Put an adapter folder into the running Deskmate's registry and ledger, as a finished
-    retraining job would; returns its new version name."""
-    from bot import adapters
-    from finetune.model import BASE_MODEL_ID
-    from finetune.registry import new_name
-
-    name = new_name(BASE_MODEL_ID)
-    info = deskmate.retrainer().registry.register(
-        name,
-        source,
-        {  # type: ignore[attr-defined]
-            "base_model": base_model or BASE_MODEL_ID,
-            "started_by": started_by,
-            "evaluation": {
-                "candidate": {"token_f1": 0.5},
-                "live": {"token_f1": 0.4},
-                "decision": {"promote": status != "rejected", "reasons": ["set by the test"]},
-            },
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    rec = Recorder()
+    await rec.start()
+    rec.slack_users = {
+        "U1": {
+            "id": "U1",
+            "name": "lukas",
+            "real_name": "Lukas Becker",
+            "profile": {"email": "Lukas.Becker@northwind.example", "real_name": "Lukas Becker"},
         },
-    )
-    await adapters.record_candidate(deskmate.ledger, info, status)  # type: ignore[attr-defined]
-    return name
+        "U2": {
+            "id": "U2",
+            "name": "ana",
+            "real_name": "Ana Ribeiro",
+            "profile": {"email": ANA, "real_name": "Ana Ribeiro"},
+        },
+        "U9": {"id": "U9", "name": "guest", "real_name": "A Guest", "profile": {}},
+    }
+    rec.teams_members = {
+        "29:lukas": {
+            "id": "29:lukas",
+            "name": "Lukas Becker",
+            "aadObjectId": "aad-lukas",
+            "email": "lukas.becker@northwind.example",
+            "userPrincipalName": "lukas.becker@northwind.example",
+        },
+        "29:ana": {"id": "29:ana", "name": "Ana Ribeiro", "aadObjectId": "aad-ana", "userPrincipalName": ANA},
+    }
+    yield rec
+    await rec.stop()
+
+
+@pytest.fixture
+async def chat_server(
+    tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
+    async with running_server(
+        embedder, **chat_settings(tmp_path, example_store_url, redis_prefix, recorder)
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def lead_server(
+    tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str, recorder: Recorder
+) -> AsyncIterator[RunningServer]:
+    """Ana (U2 in Slack, 29:ana in Teams) is a support lead by her email; Lukas an employee."""
+    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, leads=[ANA])
+    async with running_server(embedder, **settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def console_server(
+    tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str
+) -> AsyncIterator[RunningServer]:
+    async with running_server(embedder, **console_settings(tmp_path, example_store_url, redis_prefix)) as server:
+        server.turn_ids = await seed(server)  # type: ignore[attr-defined]
+        yield server

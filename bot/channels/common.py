@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from bot.messages import AnswerEvent, Delta, Done, Status
+from bot.answering.messages import AnswerEvent, Delta, Done, Status
 from bot.settings import ChannelRule, Settings
 from retrieval.cache import Cache
 from retrieval.store import KnowledgeStore
@@ -152,7 +152,7 @@ class Background:
     referenced so it is not garbage-collected, and awaited at shutdown."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     def spawn(self, work: Awaitable[object], name: str) -> None:
         task = asyncio.ensure_future(work)
@@ -160,7 +160,7 @@ class Background:
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error(

@@ -14,16 +14,13 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot.answering.messages import Delta, Done, IncomingMessage, Status
+from bot.deskmate import Deskmate
 from bot.exposure import allowed_authorities, refusal
-from bot.messages import Delta, Done, IncomingMessage, Status
 from retrieval.store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from bot.app import Deskmate
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -98,6 +95,7 @@ def add_routes(app: web.Application, deskmate: Deskmate, bind_host: str) -> None
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         async for event in deskmate.orchestrator.handle(message):
+            line: dict[str, object]
             if isinstance(event, Status):
                 line = {"type": "status", "text": event.text}
             elif isinstance(event, Delta):

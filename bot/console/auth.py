@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import delete, select, update
 
-from bot.ledger import ConsoleSessionRow, ConsoleTokenRow, Ledger
-from bot.roles import Role, Roles
+from bot.feedback.roles import Role, Roles
+from bot.ledger.ledger import Ledger, rows_affected
+from bot.ledger.rows import ConsoleSessionRow, ConsoleTokenRow, aware
 
 COOKIE = "deskmate_console"
 # The pre-session cookie of the sign-in form (login CSRF); it lives only on the sign-in path.
@@ -53,11 +54,6 @@ def console_secret(configured: str | None, data_dir: Path) -> str:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes for timezone-aware columns; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def issue_token(ledger: Ledger, user_key: str | None = None) -> str:
@@ -94,7 +90,7 @@ async def redeem_token(ledger: Ledger, token: str) -> tuple[str, str | None] | N
             )
             .values(used_at=now)
         )
-        if spent.rowcount != 1:
+        if rows_affected(spent) != 1:
             return None
         row = await session.execute(
             select(ConsoleTokenRow.user_key, ConsoleTokenRow.role).where(ConsoleTokenRow.token_hash == token_hash)
@@ -163,7 +159,7 @@ class Sessions:
             return None
         async with ledger.sessions() as session:
             row = await session.get(ConsoleSessionRow, _hash(session_id))
-        if row is None or row.revoked_at is not None or _aware(row.expires_at) <= datetime.now(UTC):
+        if row is None or row.revoked_at is not None or aware(row.expires_at) <= datetime.now(UTC):
             return None
         return self._viewer(row.user_key, row.role, (), row.id, session_id=row.id)
 
@@ -180,7 +176,7 @@ class Sessions:
                 )
                 .values(revoked_at=datetime.now(UTC))
             )
-        return done.rowcount == 1
+        return rows_affected(done) == 1
 
     def viewer_from_proxy(self, email: str, groups: list[str]) -> Viewer:
         return self._viewer(email.strip().lower(), None, tuple(groups), "proxy")

@@ -6,90 +6,17 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, and_, case, exists, func, or_, select
+from sqlalchemy import case, func, select
 
-from bot.ledger import LEAD_ROLES, FeedbackRow, Ledger, TurnRow, is_lead_review
-from bot.orchestrator import normalise_question
+from bot.answering.orchestrator import normalise_question
+from bot.ledger.filters import Filters
+from bot.ledger.ledger import Ledger
+from bot.ledger.review import LEAD_ROLES, is_lead_review
+from bot.ledger.rows import FeedbackRow, TurnRow
 
 PAGE_SIZE = 50
-
-
-@dataclass
-class Filters:
-    """The queue's and the export's filters, from query parameters."""
-
-    platform: str = ""
-    channel: str = ""
-    since: date | None = None
-    until: date | None = None
-    verdict: str = ""
-    text: str = ""
-    status: str = ""
-    rated_only: bool = False
-
-    @classmethod
-    def from_query(cls, query: Any) -> Filters:
-        def day(value: str) -> date | None:
-            try:
-                return date.fromisoformat(value) if value else None
-            except ValueError:
-                return None
-
-        return cls(
-            platform=query.get("platform", "").strip(),
-            channel=query.get("channel", "").strip(),
-            since=day(query.get("since", "")),
-            until=day(query.get("until", "")),
-            verdict=query.get("verdict", "").strip(),
-            text=query.get("q", "").strip()[:200],
-            status=query.get("status", "").strip(),
-        )
-
-    def as_query(self) -> dict[str, str]:
-        return {
-            k: v
-            for k, v in {
-                "platform": self.platform,
-                "channel": self.channel,
-                "since": self.since.isoformat() if self.since else "",
-                "until": self.until.isoformat() if self.until else "",
-                "verdict": self.verdict,
-                "q": self.text,
-                "status": self.status,
-            }.items()
-            if v
-        }
-
-    def apply(self, query: Select) -> Select:
-        conditions = [TurnRow.status != "pending"]
-        if self.platform:
-            # `platform || ''` keeps SQLite from answering through the thread index (platform
-            # first) and sorting half the table: walking the queue index and filtering stops
-            # after one page (bench/console_load.py: p95 158 ms -> see README).
-            conditions.append(TurnRow.platform.concat("") == self.platform)
-        if self.channel:
-            conditions.append(TurnRow.channel == self.channel)
-        if self.status:
-            conditions.append(TurnRow.status == self.status)
-        if self.since:
-            conditions.append(TurnRow.created_at >= datetime.combine(self.since, datetime.min.time(), UTC))
-        if self.until:
-            conditions.append(
-                TurnRow.created_at < datetime.combine(self.until + timedelta(days=1), datetime.min.time(), UTC)
-            )
-        if self.text:
-            pattern = f"%{self.text.lower()}%"
-            conditions.append(or_(func.lower(TurnRow.question).like(pattern), func.lower(TurnRow.answer).like(pattern)))
-        if self.verdict:
-            conditions.append(
-                exists().where(and_(FeedbackRow.turn_id == TurnRow.id, FeedbackRow.verdict == self.verdict))
-            )
-        if self.rated_only:
-            conditions.append(exists().where(FeedbackRow.turn_id == TurnRow.id))
-        return query.where(*conditions)
 
 
 @dataclass
@@ -282,9 +209,9 @@ async def dashboard(ledger: Ledger, days: int = 30) -> Dashboard:
         out.score_by_adapter[adapter] = [
             round(statistics.mean(per_day[d]), 2) if per_day.get(d) else None for d in labels
         ]
-    per_day = [sorted(latencies.get(d, [])) for d in labels]
+    by_day = [sorted(latencies.get(d, [])) for d in labels]
     for name, q in (("p50", 50), ("p90", 90), ("p99", 99)):
-        out.latency[name] = [round(v[min(len(v) - 1, int(len(v) * q / 100))], 1) if v else None for v in per_day]
+        out.latency[name] = [round(v[min(len(v) - 1, int(len(v) * q / 100))], 1) if v else None for v in by_day]
     out.unanswered = [
         Unanswered(examples[k][0], n, examples[k][1], examples[k][2]) for k, n in unanswered.most_common(10)
     ]

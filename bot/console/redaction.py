@@ -1,7 +1,7 @@
 """What one console viewer may read of a turn.
 
 Two rules, applied to every page and export of the console (never to the ledger, nor to
-`bot.export.rated_turns`, which retraining reads as served):
+`bot.feedback.export.rated_turns`, which retraining reads as served):
 
 - Access groups. A lead reads the passages their own groups allow (their directory groups and
   any groups the SSO proxy passes), like an employee asking Deskmate would; the people listed in
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.ledger import FeedbackRow, TurnRow
-from bot.prompts import TEMPLATES
+from bot.answering.prompts import TEMPLATES
+from bot.ledger.rows import FeedbackRow, TurnRow
 from retrieval.records import normalise_groups, reader_groups
 
 FACTS_HIDDEN = "[hidden: the console is pseudonymous, so facts about the person asking are not shown]"
@@ -307,7 +307,7 @@ class Lens:
         ]
 
     def record(self, record: dict[str, Any], facts: Sequence[str] = ()) -> dict[str, Any]:
-        """An exported rated turn (bot.export) as this viewer may take it away; a record with
+        """An exported rated turn (bot.feedback.export) as this viewer may take it away; a record with
         anything withheld says which groups in `redacted`."""
         restricted = self.reader.restricted(record.get("retrieved"))
         out = dict(record)

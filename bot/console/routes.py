@@ -10,13 +10,12 @@ import logging
 import re
 from datetime import UTC
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from bot import adapters, jobs, retrain
-from bot.admin import describe_job
 from bot.console.auth import (
     COOKIE,
     LOGIN_COOKIE,
@@ -27,15 +26,17 @@ from bot.console.auth import (
     foreign_origin,
     redeem_token,
 )
-from bot.console.queries import Filters, dashboard, next_unreviewed, queue, turn_view
+from bot.console.queries import dashboard, next_unreviewed, queue, turn_view
 from bot.console.redaction import Lens, Person, Pseudonyms, Reader, queue_match
-from bot.export import csv_header, rated_turns, to_csv_row, to_jsonl
-from bot.ledger import LEDGER_ERRORS, JobRow, TurnRow
-from bot.ratings import VERDICTS, Rating, RatingRefused, submit, unchanged
-from bot.roles import Role
-
-if TYPE_CHECKING:
-    from bot.app import Deskmate
+from bot.deskmate import Deskmate
+from bot.feedback.export import csv_header, rated_turns, to_csv_row, to_jsonl
+from bot.feedback.ratings import VERDICTS, Rating, RatingRefused, submit, unchanged
+from bot.feedback.roles import Role
+from bot.ledger.failures import LEDGER_ERRORS
+from bot.ledger.filters import Filters
+from bot.ledger.rows import JobRow, TurnRow
+from bot.training import adapters, jobs, retrain
+from bot.training.commands import describe_job
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -159,7 +160,7 @@ class Console:
         )
 
     @web.middleware
-    async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Every console post from the console's own origin; sign-in for everything under
         /console except the sign-in page (which has its own CSRF check) and static files; a CSRF
         token on every form post, sign-out included; a lead role for everything but sign-out;
@@ -518,7 +519,7 @@ class Console:
         viewer: Viewer = request[VIEWER]
         form = await request.post()
         d = self.deskmate
-        registry = d.retrainer().registry
+        registry = d.registry
         try:
             await adapters.promote(
                 d.ledger,
@@ -535,7 +536,7 @@ class Console:
 
     async def rollback(self, request: web.Request) -> web.Response:
         d = self.deskmate
-        registry = d.retrainer().registry
+        registry = d.registry
         try:
             await adapters.rollback(d.ledger, registry, actor=request[VIEWER].user_key, generator=d.generator)
         except adapters.PromotionRefused as exc:

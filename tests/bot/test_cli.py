@@ -111,7 +111,7 @@ def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> 
 def test_serve_without_platform_credentials_starts_and_says_so(tmp_path: Path, example_store_url: str) -> None:
     import urllib.request
 
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     port = free_port()
     environment = {

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot import replicas
-from bot.ledger import Ledger, ReplicaRow, TurnRow, TurnStart, new_turn_ids
+from bot.ledger.ledger import Ledger
+from bot.ledger.rows import ReplicaRow, TurnRow, TurnStart, new_turn_ids
 
 
 async def _pending_turn(ledger: Ledger, replica: str) -> str:

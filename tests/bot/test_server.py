@@ -9,11 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL, RUN_ID, running_server
+from tests.support.server import running_server
+from tests.support.services import PG_ADMIN_DSN, REDIS_URL, RUN_ID
 
 
 @pytest.fixture
-async def server(tmp_path: Path, example_store_url: str, embedder, redis_prefix: str):  # noqa: ANN001, ANN201
+async def server(tmp_path: Path, example_store_url: str, embedder, redis_prefix: str):
     async with running_server(
         embedder,
         data_dir=tmp_path,
@@ -37,7 +38,7 @@ async def ask(url: str, body: object) -> tuple[int, list[dict]]:
         return r.status, [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-async def test_health_readiness_and_metrics(server) -> None:  # noqa: ANN001
+async def test_health_readiness_and_metrics(server) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.url}/healthz") as r:
             assert r.status == 200 and (await r.json())["ok"] is True
@@ -55,7 +56,7 @@ async def test_health_readiness_and_metrics(server) -> None:  # noqa: ANN001
     assert 'deskmate_stage_seconds_bucket{le="0.005",stage="retrieval"}' in text
 
 
-async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:  # noqa: ANN001
+async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/users") as r:
         users = await r.json()
     assert len(users) == 8 and {"key", "name", "department", "groups"} <= set(users[0])
@@ -82,7 +83,7 @@ async def test_the_chat_api_streams_an_answer_with_sources(server) -> None:  # n
         (["a", "list"], "`question`"),
     ],
 )
-async def test_bad_requests_get_a_clear_400(server, body, message) -> None:  # noqa: ANN001
+async def test_bad_requests_get_a_clear_400(server, body, message) -> None:
     async with aiohttp.ClientSession() as http:
         data = body if isinstance(body, str) else json.dumps(body)
         async with http.post(f"{server.url}/api/ask", data=data, headers=JSON) as r:
@@ -91,7 +92,7 @@ async def test_bad_requests_get_a_clear_400(server, body, message) -> None:  # n
         assert r.status == 200  # and the server carries on
 
 
-async def test_ledger_down_is_not_ready_but_still_answers(tmp_path: Path, example_store_url: str, embedder) -> None:  # noqa: ANN001
+async def test_ledger_down_is_not_ready_but_still_answers(tmp_path: Path, example_store_url: str, embedder) -> None:
     missing = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/deskmate_test_{RUN_ID}_never"
     async with running_server(
         embedder, data_dir=tmp_path, store_url=example_store_url, ledger_url=missing, generator_url="echo://"

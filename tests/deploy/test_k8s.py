@@ -1,5 +1,5 @@
 """deploy/k8s, checked offline: each overlay rendered (by `kustomize`/`kubectl kustomize` when
-installed, else by tests/deploy/kustomize_render.py), every object validated against the
+installed, else by tests/support/kustomize_render.py), every object validated against the
 Kubernetes 1.30 API schemas, and the properties an operator relies on asserted: probes, GPUs,
 references that resolve, network policies that select real pods, settings that exist."""
 
@@ -19,8 +19,8 @@ import yaml
 from pydantic import AliasChoices
 
 from bot.settings import Settings
-from tests.deploy import kustomize_render
-from tests.deploy.kustomize_render import Unsupported, env_file_pairs, load_yaml
+from tests.support import kustomize_render
+from tests.support.kustomize_render import Unsupported, env_file_pairs, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

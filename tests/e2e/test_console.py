@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from bot.console.auth import issue_token
-from tests.conftest import running_server
-from tests.console.conftest import EMPLOYEE, LEAD, console_settings, seed
-from tests.e2e.test_web_chat import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.console import EMPLOYEE, LEAD, console_settings, seed
+from tests.support.server import running_server
 
 
 @pytest.mark.slow

@@ -6,25 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, running_server
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from tests.support.browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.support.server import running_server
 
 
 @pytest.mark.slow
 async def test_a_question_gets_a_streamed_answer_with_its_source(
     tmp_path: Path, example_store_url: str, embedder
-) -> None:  # noqa: ANN001
+) -> None:
     from playwright.async_api import async_playwright
 
     if not Path(CHROMIUM).exists():

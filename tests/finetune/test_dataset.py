@@ -132,7 +132,7 @@ def test_scrubber_plants() -> None:
 
 
 # --- the asker's directory facts ---------------------------------------------------------------
-# Prompts rendered by the real builders (retrieval/users.py, bot/prompts.py), so a change in how
+# Prompts rendered by the real builders (retrieval/users.py, bot/answering/prompts.py), so a change in how
 # facts are written shows up here rather than as facts slipping into a training set.
 
 ASKER_ROW = {
@@ -158,7 +158,7 @@ ASKER_VALUES = (
 
 
 def served_prompt(n: int, question: str, facts: list[str]) -> list[dict[str, str]]:
-    from bot.prompts import build_messages
+    from bot.answering.prompts import build_messages
     from retrieval.records import Chunk, Hit
 
     chunk = Chunk(

@@ -79,7 +79,7 @@ def test_open_cache_by_url() -> None:
 async def test_a_burst_beyond_the_connection_pool_waits_instead_of_failing(redis_prefix: str) -> None:
     """More concurrent claims than pooled connections: each waits for a connection, exactly one
     wins, and Redis is never taken for down (which would switch off deduplication)."""
-    from tests.conftest import REDIS_URL
+    from tests.support.services import REDIS_URL
 
     small = RedisCache(REDIS_URL, prefix=f"{redis_prefix}burst:", max_connections=4)
     try:
@@ -97,8 +97,8 @@ async def test_a_claim_answered_late_by_redis_stays_one_claim(redis_prefix: str)
     cache must not switch deduplication off."""
     import uuid
 
-    from tests.conftest import REDIS_URL
-    from tests.forwarder import Forwarder
+    from tests.support.forwarder import Forwarder
+    from tests.support.services import REDIS_URL
 
     slow = Forwarder(6379, late_reply=b"+OK\r\n", late_after=b"NX", late_by=1.5)  # the SET NX's own reply
     await slow.start()

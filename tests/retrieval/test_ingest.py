@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from pypdf import PdfWriter
 
+from retrieval.backends import open_store
 from retrieval.chunking import ChunkingConfig
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.records import DocumentWrite
-from retrieval.store import open_store
 
 GOOD = "---\ntitle: {title}\nurl: https://intranet.example/{slug}\ngroups: {groups}\n---\n# {title}\n\n## Steps\n\n{body}\n"
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval.backends import open_store
 from retrieval.chunking import ChunkingConfig, Document
 from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.records import UserProfile, reader_groups
 from retrieval.search import Searcher
-from retrieval.store import KnowledgeStore, open_store
+from retrieval.store import KnowledgeStore
 from retrieval.users import import_users
 
 DOCS = [
@@ -198,7 +199,7 @@ async def test_a_store_that_comes_up_after_start_is_used_once_it_answers(
     import asyncio
 
     from retrieval.store import DeferredStore, StoreUnavailable
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     where = [f"http://127.0.0.1:{free_port()}"]  # nothing listens there yet
 

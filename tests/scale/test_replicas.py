@@ -22,23 +22,16 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from bot import jobs
 from bot.console.auth import issue_token
-from bot.ledger import Ledger, TurnRow
-from tests.channels.conftest import (
-    ANA,
-    SIGNING_SECRET,
-    event_callback,
-    mention,
-    slack_event,
-    slack_form,
-)
-from tests.channels.recorder import Call, Recorder
-from tests.channels.test_admin_commands import COMMAND
-from tests.conftest import REDIS_URL, fresh_pg_database
-from tests.forwarder import Forwarder
-from tests.scale.cluster import Cluster, child_env, readiness
+from bot.ledger.ledger import Ledger
+from bot.ledger.rows import TurnRow
+from bot.training import jobs
+from tests.support.cluster import Cluster, child_env, readiness
 from tests.support.console import sign_in
+from tests.support.forwarder import Forwarder
+from tests.support.platforms import ANA, COMMAND, SIGNING_SECRET, event_callback, mention, slack_event, slack_form
+from tests.support.recorder import Call, Recorder
+from tests.support.services import REDIS_URL, fresh_pg_database
 
 LEAD = "hannah.schmidt@northwind.example"
 
@@ -219,9 +212,9 @@ async def test_retraining_runs_once_on_the_worker_and_both_replicas_follow_the_p
     from redis import Redis
     from rq import Queue
 
-    from bot.app import open_records
     from bot.settings import Settings
-    from tests.finetune.rated import seed_rated_turns
+    from bot.wiring import open_records
+    from tests.support.rated import seed_rated_turns
 
     records = await open_records(
         Settings(
@@ -346,7 +339,7 @@ async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_n
 async def test_a_replica_started_before_weaviate_stays_up_and_says_why_it_cannot_answer(
     tmp_path: Path, slack: Recorder, example_store_url: str, redis_prefix: str, model_cache: Path
 ) -> None:
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     async with fresh_pg_database() as ledger_url:
         settings = shared_settings(

@@ -19,11 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.answering.messages import IncomingMessage
 from bot.console.auth import issue_token
-from bot.messages import IncomingMessage
-from tests.conftest import RunningServer, running_server
-from tests.console.conftest import ADMIN, EMPLOYEE, LEAD, console_settings, seed
-from tests.support.console import csrf_of, login_form, sign_in, signed_in
+from tests.support.console import ADMIN, EMPLOYEE, LEAD, console_settings, csrf_of, login_form, seed, sign_in, signed_in
+from tests.support.server import RunningServer, running_server
 
 ANA = "ana.ribeiro@northwind.example"  # HR, in the example directory
 IT_ADMIN = ADMIN  # Sofia Martins, IT & Security: groups [it-admin], not hr
@@ -257,7 +256,7 @@ async def test_a_spent_token_never_signs_in_again_even_when_raced(
 async def test_forget_ends_the_persons_console_sessions(
     tmp_path: Path, private_store_url: str, embedder: Any, redis_prefix: str
 ) -> None:
-    from bot.forget import forget
+    from bot.feedback.forget import forget
 
     async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as server:
         lead = await signed_in(server, LEAD)
@@ -394,8 +393,8 @@ async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
 async def test_a_javascript_url_from_the_knowledge_base_is_never_a_live_link(
     tmp_path: Path, embedder: Any, redis_prefix: str
 ) -> None:
+    from retrieval.backends import open_store
     from retrieval.ingest import Ingestor
-    from retrieval.store import open_store
 
     kb = tmp_path / "kb" / "it"
     kb.mkdir(parents=True)

@@ -13,11 +13,11 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import REGISTRY
 
-from bot.orchestrator import user_tag
+from bot.ledger.tombstones import user_tag
 from finetune.dataset import DatasetCard, Example, write
 from retrieval.embeddings import Embedder
-from tests.conftest import running_server
-from tests.scale.cluster import DESKMATE, child_env
+from tests.support.cluster import DESKMATE, child_env
+from tests.support.server import running_server
 
 ANA = "ana.ribeiro@northwind.example"
 MIGUEL = "miguel.santos@northwind.example"

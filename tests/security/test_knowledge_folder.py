@@ -9,7 +9,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.scale.cluster import DESKMATE, child_env
+from tests.support.cluster import DESKMATE, child_env
 
 SECRET = "hunter2-prod-database-password"
 OUTSIDE_FILE = "symlink to a file outside the knowledge folder"

@@ -14,7 +14,8 @@ import aiohttp
 import asyncpg
 
 from retrieval.embeddings import Embedder
-from tests.conftest import PG_ADMIN_DSN, fresh_pg_database, running_server
+from tests.support.server import running_server
+from tests.support.services import PG_ADMIN_DSN, fresh_pg_database
 
 ANA = "ana.ribeiro@northwind.example"
 # "a:1" and base64url characters, 131 in all: a personal chat's id in Microsoft's examples
@@ -73,7 +74,7 @@ async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(
 
         # A row PostgreSQL refuses for another reason reaches this server's ledger (a NUL in a
         # field no face cleans): it is dead-lettered, and the turn after it is not queued behind it.
-        from bot.ledger import TurnStart, new_turn_ids, utcnow
+        from bot.ledger.rows import TurnStart, new_turn_ids, utcnow
 
         turn_id, reference = new_turn_ids()
         await ledger.begin_turn(

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.channels.recorder import Recorder
+from tests.support.recorder import Recorder
 from tests.support.serve import deskmate_serve, serve_refused
 
 HR_PERSON = "ana.ribeiro@northwind.example"  # in the `hr` group (examples/users.csv)
@@ -63,7 +63,7 @@ async def loopback_server(tmp_path_factory: pytest.TempPathFactory, example_stor
 async def guarded_server(tmp_path_factory: pytest.TempPathFactory, example_store_url: str):
     """Loopback with the Teams development flag, a tenant allow-list, and the operations
     endpoints on their own port behind a token."""
-    from tests.conftest import free_port
+    from tests.support.services import free_port
 
     ops_port = free_port()
     async with deskmate_serve(
@@ -91,7 +91,7 @@ async def post(url: str, path: str, body: object, headers: dict[str, str] | None
 # --- 1. Teams without credentials ----------------------------------------------------------------
 
 
-async def test_teams_without_an_app_id_has_no_route_and_answers_nobody(loopback_server, attacker: Recorder) -> None:  # noqa: ANN001
+async def test_teams_without_an_app_id_has_no_route_and_answers_nobody(loopback_server, attacker: Recorder) -> None:
     server = loopback_server
     for channel in ("msteams", "emulator"):
         status, _ = await post(server.url, "/api/messages", unsigned_activity(attacker.url, channel=channel))
@@ -107,7 +107,7 @@ def test_the_teams_development_flag_is_refused_beyond_loopback(tmp_path: Path) -
     assert "DESKMATE_TEAMS_APP_ID" in printed and "DESKMATE_TEAMS_DEV_OPEN" in printed
 
 
-async def test_a_tenant_outside_the_allow_list_is_refused(guarded_server, attacker: Recorder) -> None:  # noqa: ANN001
+async def test_a_tenant_outside_the_allow_list_is_refused(guarded_server, attacker: Recorder) -> None:
     server = guarded_server
     status, text = await post(server.url, "/api/messages", unsigned_activity(attacker.url, tenant="tenant-elsewhere"))
     assert status == 403 and "organisation" in text
@@ -122,7 +122,7 @@ async def test_a_tenant_outside_the_allow_list_is_refused(guarded_server, attack
     assert len(lookups) == 1, "only the allowed tenant's activity reached the member lookup"
 
 
-async def test_the_open_teams_endpoint_cannot_be_driven_from_a_web_page(guarded_server, attacker: Recorder) -> None:  # noqa: ANN001
+async def test_the_open_teams_endpoint_cannot_be_driven_from_a_web_page(guarded_server, attacker: Recorder) -> None:
     """Even on loopback, a page open in the developer's browser posts with no-cors: text/plain,
     its own Origin, or a rebinding Host."""
     server = guarded_server
@@ -140,7 +140,7 @@ async def test_the_open_teams_endpoint_cannot_be_driven_from_a_web_page(guarded_
 # --- 3. the web chat, driven from another web page ----------------------------------------------
 
 
-async def test_the_web_chat_refuses_cross_site_and_rebinding_requests(loopback_server) -> None:  # noqa: ANN001
+async def test_the_web_chat_refuses_cross_site_and_rebinding_requests(loopback_server) -> None:
     question = {"user": HR_PERSON, "question": SALARY_QUESTION}
     server = loopback_server
     # A cross-site <form enctype="text/plain"> needs no preflight: refused.
@@ -193,7 +193,7 @@ def test_the_web_chat_asked_for_beyond_loopback_needs_an_explicit_yes(tmp_path: 
 # --- 6. operations endpoints ---------------------------------------------------------------------
 
 
-async def test_metrics_and_readiness_can_be_moved_to_their_own_port_and_need_the_token(guarded_server) -> None:  # noqa: ANN001
+async def test_metrics_and_readiness_can_be_moved_to_their_own_port_and_need_the_token(guarded_server) -> None:
     server = guarded_server
     ops = server.ops_url
     async with aiohttp.ClientSession() as http:
@@ -216,7 +216,7 @@ async def test_metrics_and_readiness_can_be_moved_to_their_own_port_and_need_the
 
 
 def test_only_http_links_survive_into_an_answer() -> None:
-    from bot.messages import Source, safe_link
+    from bot.answering.messages import Source, safe_link
 
     assert safe_link("javascript:alert(document.cookie)") == ""
     assert safe_link(" JavaScript:alert(1)") == ""
@@ -231,7 +231,7 @@ def test_only_http_links_survive_into_an_answer() -> None:
 async def test_a_javascript_url_in_the_knowledge_base_reaches_no_face(tmp_path: Path) -> None:
     import subprocess
 
-    from tests.scale.cluster import DESKMATE
+    from tests.support.cluster import DESKMATE
     from tests.support.serve import serve_env
 
     kb = tmp_path / "kb"

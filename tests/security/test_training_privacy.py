@@ -17,12 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bot.app import open_deskmate
-from bot.messages import IncomingMessage
+from bot.answering.messages import IncomingMessage
 from bot.settings import Settings
-from retrieval.store import open_store
+from bot.wiring import open_deskmate
+from retrieval.backends import open_store
 from retrieval.users import import_users, profile_from_row
-from tests.scale.cluster import DESKMATE, child_env
+from tests.support.cluster import DESKMATE, child_env
 
 ASKER = {
     "email": "marisol.quintanilla@northwind.example",

@@ -1,13 +1,19 @@
-"""Signing in to the review console over HTTP as a person does: open the sign-in page (it
-sets the pre-session cookie the form's CSRF value is tied to), paste the token, submit."""
+"""The review console under test: a Deskmate whose ledger holds answered turns (who asked what,
+who reviews), and signing in over HTTP as a person does: open the sign-in page (it sets the
+pre-session cookie the form's CSRF value is tied to), paste the token, submit."""
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bot.answering.messages import IncomingMessage
 from bot.console.auth import issue_token
+from tests.support.server import RunningServer
+from tests.support.services import REDIS_URL
 
 
 async def login_form(http: aiohttp.ClientSession, url: str) -> str:
@@ -42,3 +48,48 @@ def csrf_of(page: str) -> str:
     marker = 'name="csrf" value="'
     start = page.index(marker) + len(marker)
     return page[start : page.index('"', start)]
+
+
+LEAD = "hannah.schmidt@northwind.example"
+ADMIN = "sofia.martins@northwind.example"
+EMPLOYEE = "lukas.becker@northwind.example"
+QUESTIONS = [
+    (EMPLOYEE, "How do I reset my VPN password?", "slack", False),
+    ("ana.ribeiro@northwind.example", "How do I report a phishing email?", "teams", True),
+    (EMPLOYEE, "What is the airspeed velocity of an unladen swallow?", "slack", True),  # not covered
+]
+
+
+def console_settings(tmp_path: Path, store_url: str, redis_prefix: str, **overrides: object) -> dict[str, object]:
+    return {
+        "data_dir": tmp_path,
+        "store_url": store_url,
+        "cache_url": REDIS_URL,
+        "cache_prefix": f"{redis_prefix}console{uuid.uuid4().hex[:6]}:",
+        "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "generator_url": "echo://",
+        "leads": [LEAD],
+        "admins": [ADMIN],
+        **overrides,
+    }
+
+
+async def seed(server: RunningServer) -> list[str]:
+    """Ask the example questions through the real orchestrator; returns their turn ids."""
+    ids = []
+    for user, question, platform, private in QUESTIONS:
+        profile = await server.deskmate.retrieval.store.get_user(user)
+        answer = await server.deskmate.orchestrator.ask(
+            IncomingMessage(
+                platform=platform,
+                user_key=user,
+                user_name=profile.name if profile else "",
+                text=question,
+                channel="C1" if platform == "slack" else "a:1",
+                thread_id=str(uuid.uuid4()),
+                groups=profile.groups if profile else (),
+                private=private,
+            )
+        )
+        ids.append(answer.turn_id)
+    return ids

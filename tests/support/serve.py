@@ -8,8 +8,8 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tests.conftest import free_port
-from tests.scale.cluster import DESKMATE, Process, child_env, wait_until_up
+from tests.support.cluster import DESKMATE, Process, child_env, wait_until_up
+from tests.support.services import free_port
 
 
 def serve_env(root: Path, **settings: object) -> dict[str, str]:

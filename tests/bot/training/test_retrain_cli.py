@@ -1,0 +1,76 @@
+"""`deskmate retrain --dry-run`: rated turns in the ledger become a training set on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.console import ADMIN, console_settings, seed
+from tests.support.server import running_server
+
+DESKMATE = str(Path(sys.executable).parent / "deskmate")
+
+
+async def test_a_dry_run_builds_the_dataset_from_the_ledger(
+    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
+) -> None:
+    settings = console_settings(tmp_path, example_store_url, redis_prefix)
+    async with running_server(embedder, **settings) as server:
+        ids = await seed(server)
+        await server.deskmate.ledger.record_feedback(
+            ids[0],
+            ADMIN,
+            platform="console",
+            rater_role="admin",
+            score=2,
+            verdict="incomplete",
+            correction="Reset it in the portal; Lukas Becker (lukas.becker@northwind.example) can help.",
+        )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
+        "DESKMATE_DATA_DIR": str(tmp_path),
+        "DESKMATE_LEDGER_URL": str(settings["ledger_url"]),
+        "DESKMATE_STORE_URL": example_store_url,
+        "DESKMATE_GENERATOR_URL": "echo://",
+        "HF_HUB_OFFLINE": "1",
+    }
+    done = subprocess.run(
+        [DESKMATE, "retrain", "--dry-run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "# Dataset card" in done.stdout and "sft_correction" in done.stdout
+    [folder] = (tmp_path / "jobs").iterdir()
+    assert not (folder / "export.jsonl").exists()  # unscrubbed: gone with the job
+    examples = [
+        json.loads(line)
+        for name in ("train.jsonl", "eval.jsonl")
+        for line in (folder / "dataset" / name).read_text().splitlines()
+    ]
+    [example] = [e for e in examples if e["kind"] == "sft_correction"]
+    assert example["turn_id"] == ids[0]
+    assert example["messages"][-1]["content"] == "Reset it in the portal; [NAME] ([EMAIL]) can help."
+    assert json.loads((folder / "dataset" / "card.json").read_text())["records"] == 1
+
+    assert "training set built: " in done.stdout
+
+    # One retraining at a time, whoever started the other one.
+    from bot.ledger.ledger import Ledger
+    from bot.training import jobs
+
+    ledger = Ledger(str(settings["ledger_url"]), tmp_path / "spool.jsonl")
+    running = await jobs.create_job(ledger, "retrain", "someone@northwind.example", {})
+    refused = subprocess.run([DESKMATE, "retrain"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Not started" in refused.stderr and running.id[:8] in refused.stderr
+    listed = subprocess.run(
+        [DESKMATE, "jobs", "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert running.id[:8] in listed.stdout and "queued" in listed.stdout
+    adapters = subprocess.run(
+        [DESKMATE, "adapters", "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert adapters.returncode == 0 and "No adapters yet" in adapters.stdout
+    await ledger.close()
