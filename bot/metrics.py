@@ -31,10 +31,14 @@ LEDGER_DEAD_LETTER_ROWS = Gauge(
 FORGOTTEN_PURGES = Counter(
     "deskmate_forgotten_purges_total", "Forget requests (ledger tombstones) this replica has applied to its own cache."
 )
+REPLICA_SWEEPS = Counter(
+    "deskmate_replica_sweeps_total",
+    "Finished passes of this replica's sweep for turns a dead replica left unfinished (one an interval once healthy).",
+)
 EVENTS_SKIPPED = Counter(
     "deskmate_events_skipped_total",
     "Platform events deliberately not answered: "
     "`duplicate` (a redelivery or another replica's), `not_addressed` (a channel "
-    "message without a mention where one is needed).",
+    "message without a mention where one is needed), `ignored` (a bot's message, an edit, a deletion, a join).",
     ["platform", "reason"],
 )

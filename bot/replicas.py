@@ -133,6 +133,7 @@ async def sweep(
     await asyncio.gather(*notices)
     async with ledger.sessions.begin() as session:
         await session.execute(delete(ReplicaRow).where(ReplicaRow.seen_at < datetime.now(UTC) - FORGET_AFTER))
+    metrics.REPLICA_SWEEPS.inc()
     return len(notices)
 
 

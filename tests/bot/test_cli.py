@@ -1,4 +1,6 @@
-"""The `deskmate` command as a user runs it: a real process on the example handbook."""
+"""The `deskmate` command as a user runs it, on the example handbook: the real Typer app in this
+process (tests/support/cli.py), and as a real process where only a process can show it (the
+console script starts, `serve` listens and says what it serves)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import Ran, deskmate
+
 DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
-def run(args: list[str], tmp_path: Path, store_url: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {
-        **os.environ,
-        "DESKMATE_DATA_DIR": str(tmp_path),
-        "DESKMATE_STORE_URL": store_url,
-        "HF_HUB_OFFLINE": "1",
-        **env,
-    }
-    return subprocess.run([DESKMATE, *args], env=environment, capture_output=True, text=True, timeout=300)
+def run(args: list[str], tmp_path: Path, store_url: str, **env: str) -> Ran:
+    return deskmate(args, cwd=tmp_path, DESKMATE_DATA_DIR=str(tmp_path), DESKMATE_STORE_URL=store_url, **env)
 
 
 def test_search_prints_the_right_passage_first_with_its_source(tmp_path: Path, example_store_url: str) -> None:
@@ -89,20 +86,13 @@ def test_search_rejects_an_out_of_range_k(tmp_path: Path, example_store_url: str
 
 
 def test_chat_keeps_the_conversation(tmp_path: Path, example_store_url: str) -> None:
-    environment = {
-        **os.environ,
-        "DESKMATE_DATA_DIR": str(tmp_path),
-        "DESKMATE_STORE_URL": example_store_url,
-        "HF_HUB_OFFLINE": "1",
-        "DESKMATE_GENERATOR_URL": "echo://",
-    }
-    done = subprocess.run(
-        [DESKMATE, "chat", "--user", "lukas.becker@northwind.example"],
-        env=environment,
-        input="How do I install the NorthGate VPN client?\nAnd on Linux?\n\n",
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = deskmate(
+        ["chat", "--user", "lukas.becker@northwind.example"],
+        cwd=tmp_path,
+        stdin="How do I install the NorthGate VPN client?\nAnd on Linux?\n\n",
+        DESKMATE_DATA_DIR=str(tmp_path),
+        DESKMATE_STORE_URL=example_store_url,
+        DESKMATE_GENERATOR_URL="echo://",
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("deskmate>") == 2 and done.stdout.count("· answered ·") == 2

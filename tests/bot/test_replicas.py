@@ -52,8 +52,14 @@ async def test_after_an_outage_a_live_replica_keeps_its_answers_and_a_dead_one_l
         told.append(f"{turn.id} {text}")
         return True
 
+    sweeps = 0
+
+    async def swept(_stale_after: timedelta) -> None:  # called after each of the sweeper's passes
+        nonlocal sweeps
+        sweeps += 1
+
     every = 0.25  # stale after 1 s
-    tasks = [asyncio.create_task(replicas.keep_alive(sweeper, {"slack": notify}, every))]
+    tasks = [asyncio.create_task(replicas.keep_alive(sweeper, {"slack": notify}, every, also=swept))]
     try:
         await asyncio.sleep(0.5)  # the live replica's first beat after the outage comes a little later
         tasks.append(asyncio.create_task(replicas.keep_alive(live, {"slack": notify}, every)))
@@ -61,7 +67,14 @@ async def test_after_an_outage_a_live_replica_keeps_its_answers_and_a_dead_one_l
             if (await _status(writer, dead_turn)).status != "pending":
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)
+        # Two more whole passes of the sweeper: had it been going to sweep the live replica's
+        # answer (its heartbeat row looked stale), it would have by then.
+        closed_at = sweeps
+        for _ in range(100):
+            if sweeps >= closed_at + 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sweeps >= closed_at + 2, "the sweeper stopped sweeping"
         dead, alive = await _status(writer, dead_turn), await _status(writer, live_turn)
         assert dead.status == "failed" and dead.error.startswith("interrupted: replica dead:2:bbbbbb")
         assert alive.status == "pending"  # the sweeper waited until the live replica had beaten

@@ -29,11 +29,15 @@ from bot.training import jobs
 from tests.support.cluster import Cluster, child_env, readiness
 from tests.support.console import sign_in
 from tests.support.forwarder import Forwarder
+from tests.support.metrics import remote_counter, wait_for_remote_counter
 from tests.support.platforms import ANA, COMMAND, SIGNING_SECRET, event_callback, mention, slack_event, slack_form
 from tests.support.recorder import Call, Recorder
 from tests.support.services import REDIS_URL, fresh_pg_database
 
 LEAD = "hannah.schmidt@northwind.example"
+
+
+SKIPPED = "deskmate_events_skipped"
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,12 @@ async def test_slack_events_and_their_retries_sent_to_both_replicas_are_answered
     event = mention(question, channel="CGEN")
     envelope = event_callback(event)
     retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    replicas = (cluster.a.url, cluster.b.url)
+
+    async def duplicates() -> float:
+        return sum([await remote_counter(url, SKIPPED, platform="slack", reason="duplicate") for url in replicas])
+
+    before = await duplicates()
     # The original and Slack's retries arrive at both replicas at the same moment.
     results = await asyncio.gather(
         slack_event(cluster.a.url, envelope),
@@ -166,7 +176,11 @@ async def test_slack_events_and_their_retries_sent_to_both_replicas_are_answered
     )
     assert [status for status, _, _ in results] == [200, 200, 200, 200]
     await until(lambda: _finished(cluster.ledger, question), 30, cluster.logs())
-    await asyncio.sleep(2)  # time for a duplicate answer to show up, if one were coming
+
+    async def three_dropped() -> bool:  # the replicas say they dropped the other three deliveries
+        return await duplicates() >= before + 3
+
+    await until(three_dropped, 30, f"the replicas did not drop three duplicates\n{cluster.logs()}")
     assert len(await turns_asking(cluster.ledger, question)) == 1
     assert len(replies_in_thread(slack, event["ts"])) == 1
 
@@ -293,7 +307,12 @@ async def test_a_replica_killed_mid_answer_loses_no_turn_and_the_user_is_told(cl
         ]
 
     await slack.wait_for(lambda _calls: told(), timeout=15)
-    await asyncio.sleep(5)  # both survivors sweep: the user must still be told only once
+    # Each survivor finishes a whole sweep after the notice was posted: a second notice, if one
+    # were coming, would have been posted by then. The user is still told only once.
+    survivors = (cluster.a.url, cluster.b.url)
+    sweeps = [await remote_counter(url, "deskmate_replica_sweeps") for url in survivors]
+    for url, done in zip(survivors, sweeps, strict=True):
+        await wait_for_remote_counter(url, "deskmate_replica_sweeps", done + 2)
     assert len(told()) == 1 and turn.reference in told()[0].body["text"]
     assert told()[0].body["channel"] == "CGEN"
 

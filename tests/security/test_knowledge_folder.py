@@ -1,32 +1,22 @@
 """The knowledge folder as an attacker (or a careless colleague) shapes it, replayed through the
-`deskmate` command as an operator runs it: links that lead out of the folder to a secrets file,
+`deskmate` command as an operator runs it (the real CLI app, in this process): links that lead out of the folder to a secrets file,
 a secrets folder, or a sidecar that would set a document's metadata. Nothing behind them may
 become a document that `deskmate search` returns."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from tests.support.cluster import DESKMATE, child_env
+from tests.support.cli import Ran
+from tests.support.cli import deskmate as run
 
 SECRET = "hunter2-prod-database-password"
 OUTSIDE_FILE = "symlink to a file outside the knowledge folder"
 
 
-def deskmate(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = child_env(DESKMATE_DATA_DIR=str(data), DESKMATE_GENERATOR_URL="echo://")
-    return subprocess.run(
-        [DESKMATE, *args],
-        env=env,
-        cwd=data,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def deskmate(data: Path, *args: str, stdin: str | None = None) -> Ran:
+    return run(args, cwd=data, stdin=stdin, DESKMATE_DATA_DIR=str(data), DESKMATE_GENERATOR_URL="echo://")
 
 
 def knowledge_folder_with_links_out(tmp_path: Path) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.cli import deskmate_from_async
 from tests.support.recorder import Recorder
 from tests.support.serve import deskmate_serve, serve_refused
 
@@ -229,11 +230,6 @@ def test_only_http_links_survive_into_an_answer() -> None:
 
 
 async def test_a_javascript_url_in_the_knowledge_base_reaches_no_face(tmp_path: Path) -> None:
-    import subprocess
-
-    from tests.support.cluster import DESKMATE
-    from tests.support.serve import serve_env
-
     kb = tmp_path / "kb"
     kb.mkdir()
     (kb / "printer.md").write_text(
@@ -246,9 +242,8 @@ async def test_a_javascript_url_in_the_knowledge_base_reaches_no_face(tmp_path: 
     users = tmp_path / "users.csv"
     users.write_text("email,name,department,groups\nlee@northwind.example,Lee,IT,\n", encoding="utf-8")
     for command in (["ingest", str(kb)], ["users", "import", str(users)]):
-        subprocess.run(
-            [DESKMATE, *command], env=serve_env(data), cwd=tmp_path, check=True, capture_output=True, timeout=300
-        )
+        done = await deskmate_from_async(command, cwd=tmp_path, DESKMATE_DATA_DIR=str(data))
+        assert done.returncode == 0, done.stderr
     async with deskmate_serve(data) as server:
         status, text = await post(
             server.url, "/api/ask", {"user": "lee@northwind.example", "question": "How do I add the office printer?"}

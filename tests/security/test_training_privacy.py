@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from bot.settings import Settings
 from bot.wiring import open_deskmate
 from retrieval.backends import open_store
 from retrieval.users import import_users, profile_from_row
-from tests.support.cluster import DESKMATE, child_env
+from tests.support.cli import deskmate_from_async
 
 ASKER = {
     "email": "marisol.quintanilla@northwind.example",
@@ -83,21 +82,20 @@ async def ask_and_rate(root: Path, store_url: str, embedder: Any) -> str:
     return ledger_url
 
 
-def dry_run(root: Path, store_url: str, ledger_url: str, **settings: str) -> Path:
+async def dry_run(root: Path, store_url: str, ledger_url: str, **settings: str) -> Path:
     """`deskmate retrain --dry-run` as an operator runs it; returns the job's dataset folder."""
     before = set((root / "jobs").iterdir()) if (root / "jobs").is_dir() else set()
     # A third of the turns held out and KTO from one thumb each way: every split gets examples.
     dataset_config = {"dataset": {"eval_share": 0.34, "kto_min_each": 1}}
-    env = child_env(
+    done = await deskmate_from_async(
+        ["retrain", "--dry-run"],
+        cwd=root,
         DESKMATE_DATA_DIR=str(root),
         DESKMATE_STORE_URL=store_url,
         DESKMATE_LEDGER_URL=ledger_url,
         DESKMATE_GENERATOR_URL="echo://",
         DESKMATE_TRAIN_CONFIG=json.dumps(dataset_config),
         **settings,
-    )
-    done = subprocess.run(
-        [DESKMATE, "retrain", "--dry-run"], env=env, cwd=root, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
     [folder] = set((root / "jobs").iterdir()) - before
@@ -122,7 +120,7 @@ async def test_a_persons_facts_do_not_reach_the_training_set(
     await store.close()
     ledger_url = await ask_and_rate(tmp_path, store_url, embedder)
 
-    dataset = dry_run(tmp_path, store_url, ledger_url)
+    dataset = await dry_run(tmp_path, store_url, ledger_url)
     every = examples(dataset)
     kinds = {"sft_correction", "sft_approved", "kto_desirable", "kto_undesirable"}
     assert {e["kind"] for e in every} >= kinds
@@ -140,7 +138,7 @@ async def test_a_persons_facts_do_not_reach_the_training_set(
     markdown = (dataset / "card.md").read_text()
     assert "fields removed: devices (6), location (6), name (6)" in markdown
 
-    dataset = dry_run(tmp_path, store_url, ledger_url, DESKMATE_TRAIN_USER_FACTS="location")
+    dataset = await dry_run(tmp_path, store_url, ledger_url, DESKMATE_TRAIN_USER_FACTS="location")
     every = examples(dataset)
     for example in every:
         user = example["messages"][1]["content"]

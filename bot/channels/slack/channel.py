@@ -277,6 +277,7 @@ class SlackChannel:
         self, event: dict[str, Any], body: dict[str, Any], context: dict[str, Any], request: Any
     ) -> None:
         if event.get("bot_id") or event.get("subtype") in IGNORED_SUBTYPES:
+            metrics.EVENTS_SKIPPED.labels("slack", "ignored").inc()
             return
         if not event.get("user") or "channel" not in event:
             log.warning("slack.message_without_user event_id=%s", body.get("event_id"))

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from bot.console.auth import issue_token
+from tests.support.cli import deskmate, deskmate_from_async
 from tests.support.console import ADMIN, EMPLOYEE, LEAD, console_settings, csrf_of, sign_in, signed_in
 from tests.support.server import running_server
-
-DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
 async def test_nobody_gets_in_without_signing_in_and_employees_not_at_all(console_server) -> None:
@@ -179,20 +176,12 @@ async def test_export_and_pseudonyms(tmp_path, example_store_url, embedder, redi
         assert by_id[ids[0]]["prompt"][0]["role"] == "system" and "user_key" not in by_id[ids[0]]
         assert csv_text.startswith("turn_id,") and ids[1] in csv_text and ids[0] not in csv_text
 
-        env = {
-            "DESKMATE_DATA_DIR": str(tmp_path),
-            "DESKMATE_LEDGER_URL": settings["ledger_url"],
-            "HF_HUB_OFFLINE": "1",
-            "PATH": "/usr/bin:/bin",
-        }
         out = tmp_path / "ratings.jsonl"
-        done = subprocess.run(
-            [DESKMATE, "export", "ratings", "--out", str(out)],
-            env=env,
+        done = await deskmate_from_async(
+            ["export", "ratings", "--out", str(out)],
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
+            DESKMATE_DATA_DIR=str(tmp_path),
+            DESKMATE_LEDGER_URL=str(settings["ledger_url"]),
         )
         assert done.returncode == 0, done.stderr
         assert "2 rated turns" in done.stdout
@@ -249,15 +238,8 @@ async def test_forget_removes_a_person_everywhere(tmp_path, private_store_url, e
 def test_roles_list_shows_every_rule(tmp_path: Path) -> None:
     roles = tmp_path / "roles.yaml"
     roles.write_text("admins:\n  users: [it.lead@northwind.example]\nleads:\n  slack_groups: [S0LEADS]\n")
-    env = {
-        "DESKMATE_ROLES_FILE": str(roles),
-        "DESKMATE_LEADS": "a@northwind.example, b@northwind.example",
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-    }
-    done = subprocess.run(
-        [DESKMATE, "roles", "list", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    env = {"DESKMATE_ROLES_FILE": str(roles), "DESKMATE_LEADS": "a@northwind.example, b@northwind.example"}
+    done = deskmate(["roles", "list", "--json"], cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     rows = {(r["role"], r["kind"], r["who"]) for r in json.loads(done.stdout)}
     assert rows == {
@@ -267,5 +249,5 @@ def test_roles_list_shows_every_rule(tmp_path: Path) -> None:
         ("lead", "user", "b@northwind.example"),
     }
     roles.write_text("- just a list\n")
-    bad = subprocess.run([DESKMATE, "roles", "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    bad = deskmate(["roles", "list"], cwd=tmp_path, **env)
     assert bad.returncode == 2 and "roles file" in bad.stderr

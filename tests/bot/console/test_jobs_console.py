@@ -12,6 +12,7 @@ from yarl import URL
 
 from bot.training import adapters, jobs
 from finetune import evaluate
+from tests.support.cli import deskmate_from_async
 from tests.support.console import ADMIN, LEAD, csrf_of, signed_in
 from tests.support.server import register_adapter
 
@@ -230,30 +231,19 @@ async def test_refused_promotions_say_why_and_change_nothing(console_server, bla
 
 
 async def test_lora_env_names_what_tgi_must_load_before_a_promotion_or_rollback(console_server, blank_adapter) -> None:
-    import subprocess
-
-    from tests.support.cluster import DESKMATE, child_env
-
     deskmate = console_server.deskmate
     first, second, waiting = [await register_adapter(deskmate, blank_adapter) for _ in range(3)]
     rejected = await register_adapter(deskmate, blank_adapter, status="rejected")
     for name in (first, second):
         await adapters.promote(deskmate.ledger, deskmate.registry, name, actor="t", generator=deskmate.generator)
     settings = console_server.settings
-    env = child_env(
+    done = await deskmate_from_async(
+        ["adapters", "lora-env", "--root", "/mnt/adapters/"],
+        cwd=settings.data_dir,
         DESKMATE_DATA_DIR=str(settings.data_dir),
-        DESKMATE_LEDGER_URL=settings.ledger_url,
-        DESKMATE_STORE_URL=settings.store_url,
+        DESKMATE_LEDGER_URL=str(settings.ledger_url),
+        DESKMATE_STORE_URL=str(settings.store_url),
         DESKMATE_GENERATOR_URL="echo://",
-    )
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [DESKMATE, "adapters", "lora-env", "--root", "/mnt/adapters/"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
     assert done.returncode == 0, done.stderr
     # live first, then what rollback would need, then the candidate an admin may promote next

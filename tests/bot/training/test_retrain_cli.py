@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from bot.ledger.ledger import Ledger
+from bot.training import jobs
+from tests.support.cli import deskmate_from_async
 from tests.support.console import ADMIN, console_settings, seed
 from tests.support.server import running_server
-
-DESKMATE = str(Path(sys.executable).parent / "deskmate")
 
 
 async def test_a_dry_run_builds_the_dataset_from_the_ledger(
@@ -31,16 +29,12 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(
             correction="Reset it in the portal; Lukas Becker (lukas.becker@northwind.example) can help.",
         )
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DESKMATE_")},
         "DESKMATE_DATA_DIR": str(tmp_path),
         "DESKMATE_LEDGER_URL": str(settings["ledger_url"]),
         "DESKMATE_STORE_URL": example_store_url,
         "DESKMATE_GENERATOR_URL": "echo://",
-        "HF_HUB_OFFLINE": "1",
     }
-    done = subprocess.run(
-        [DESKMATE, "retrain", "--dry-run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    done = await deskmate_from_async(["retrain", "--dry-run"], cwd=tmp_path, **env)
     assert done.returncode == 0, done.stderr
     assert "# Dataset card" in done.stdout and "sft_correction" in done.stdout
     [folder] = (tmp_path / "jobs").iterdir()
@@ -58,19 +52,12 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(
     assert "training set built: " in done.stdout
 
     # One retraining at a time, whoever started the other one.
-    from bot.ledger.ledger import Ledger
-    from bot.training import jobs
-
     ledger = Ledger(str(settings["ledger_url"]), tmp_path / "spool.jsonl")
     running = await jobs.create_job(ledger, "retrain", "someone@northwind.example", {})
-    refused = subprocess.run([DESKMATE, "retrain"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    refused = await deskmate_from_async(["retrain"], cwd=tmp_path, **env)
     assert refused.returncode == 1 and "Not started" in refused.stderr and running.id[:8] in refused.stderr
-    listed = subprocess.run(
-        [DESKMATE, "jobs", "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    listed = await deskmate_from_async(["jobs", "list"], cwd=tmp_path, **env)
     assert running.id[:8] in listed.stdout and "queued" in listed.stdout
-    adapters = subprocess.run(
-        [DESKMATE, "adapters", "list"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    adapters = await deskmate_from_async(["adapters", "list"], cwd=tmp_path, **env)
     assert adapters.returncode == 0 and "No adapters yet" in adapters.stdout
     await ledger.close()
