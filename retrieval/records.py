@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -135,3 +135,10 @@ class DocumentWrite:
     record: DocumentRecord
     chunks: Sequence[Chunk]
     vectors: np.ndarray
+
+    def pairs(self) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """Each chunk with its vector; a write whose counts differ is refused before anything
+        is stored (every backend writes through this)."""
+        if len(self.chunks) != len(self.vectors):
+            raise ValueError(f"{self.record.doc_id}: {len(self.chunks)} chunks, {len(self.vectors)} vectors")
+        return zip(self.chunks, self.vectors, strict=True)

@@ -136,9 +136,7 @@ class LanceStore(KnowledgeStore):
             return
         rows: list[dict[str, Any]] = []
         for write in writes:
-            if len(write.chunks) != len(write.vectors):
-                raise ValueError(f"{write.record.doc_id}: {len(write.chunks)} chunks, {len(write.vectors)} vectors")
-            for chunk, vector in zip(write.chunks, write.vectors, strict=True):
+            for chunk, vector in write.pairs():
                 row = chunk.to_dict()
                 row["search_text"] = chunk.search_text
                 row["vector"] = np.asarray(vector, dtype=np.float32)

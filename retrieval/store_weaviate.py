@@ -51,7 +51,6 @@ from weaviate.util import generate_uuid5
 
 from retrieval.fusion import relative_score_fusion
 from retrieval.records import (
-    EVERYONE,
     Chunk,
     DocumentRecord,
     DocumentWrite,
@@ -145,16 +144,8 @@ def text_property(
 
 
 def chunk_from(properties: Props) -> Chunk:
-    return Chunk(
-        id=properties["chunk_id"],
-        doc_id=properties["doc_id"],
-        title=properties.get("title") or "",
-        heading=properties.get("heading") or "",
-        url=properties.get("url") or "",
-        groups=tuple(properties.get("groups") or (EVERYONE,)),
-        text=properties.get("text") or "",
-        position=int(properties.get("position") or 0),
-    )
+    """A chunk object's properties as the record (Weaviate names its id `chunk_id`)."""
+    return Chunk.from_dict({**properties, "id": properties["chunk_id"], "text": properties.get("text") or ""})
 
 
 def as_vector(vector: np.ndarray) -> list[float]:
@@ -434,9 +425,7 @@ class WeaviateStore(KnowledgeStore):
             return
         objects: list[DataObject[Props, None]] = []
         for write in writes:
-            if len(write.chunks) != len(write.vectors):
-                raise ValueError(f"{write.record.doc_id}: {len(write.chunks)} chunks, {len(write.vectors)} vectors")
-            for chunk, vector in zip(write.chunks, write.vectors, strict=True):
+            for chunk, vector in write.pairs():
                 values = as_vector(vector)
                 if len(values) != self.dim:
                     raise ValueError(f"{chunk.id}: {len(values)}-d vector, the store holds {self.dim}-d")

@@ -287,18 +287,9 @@ class SlackChannel:
         bot_user = context.get("bot_user_id") or ""
         if kind != "im" and bot_user and f"<@{bot_user}" in text:
             return  # the app_mention event for the same message answers it
-        if kind == "im":
-            thread = event.get("thread_ts")
-            where = Where(
-                team=body.get("team_id", ""),
-                channel=event["channel"],
-                thread_ts=thread,
-                user=event["user"],
-                private=True,
-                assistant_thread=thread is not None,
-            )
-        else:
-            thread = event.get("thread_ts")
+        thread = event.get("thread_ts")
+        private = kind == "im"
+        if not private:
             rule = channel_rule(self.settings, "slack", event["channel"])
             if thread and await self.deskmate.retrieval.cache.get(self._thread_key(event["channel"], thread)):
                 pass  # a follow-up in a thread Deskmate answers in
@@ -307,13 +298,15 @@ class SlackChannel:
             else:
                 metrics.EVENTS_SKIPPED.labels("slack", "not_addressed").inc()
                 return
-            where = Where(
-                team=body.get("team_id", ""),
-                channel=event["channel"],
-                thread_ts=thread,
-                user=event["user"],
-                private=False,
-            )
+        where = Where(
+            team=body.get("team_id", ""),
+            channel=event["channel"],
+            thread_ts=thread,
+            user=event["user"],
+            private=private,
+            # in a DM, a thread is Slack's assistant thread
+            assistant_thread=private and thread is not None,
+        )
         if not await self._fresh(body, request):
             return
         self.background.spawn(self._answer(where, text, event), f"slack-{body.get('event_id')}")
