@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.answering.generation import LlamaCppGenerator, generator_from_settings
+from bot.answering.generation import Generator, LlamaCppGenerator, generator_from_settings
 from bot.answering.messages import Delta, Done, IncomingMessage, Status
 from bot.console.auth import LOCAL_ADMIN, issue_token
 from bot.deskmate import Deskmate, Records, Retrieval
@@ -555,7 +555,7 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(help="Job id (or its first
     out.print(f"job {job.id[:8]}: {job.status}", highlight=False)
 
 
-def _adapter_call(action: Callable[[Records, Any, Any], Awaitable[T]]) -> T:
+def _adapter_call(action: Callable[[Records, Registry, Generator], Awaitable[T]]) -> T:
     """Run an adapters action with the ledger, the registry and a generator of the serving kind."""
 
     settings = Settings()
@@ -578,7 +578,7 @@ def _adapter_call(action: Callable[[Records, Any, Any], Awaitable[T]]) -> T:
 def adapters_list() -> None:
     """Every adapter version: live, candidate (passed the gate), rejected or retired."""
 
-    async def work(d: Records, _registry: Any, _generator: Any) -> str:
+    async def work(d: Records, _registry: Registry, _generator: Generator) -> str:
         return describe_adapters(await list_adapters(d.ledger), await live_adapter(d.ledger))
 
     out.print(_adapter_call(work), highlight=False)
@@ -605,7 +605,7 @@ def adapters_lora_env(
     """Print the LORA_ADAPTERS value for TGI (which loads adapters only at start-up): feed it to
     the TGI deployment's ConfigMap, roll TGI, then promote (deploy/README.md)."""
 
-    async def work(d: Records, _registry: Any, _generator: Any) -> list[str]:
+    async def work(d: Records, _registry: Registry, _generator: Generator) -> list[str]:
         return await to_serve(d.ledger, previous=previous, candidates=candidates)
 
     print(lora_adapters_value(_adapter_call(work), root))
@@ -622,7 +622,7 @@ def adapters_promote(
 ) -> None:
     """Put an adapter live (running servers pick it up within seconds)."""
 
-    async def work(d: Records, registry: Any, generator: Any) -> str:
+    async def work(d: Records, registry: Registry, generator: Generator) -> str:
         info = await promote(d.ledger, registry, name, actor=actor, generator=generator, force=force)
         return info.name
 
@@ -633,7 +633,7 @@ def adapters_promote(
 def adapters_rollback(actor: Annotated[str, typer.Option(help="Who is rolling back (recorded).")] = "cli") -> None:
     """Put back what was live before the current adapter."""
 
-    async def work(d: Records, registry: Any, generator: Any) -> str:
+    async def work(d: Records, registry: Registry, generator: Generator) -> str:
         return await rollback(d.ledger, registry, actor=actor, generator=generator)
 
     target = _adapter_call(work)

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -107,7 +107,7 @@ class Orchestrator:
         self.policy = policy or TurnPolicy()
 
     # --- the public entry --------------------------------------------------------------------
-    async def handle(self, message: IncomingMessage) -> AsyncIterator[AnswerEvent]:
+    async def handle(self, message: IncomingMessage) -> AsyncGenerator[AnswerEvent, None]:
         """Stream the events of one turn; the last one is always `Done`."""
         turn_id, reference = new_turn_ids()
         turn = _Turn(

@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
-from bot.answering.messages import Answer, Done, IncomingMessage, Source, Status
+from bot.answering.messages import Answer, AnswerEvent, Done, IncomingMessage, Source, Status
 from bot.channels.common import (
     DEDUP_TTL_SECONDS,
     HELP_TEXT,
@@ -59,6 +60,7 @@ from bot.channels.slack.forms import private_metadata, review_from, state_value
 from bot.deskmate import Deskmate
 from bot.feedback.ratings import CORRECTION_PREFIX, LEADS_ONLY, NOT_ON_RECORD, Rating, RatingRefused, submit
 from bot.feedback.roles import Role
+from bot.ledger.rows import TurnRow
 from bot.training import commands as admin
 
 log = logging.getLogger(__name__)
@@ -419,7 +421,7 @@ class SlackChannel:
             )
         await self._stream(where, self.deskmate.orchestrator.handle(message))
 
-    async def _stream(self, where: Where, events: Any) -> None:
+    async def _stream(self, where: Where, events: AsyncGenerator[AnswerEvent, None]) -> None:
         """Show an answer as it is written: `chat.startStream` in threads where the workspace
         has it, else a posted message edited at most once per `stream_interval`. An update Slack
         refuses is skipped; the final answer is always delivered (as a new message if need be)."""
@@ -660,7 +662,7 @@ class SlackChannel:
         if rating.correction and "post" in (state_value(view, "post") or []):
             self.background.spawn(self._post_correction(meta, row, rating.correction), f"slack-correction-{turn_id}")
 
-    async def _post_correction(self, meta: dict[str, Any], row: Any, correction: str) -> None:
+    async def _post_correction(self, meta: dict[str, Any], row: TurnRow | None, correction: str) -> None:
         """The corrected answer in the conversation, only where that answer was given."""
         if row is None or not meta.get("channel") or meta.get("channel") != row.channel:
             log.warning("slack.correction_not_posted turn=%s reason=channel_mismatch", meta.get("turn"))
@@ -764,7 +766,7 @@ class SlackChannel:
         await respond(text=answer.text, blocks=blocks, response_type="ephemeral", replace_original=False)
 
 
-async def _post_into_conversation(channel: SlackChannel, turn: Any, text: str) -> bool:
+async def _post_into_conversation(channel: SlackChannel, turn: TurnRow, text: str) -> bool:
     """A message into the turn's own conversation: its thread in a channel or an assistant
     thread, the top of the DM when the turn was asked there."""
     thread = turn.thread_id if turn.thread_id and turn.thread_id != turn.channel else None
@@ -776,7 +778,7 @@ async def _post_into_conversation(channel: SlackChannel, turn: Any, text: str) -
     return True
 
 
-async def _post_correction_for(channel: SlackChannel, turn: Any, correction: str) -> bool:
+async def _post_correction_for(channel: SlackChannel, turn: TurnRow, correction: str) -> bool:
     """A correction from the console, where the employee asked."""
     text = f"{CORRECTION_PREFIX}\n{mrkdwn_escape(correction)}\n_ref `{turn.reference}`_"
     return await _post_into_conversation(channel, turn, text)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from botbuilder.core.teams import TeamsInfo
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import Activity, ActivityTypes, ChannelAccount, ConversationReference, Entity
 
-from bot.answering.messages import Answer, Done, IncomingMessage, Status
+from bot.answering.messages import Answer, AnswerEvent, Done, IncomingMessage, Status
 from bot.channels.common import (
     ANSWER_MESSAGE_TTL_SECONDS,
     Background,
@@ -137,7 +138,7 @@ class DeskmateTeamsBot(ActivityHandler):  # type: ignore[misc]  # botbuilder shi
         else:
             await self._reply_once(turn_context, message)
 
-    async def _stream(self, turn_context: TurnContext, events: Any) -> None:
+    async def _stream(self, turn_context: TurnContext, events: AsyncGenerator[AnswerEvent, None]) -> None:
         """1:1 chats: informative → streaming → final `streaminfo` activities, at least
         `STREAM_MIN_GAP_SECONDS` apart. If Teams refuses an update the answer still arrives, as
         an ordinary message; if the user pressed Stop, nothing more is sent."""
@@ -487,7 +488,7 @@ def tenant_of(activity: Activity) -> str:
     return str(tenant).strip().lower()
 
 
-async def _post_into_conversation(channel: TeamsChannel, turn: Any, reply: Activity) -> bool:
+async def _post_into_conversation(channel: TeamsChannel, turn: TurnRow, reply: Activity) -> bool:
     """A proactive message into the turn's conversation (its reference was kept in the cache
     when the question arrived)."""
     raw = await channel.bot.deskmate.retrieval.cache.get(f"teams-conversation:{turn.thread_id}")
@@ -507,7 +508,7 @@ async def _post_into_conversation(channel: TeamsChannel, turn: Any, reply: Activ
     return True
 
 
-async def _post_correction_for(channel: TeamsChannel, turn: Any, correction: str) -> bool:
+async def _post_correction_for(channel: TeamsChannel, turn: TurnRow, correction: str) -> bool:
     """A correction from the console, where the employee asked."""
     return await _post_into_conversation(channel, turn, correction_reply(turn, correction))
 
