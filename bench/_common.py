@@ -1,15 +1,21 @@
-"""Shared by the bench scripts: reading the bench-data JSONL formats and writing results."""
+"""Shared by the bench scripts: reading the bench-data JSONL formats, writing results, starting
+`deskmate serve`, and the real orchestrator over a bench corpus."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,12 @@ def gold_ids(question: dict[str, Any]) -> list[str]:
 
 def history_of(question: dict[str, Any]) -> list[tuple[str, str]]:
     return [(h.get("speaker", "user"), h.get("text", "")) for h in question.get("history") or []]
+
+
+def question_text(question: dict[str, Any]) -> str:
+    """What the user typed, as the answering benches ask it (the last two user turns' text first)."""
+    earlier = " ".join(t for s, t in history_of(question)[-2:] if s == "user")
+    return f"{earlier} {question['question']}".strip() if earlier else question["question"]
 
 
 def machine() -> dict[str, Any]:
@@ -130,3 +142,61 @@ async def pg_admin(dsn: str, sql: str, *, fetch: bool = False) -> list[Any]:
         return list(await conn.fetch(sql)) if fetch else [await conn.execute(sql)]
     finally:
         await conn.close()
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options `corpus_orchestrator` reads, besides `--corpus`: how the corpus is chunked and
+    embedded, and how many passages and answer tokens a turn gets."""
+    parser.add_argument("--passages", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--model", default="", help="embedding model")
+    parser.add_argument("--chunk-size", type=int, default=800)
+    parser.add_argument("--chunk-overlap", type=int, default=100)
+
+
+#: Alembic's migration context is process-global: ledgers in one process migrate one at a time.
+MIGRATING = asyncio.Lock()
+
+
+@contextlib.asynccontextmanager
+async def corpus_orchestrator(
+    args: argparse.Namespace, generator: Any, *, use_retrieval: bool = True
+) -> AsyncIterator[tuple[Any, Any]]:
+    """The real orchestrator over `args.corpus` (ingested into a fresh embedded store with
+    `args.chunk_size` / `args.chunk_overlap` and the `args.model` embedder) and a migrated SQLite
+    ledger, both in a temporary folder, with no rate limit, answer cache or history: yields
+    (orchestrator, ledger) and closes both stores after."""
+    from bot.answering.orchestrator import Orchestrator, TurnPolicy
+    from bot.ledger.ledger import Ledger
+    from retrieval.backends import open_store
+    from retrieval.cache import MemoryCache
+    from retrieval.chunking import ChunkingConfig, Document
+    from retrieval.embeddings import Embedder
+    from retrieval.ingest import Ingestor
+    from retrieval.search import Searcher
+
+    embedder = Embedder(args.model or "")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
+        docs = [
+            Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in read_jsonl(args.corpus)
+        ]
+        chunking = ChunkingConfig(args.chunk_size, args.chunk_overlap)
+        await Ingestor(store, embedder, chunking=chunking).ingest_documents(docs, finish=True)
+        ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
+        async with MIGRATING:
+            await ledger.migrate()
+        cache = MemoryCache()
+        policy = TurnPolicy(
+            rate_limit_per_minute=0,
+            answer_cache_ttl=0,
+            history_turns=0,
+            use_retrieval=use_retrieval,
+            max_answer_tokens=args.max_tokens,
+            context_passages=args.passages,
+        )
+        try:
+            yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger
+        finally:
+            await ledger.close()
+            await store.close()

@@ -17,25 +17,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import gold_ids, history_of, print_table, read_jsonl, write_result
+from _common import (
+    add_corpus_arguments,
+    corpus_orchestrator,
+    gold_ids,
+    print_table,
+    question_text,
+    read_jsonl,
+    write_result,
+)
 
 from bot.answering.generation import Generator, LlamaCppGenerator
 from bot.answering.messages import IncomingMessage
-from bot.answering.orchestrator import Orchestrator, TurnPolicy
-from bot.ledger.ledger import Ledger
 from finetune.evaluate import best_of, rouge_l, token_f1
 from finetune.model import base_gguf_path
-from retrieval.backends import open_store
-from retrieval.cache import MemoryCache
-from retrieval.chunking import ChunkingConfig, Document
-from retrieval.embeddings import Embedder
-from retrieval.ingest import Ingestor
-from retrieval.search import Searcher
 
 
 def references(question: dict[str, Any]) -> list[str]:
@@ -45,43 +44,17 @@ def references(question: dict[str, Any]) -> list[str]:
     return [r if isinstance(r, str) else str(r.get("text", "")) for r in refs if r]
 
 
-#: Alembic's migration context is process-global: ledgers in one process migrate one at a time.
-MIGRATING = asyncio.Lock()
-
-
 def unanswerable(question: dict[str, Any]) -> bool:
     return str(question.get("answerability", "")).upper().startswith("UNANSWERABLE")
 
 
 async def answer_all(args: argparse.Namespace, questions: list[dict], generator: Generator) -> dict:
-    corpus = read_jsonl(args.corpus)
-    embedder = Embedder(args.model or "")
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
-        docs = [Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in corpus]
-        await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(
-            docs, finish=True
-        )
-        ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
-        async with MIGRATING:
-            await ledger.migrate()
-        cache = MemoryCache()
-        policy = TurnPolicy(
-            rate_limit_per_minute=0,
-            answer_cache_ttl=0,
-            history_turns=0,
-            use_retrieval=not args.no_retrieval,
-            max_answer_tokens=args.max_tokens,
-            context_passages=args.passages,
-        )
-        bot = Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy)
+    async with corpus_orchestrator(args, generator, use_retrieval=not args.no_retrieval) as (bot, _):
         rows = []
         started = time.perf_counter()
         for i, q in enumerate(questions, start=1):
-            earlier = " ".join(t for s, t in history_of(q)[-2:] if s == "user")
-            text = f"{earlier} {q['question']}".strip() if earlier else q["question"]
             answer = await bot.ask(
-                IncomingMessage(platform="bench", user_key="bench:user", text=text, thread_id=str(i))
+                IncomingMessage(platform="bench", user_key="bench:user", text=question_text(q), thread_id=str(i))
             )
             refs = references(q)
             gold = set(gold_ids(q))
@@ -97,8 +70,6 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
             )
             if i % 10 == 0:
                 print(f"  {i}/{len(questions)} answered ({time.perf_counter() - started:.0f} s)", flush=True)
-        await ledger.close()
-        await store.close()
     scored = [r for r in rows if r["f1"] is not None and not r["unanswerable"]]
     with_gold = [r for r in rows if r["cites_gold"] is not None]
     unans = [r for r in rows if r["unanswerable"]]
@@ -142,12 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gguf", help="another base GGUF (default: the bundled SmolLM2)")
     parser.add_argument("--no-retrieval", action="store_true", help="answer from the model alone")
     parser.add_argument("--limit", type=int, default=0, help="first N questions only (0 = all)")
-    parser.add_argument("--passages", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="", help="embedding model")
-    parser.add_argument("--chunk-size", type=int, default=800)
-    parser.add_argument("--chunk-overlap", type=int, default=100)
+    add_corpus_arguments(parser)
     parser.add_argument("--keep-answers", type=int, default=20, help="answers kept in the JSON")
     return parser
 

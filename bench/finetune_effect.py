@@ -21,29 +21,30 @@ import os
 import random
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, gold_ids, history_of, print_table, read_jsonl, write_result
-from answer_quality import MIGRATING, answer_all, references
+from _common import (
+    REPO,
+    add_corpus_arguments,
+    corpus_orchestrator,
+    gold_ids,
+    print_table,
+    question_text,
+    read_jsonl,
+    write_result,
+)
+from answer_quality import answer_all, references
 
 from bot.answering.generation import EchoGenerator, LlamaCppGenerator
 from bot.answering.messages import IncomingMessage
-from bot.answering.orchestrator import Orchestrator, TurnPolicy
 from bot.feedback.export import rated_turns
 from bot.feedback.ratings import Rating, submit
 from bot.feedback.roles import Role
-from bot.ledger.ledger import Ledger
 from finetune.model import base_gguf_path
-from retrieval.backends import open_store
-from retrieval.cache import MemoryCache
-from retrieval.chunking import ChunkingConfig, Document
-from retrieval.embeddings import Embedder
-from retrieval.ingest import Ingestor
-from retrieval.search import Searcher
+from tests.support.pipeline import pipeline_command
 
 SETUPS = {
     "base only": (False, False),
@@ -99,37 +100,11 @@ def overlap(train: list[dict], test: list[dict]) -> dict[str, int]:
     }
 
 
-def question_text(question: dict[str, Any]) -> str:
-    """What the user typed, as `answer_all` asks it (earlier user turns first)."""
-    earlier = " ".join(t for s, t in history_of(question)[-2:] if s == "user")
-    return f"{earlier} {question['question']}".strip() if earlier else question["question"]
-
-
 async def record_rated_turns(args: argparse.Namespace, questions: list[dict], export: Path) -> int:
     """Ask each train question through the real orchestrator, have a lead correct the answer to
     the gold one, and export the rated turns as retraining reads them. Returns the turns written."""
-    embedder = Embedder(args.model or "")
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
-        docs = [
-            Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in read_jsonl(args.corpus)
-        ]
-        await Ingestor(store, embedder, chunking=ChunkingConfig(args.chunk_size, args.chunk_overlap)).ingest_documents(
-            docs, finish=True
-        )
-        ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
-        async with MIGRATING:
-            await ledger.migrate()
-        cache = MemoryCache()
-        policy = TurnPolicy(
-            rate_limit_per_minute=0,
-            answer_cache_ttl=0,
-            history_turns=0,
-            max_answer_tokens=args.max_tokens,
-            context_passages=args.passages,
-        )
-        # Echo answers instantly; the prompt on record is the one the model would have seen.
-        bot = Orchestrator(Searcher(store, embedder, cache), EchoGenerator(), ledger, cache, policy)
+    # Echo answers instantly; the prompt on record is the one the model would have seen.
+    async with corpus_orchestrator(args, EchoGenerator()) as (bot, ledger):
         for i, q in enumerate(questions, start=1):
             answer = await bot.ask(
                 IncomingMessage(platform="bench", user_key="bench:user", text=question_text(q), thread_id=f"train-{i}")
@@ -137,8 +112,6 @@ async def record_rated_turns(args: argparse.Namespace, questions: list[dict], ex
             await submit(ledger, Rating(answer.turn_id, "bench:lead", Role.lead, "bench", correction=references(q)[0]))
         records = [json.dumps(r, ensure_ascii=False) + "\n" async for r in rated_turns(ledger)]
         export.write_text("".join(records), encoding="utf-8")
-        await ledger.close()
-        await store.close()
     return len(records)
 
 
@@ -165,19 +138,7 @@ def train_adapter(args: argparse.Namespace, export: Path, job_dir: Path) -> dict
     started = time.perf_counter()
     with open(job_dir / "pipeline.log", "w") as log:
         code = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "finetune.pipeline",
-                "--export",
-                str(export),
-                "--job-dir",
-                str(job_dir),
-                "--cache",
-                str(args.cache),
-                "--config",
-                str(job_dir / "config.json"),
-            ],
+            pipeline_command(export, job_dir, args.cache, job_dir / "config.json"),
             check=False,
             cwd=REPO,
             env=env,
@@ -325,12 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--train-threads", type=int, default=1, help="torch threads of the training process")
     training.add_argument("--distractor-share", type=float, default=0.1, help="'I don't know' copies (dataset)")
     answering = parser.add_argument_group("answering (as in answer_quality.py)")
-    answering.add_argument("--passages", type=int, default=3)
-    answering.add_argument("--max-tokens", type=int, default=160)
     answering.add_argument("--threads", type=int, default=1, help="llama.cpp threads per setup")
-    answering.add_argument("--model", default="", help="embedding model")
-    answering.add_argument("--chunk-size", type=int, default=800)
-    answering.add_argument("--chunk-overlap", type=int, default=100)
+    add_corpus_arguments(answering)
     answering.add_argument("--keep-answers", type=int, default=10, help="answers kept in the JSON per setup")
     return parser
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ from retrieval.cache import Cache, MemoryCache, RedisCache
 from retrieval.embeddings import Embedder
 from retrieval.store import KnowledgeStore
 from tests.support.console import console_settings, seed
-from tests.support.platforms import ANA, chat_settings
+from tests.support.platforms import ANA, chat_settings, platforms_stand_in
 from tests.support.recorder import Recorder
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer, ServerFactory, running_server
 from tests.support.services import EXAMPLE_KB, EXAMPLE_USERS, REDIS_URL, RUN_ID, fresh_pg_database
 
 
@@ -211,61 +212,51 @@ async def local_generator(gguf_path: Path):
 
 @pytest.fixture
 async def recorder() -> AsyncIterator[Recorder]:
-    rec = Recorder()
-    await rec.start()
-    rec.slack_users = {
-        "U1": {
-            "id": "U1",
-            "name": "lukas",
-            "real_name": "Lukas Becker",
-            "profile": {"email": "Lukas.Becker@northwind.example", "real_name": "Lukas Becker"},
-        },
-        "U2": {
-            "id": "U2",
-            "name": "ana",
-            "real_name": "Ana Ribeiro",
-            "profile": {"email": ANA, "real_name": "Ana Ribeiro"},
-        },
-        "U9": {"id": "U9", "name": "guest", "real_name": "A Guest", "profile": {}},
-    }
-    rec.teams_members = {
-        "29:lukas": {
-            "id": "29:lukas",
-            "name": "Lukas Becker",
-            "aadObjectId": "aad-lukas",
-            "email": "lukas.becker@northwind.example",
-            "userPrincipalName": "lukas.becker@northwind.example",
-        },
-        "29:ana": {"id": "29:ana", "name": "Ana Ribeiro", "aadObjectId": "aad-ana", "userPrincipalName": ANA},
-    }
-    yield rec
-    await rec.stop()
+    async with platforms_stand_in() as rec:
+        yield rec
 
 
 @pytest.fixture
-async def chat_server(
+def serve_chat(
     tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str, recorder: Recorder
-) -> AsyncIterator[RunningServer]:
-    async with running_server(
-        embedder, **chat_settings(tmp_path, example_store_url, redis_prefix, recorder)
-    ) as running:
+) -> ServerFactory:
+    """Starts a chat server (Slack and Teams on the recorder) with settings of the test's own:
+    `async with serve_chat(admins=[ANA]) as server:`; `chat_settings` gives the rest."""
+
+    def serve(**overrides: object) -> AbstractAsyncContextManager[RunningServer]:
+        settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, **overrides)
+        return running_server(embedder, **settings)
+
+    return serve
+
+
+@pytest.fixture
+def serve_console(tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str) -> ServerFactory:
+    """Starts a console server with settings of the test's own (`store_url=` for another store):
+    `async with serve_console(console_pseudonymous=True) as server:`; `console_settings` gives the rest."""
+
+    def serve(*, store_url: str = example_store_url, **overrides: object) -> AbstractAsyncContextManager[RunningServer]:
+        return running_server(embedder, **console_settings(tmp_path, store_url, redis_prefix, **overrides))
+
+    return serve
+
+
+@pytest.fixture
+async def chat_server(serve_chat: ServerFactory) -> AsyncIterator[RunningServer]:
+    async with serve_chat() as running:
         yield running
 
 
 @pytest.fixture
-async def lead_server(
-    tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str, recorder: Recorder
-) -> AsyncIterator[RunningServer]:
+async def lead_server(serve_chat: ServerFactory) -> AsyncIterator[RunningServer]:
     """Ana (U2 in Slack, 29:ana in Teams) is a support lead by her email; Lukas an employee."""
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, leads=[ANA])
-    async with running_server(embedder, **settings) as running:
+    async with serve_chat(leads=[ANA]) as running:
         yield running
 
 
 @pytest.fixture
-async def console_server(
-    tmp_path: Path, example_store_url: str, embedder: Embedder, redis_prefix: str
-) -> AsyncIterator[RunningServer]:
-    async with running_server(embedder, **console_settings(tmp_path, example_store_url, redis_prefix)) as server:
+async def console_server(serve_console: ServerFactory) -> AsyncIterator[RunningServer]:
+    """A running Deskmate (default console settings) with the console's example turns answered."""
+    async with serve_console() as server:
         server.turn_ids = await seed(server)  # type: ignore[attr-defined]
         yield server

@@ -4,26 +4,22 @@ turned away, the dashboard draws its plots."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.console.auth import issue_token
 from tests.support.browser import ARTIFACTS, CHROMIUM, FLAGS
-from tests.support.console import EMPLOYEE, LEAD, console_settings, seed
-from tests.support.server import running_server
+from tests.support.console import EMPLOYEE, LEAD, seed
+from tests.support.server import ServerFactory
 
 
 @pytest.mark.slow
-async def test_a_lead_reviews_with_the_keyboard_and_an_employee_is_refused(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
-) -> None:
+async def test_a_lead_reviews_with_the_keyboard_and_an_employee_is_refused(serve_console: ServerFactory) -> None:
     from playwright.async_api import async_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: `make test` installs it (scripts/ensure-browser.sh)")
-    settings = console_settings(tmp_path, example_store_url, redis_prefix)
-    async with running_server(embedder, **settings) as server, async_playwright() as pw:
+    async with serve_console() as server, async_playwright() as pw:
         ids = await seed(server)
         ledger = server.deskmate.ledger
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)

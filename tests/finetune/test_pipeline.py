@@ -7,14 +7,15 @@ import json
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from finetune import pipeline as finetune_pipeline
 from finetune.model import hf_base_folder
+from tests.support.pipeline import pipeline_command
 
 SYSTEM = "You are Deskmate, a helpful company support assistant. Answer briefly and only from the context."
 
@@ -68,19 +69,7 @@ def write_export(folder: Path, records: list[dict[str, Any]], train: dict[str, A
 
 def pipeline(export: Path, config: Path, job: Path, cache: Path, **popen: Any) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune.pipeline",
-            "--export",
-            str(export),
-            "--job-dir",
-            str(job),
-            "--cache",
-            str(cache),
-            "--config",
-            str(config),
-        ],
+        pipeline_command(export, job, cache, config),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         **popen,
@@ -167,8 +156,9 @@ def test_a_full_disk_stops_the_job_with_a_clear_message(tmp_path: Path, model_ca
 @pytest.mark.slow
 def test_only_thumbs_down_is_nothing_to_learn(tmp_path: Path, model_cache: Path) -> None:
     export, config = write_export(tmp_path, [door_record(i, thumbs_down=1) for i in range(6)], {})
-    run = pipeline(export, config, tmp_path / "job", model_cache)
-    assert run.wait(timeout=300) == 2
+    # in this process: the exit code and the outcome file are what the child would leave
+    args = pipeline_command(export, tmp_path / "job", model_cache, config)[3:]
+    assert finetune_pipeline.main(args) == finetune_pipeline.EXIT_NOTHING
     assert "no approved or corrected answer to learn from" in outcome(tmp_path / "job")["error"]
 
 

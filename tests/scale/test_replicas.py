@@ -30,7 +30,16 @@ from tests.support.cluster import Cluster, child_env, readiness
 from tests.support.console import sign_in
 from tests.support.forwarder import Forwarder
 from tests.support.metrics import remote_counter, wait_for_remote_counter
-from tests.support.platforms import ANA, COMMAND, SIGNING_SECRET, event_callback, mention, slack_event, slack_form
+from tests.support.platforms import (
+    ANA,
+    COMMAND,
+    SIGNING_SECRET,
+    event_callback,
+    mention,
+    platforms_stand_in,
+    slack_event,
+    slack_form,
+)
 from tests.support.recorder import Call, Recorder
 from tests.support.services import REDIS_URL, fresh_pg_database
 
@@ -42,18 +51,8 @@ SKIPPED = "deskmate_events_skipped"
 
 @pytest.fixture(scope="module")
 async def slack() -> AsyncIterator[Recorder]:
-    rec = Recorder()
-    await rec.start()
-    rec.slack_users = {
-        "U1": {
-            "id": "U1",
-            "name": "lukas",
-            "profile": {"email": "lukas.becker@northwind.example", "real_name": "Lukas Becker"},
-        },
-        "U2": {"id": "U2", "name": "ana", "profile": {"email": ANA, "real_name": "Ana Ribeiro"}},
-    }
-    yield rec
-    await rec.stop()
+    async with platforms_stand_in() as rec:
+        yield rec
 
 
 def shared_settings(
@@ -109,7 +108,7 @@ async def cluster(
             cluster.prefix = prefix
             yield cluster
         finally:
-            cluster.stop_all()
+            await asyncio.to_thread(cluster.stop_all)  # the forwarders run on this loop
             if hasattr(cluster, "ledger"):
                 await cluster.ledger.close()
 
@@ -350,7 +349,7 @@ async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_n
             finally:
                 await ledger.close()
         finally:
-            cluster.stop_all()
+            await asyncio.to_thread(cluster.stop_all)  # the forwarders run on this loop
             await redis.stop()
             await postgres.stop()
 
@@ -382,4 +381,4 @@ async def test_a_replica_started_before_weaviate_stays_up_and_says_why_it_cannot
             reply = await slack.wait_for(lambda calls: replies_in_thread(slack, ts), timeout=15)
             assert reply and replica.alive()
         finally:
-            cluster.stop_all()
+            await asyncio.to_thread(cluster.stop_all)  # the forwarders run on this loop

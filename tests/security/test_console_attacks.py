@@ -10,19 +10,16 @@ import csv
 import io
 import json
 import re
-import uuid
-from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from bot.answering.messages import IncomingMessage
 from bot.console.auth import issue_token
-from tests.support.console import ADMIN, EMPLOYEE, LEAD, console_settings, csrf_of, login_form, seed, sign_in, signed_in
-from tests.support.server import RunningServer, running_server
+from tests.support.console import ADMIN, EMPLOYEE, LEAD, console_settings, csrf_of, login_form, sign_in, signed_in
+from tests.support.server import RunningServer, ServerFactory, running_server
+from tests.support.turns import ask_as
 
 ANA = "ana.ribeiro@northwind.example"  # HR, in the example directory
 IT_ADMIN = ADMIN  # Sofia Martins, IT & Security: groups [it-admin], not hr
@@ -35,16 +32,6 @@ MARKER = "restricted to hr: you are not in that group"
 EVIL = "https://evil.example"
 
 
-@pytest.fixture
-async def console_server(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
-) -> AsyncIterator[RunningServer]:
-    """A running Deskmate (default settings) with the console's example turns answered."""
-    async with running_server(embedder, **console_settings(tmp_path, example_store_url, redis_prefix)) as server:
-        server.turn_ids = await seed(server)  # type: ignore[attr-defined]
-        yield server
-
-
 def jar() -> aiohttp.CookieJar:
     return aiohttp.CookieJar(unsafe=True)  # the server is on 127.0.0.1
 
@@ -52,17 +39,8 @@ def jar() -> aiohttp.CookieJar:
 async def ask(server: RunningServer, user: str, question: str, platform: str = "slack") -> str:
     """A question through the real orchestrator, as the platform adapters ask it; the turn id."""
     deskmate: Any = server.deskmate
-    profile = await deskmate.retrieval.store.get_user(user)
-    answer = await deskmate.orchestrator.ask(
-        IncomingMessage(
-            platform=platform,
-            user_key=user,
-            user_name=profile.name if profile else "",
-            text=question,
-            channel="C1",
-            thread_id=str(uuid.uuid4()),
-            groups=profile.groups if profile else (),
-        )
+    answer = await ask_as(
+        deskmate.orchestrator, deskmate.retrieval.store, user, question, platform=platform, channel="C1"
     )
     return answer.turn_id
 
@@ -253,12 +231,10 @@ async def test_a_spent_token_never_signs_in_again_even_when_raced(
         assert (await sign_in(http, url, token)).status == 401
 
 
-async def test_forget_ends_the_persons_console_sessions(
-    tmp_path: Path, private_store_url: str, embedder: Any, redis_prefix: str
-) -> None:
+async def test_forget_ends_the_persons_console_sessions(private_store_url: str, serve_console: ServerFactory) -> None:
     from bot.feedback.forget import forget
 
-    async with running_server(embedder, **console_settings(tmp_path, private_store_url, redis_prefix)) as server:
+    async with serve_console(store_url=private_store_url) as server:
         lead = await signed_in(server, LEAD)
         copied = {"Cookie": f"deskmate_console={session_cookie(lead)}"}
         await lead.close()
@@ -272,11 +248,8 @@ async def test_forget_ends_the_persons_console_sessions(
 # --- 11. pseudonymous mode names nobody -------------------------------------------------------
 
 
-async def test_pseudonymous_pages_and_exports_never_name_the_asker(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
-) -> None:
-    settings = console_settings(tmp_path, example_store_url, redis_prefix, console_pseudonymous=True)
-    async with running_server(embedder, **settings) as server:
+async def test_pseudonymous_pages_and_exports_never_name_the_asker(serve_console: ServerFactory) -> None:
+    async with serve_console(console_pseudonymous=True) as server:
         answered = await ask(server, ANA, "I'm Ana Ribeiro: how do I report a phishing email?")
         unknown = await ask(server, ANA, "Ana Ribeiro here: what is the airspeed velocity of an unladen swallow?")
         turn = await server.deskmate.ledger.get_turn(answered)
@@ -318,11 +291,8 @@ async def test_pseudonymous_pages_and_exports_never_name_the_asker(
 # --- 12. leads read only what their groups allow ----------------------------------------------
 
 
-async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
-) -> None:
-    settings = console_settings(tmp_path, example_store_url, redis_prefix)
-    async with running_server(embedder, **settings) as server:
+async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(serve_console: ServerFactory) -> None:
+    async with serve_console() as server:
         turn_id = await ask(server, ANA, HR_QUESTION)
         turn = await server.deskmate.ledger.get_turn(turn_id)
         assert {tuple(c["groups"]) for c in turn.retrieved} == {("hr",)}
@@ -378,8 +348,7 @@ async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
             assert SALARY_FIGURES in page and MARKER not in page and 'id="review"' in page
 
     # The same person, listed by the operator as someone who may read everything.
-    see_all = console_settings(tmp_path, example_store_url, redis_prefix, console_see_all=[IT_ADMIN])
-    async with running_server(embedder, **see_all) as server:
+    async with serve_console(console_see_all=[IT_ADMIN]) as server:
         it_admin = await signed_in(server, IT_ADMIN)
         async with it_admin:
             status, page = await get(it_admin, f"{server.url}/console/turns/{turn_id}")
@@ -391,7 +360,7 @@ async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(
 
 
 async def test_a_javascript_url_from_the_knowledge_base_is_never_a_live_link(
-    tmp_path: Path, embedder: Any, redis_prefix: str
+    tmp_path: Path, embedder: Any, serve_console: ServerFactory
 ) -> None:
     from retrieval.backends import open_store
     from retrieval.ingest import Ingestor
@@ -413,7 +382,7 @@ async def test_a_javascript_url_from_the_knowledge_base_is_never_a_live_link(
     report = await Ingestor(store, embedder).ingest_path(tmp_path / "kb")
     assert report.ok, report.failed
     await store.close()
-    async with running_server(embedder, **console_settings(tmp_path, store_url, redis_prefix)) as server:
+    async with serve_console(store_url=store_url) as server:
         turn_id = await ask(server, EMPLOYEE, "How do I clear a printer jam?")
         urls = {c["url"] for c in (await server.deskmate.ledger.get_turn(turn_id)).retrieved}
         assert any(u.startswith("javascript:") for u in urls), urls

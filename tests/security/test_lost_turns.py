@@ -8,31 +8,41 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 
 from retrieval.embeddings import Embedder
-from tests.support.server import running_server
+from tests.support.server import RunningServer, running_server
 from tests.support.services import PG_ADMIN_DSN, fresh_pg_database
+from tests.support.turns import new_turn
 
 ANA = "ana.ribeiro@northwind.example"
 # "a:1" and base64url characters, 131 in all: a personal chat's id in Microsoft's examples
 TEAMS_PERSONAL_CHAT = "a:1" + ("Hb2mX9pQzR4kL_vT7wN-eY0sJc8dU5fG" * 5)[:128]
 
 
-def server_settings(tmp_path: Path, store_url: str, ledger_url: str) -> dict[str, object]:
-    return {
-        "data_dir": tmp_path / "data",
-        "store_url": store_url,
-        "ledger_url": ledger_url,
-        "cache_url": "memory://",
-        "generator_url": "echo://",
-        "web_chat": True,
-        "answer_cache_ttl": 0,
-        "replica_heartbeat_seconds": 0.5,
-    }
+@pytest.fixture
+async def pg_server(tmp_path: Path, example_store_url: str, embedder: Embedder) -> AsyncIterator[RunningServer]:
+    """A running Deskmate with the web chat, its ledger in a fresh PostgreSQL database."""
+    async with (
+        fresh_pg_database() as url,
+        running_server(
+            embedder,
+            data_dir=tmp_path / "data",
+            store_url=example_store_url,
+            ledger_url=url,
+            cache_url="memory://",
+            generator_url="echo://",
+            web_chat=True,
+            answer_cache_ttl=0,
+            replica_heartbeat_seconds=0.5,
+        ) as server,
+    ):
+        yield server
 
 
 async def ask(http: aiohttp.ClientSession, url: str, question: str, thread: str) -> dict:
@@ -50,15 +60,10 @@ async def ready(http: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(
-    tmp_path: Path, example_store_url: str, embedder: Embedder
-) -> None:
-    async with (
-        fresh_pg_database() as url,
-        running_server(embedder, **server_settings(tmp_path, example_store_url, url)) as server,
-        aiohttp.ClientSession() as http,
-    ):
-        ledger = server.deskmate.ledger  # type: ignore[attr-defined]
+async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(pg_server: RunningServer) -> None:
+    server = pg_server
+    async with aiohttp.ClientSession() as http:
+        ledger = server.deskmate.ledger
         first = await ask(http, server.url, "how do I reset my VPN password?", TEAMS_PERSONAL_CHAT)
         second = await ask(http, server.url, "and where is the guest wifi code?", TEAMS_PERSONAL_CHAT)
         for answer in (first, second):
@@ -74,22 +79,10 @@ async def test_a_teams_personal_chat_is_recorded_and_a_refused_row_is_reported(
 
         # A row PostgreSQL refuses for another reason reaches this server's ledger (a NUL in a
         # field no face cleans): it is dead-lettered, and the turn after it is not queued behind it.
-        from bot.ledger.rows import TurnStart, new_turn_ids, utcnow
-
-        turn_id, reference = new_turn_ids()
-        await ledger.begin_turn(
-            TurnStart(
-                id=turn_id,
-                reference=reference,
-                created_at=utcnow(),
-                platform="teams",
-                user_key="x@northwind.example",
-                question="fine",
-                channel="chan\x00nel",
-            )
-        )
+        refused = new_turn("fine", user_key="x@northwind.example", platform="teams", channel="chan\x00nel")
+        await ledger.begin_turn(refused)
         after = await ask(http, server.url, "how do I book parental leave?", TEAMS_PERSONAL_CHAT)
-        assert await ledger.get_turn(turn_id) is None
+        assert await ledger.get_turn(refused.id) is None
         assert (await ledger.get_turn(after["turn_id"])).status != "pending"  # not queued behind it
 
         status, body = await ready(http, server.url)
@@ -119,16 +112,11 @@ async def _read_only(database: str, on: bool) -> None:
         await admin.close()
 
 
-async def test_readyz_is_not_ready_while_writes_wait_though_the_database_answers(
-    tmp_path: Path, example_store_url: str, embedder: Embedder
-) -> None:
-    async with (
-        fresh_pg_database() as url,
-        running_server(embedder, **server_settings(tmp_path, example_store_url, url)) as server,
-        aiohttp.ClientSession() as http,
-    ):
-        ledger = server.deskmate.ledger  # type: ignore[attr-defined]
-        database = url.rsplit("/", 1)[1]
+async def test_readyz_is_not_ready_while_writes_wait_though_the_database_answers(pg_server: RunningServer) -> None:
+    server = pg_server
+    async with aiohttp.ClientSession() as http:
+        ledger = server.deskmate.ledger
+        database = server.settings.ledger_url.rsplit("/", 1)[1]
         assert (await ready(http, server.url))[0] == 200
         await _read_only(database, True)
         try:

@@ -83,6 +83,11 @@ class Cluster:
         return self._spawn(name, ["worker"], extra)
 
     def stop_all(self) -> None:
+        """SIGTERM to all at once, then wait for each (blocking: call it from a thread in async
+        code, or a forwarder on the caller's loop stalls and a replica's last write hangs)."""
+        for process in self.processes:
+            if process.alive():
+                process.popen.terminate()
         for process in self.processes:
             process.stop()
 

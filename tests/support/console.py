@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from bot.answering.messages import IncomingMessage
 from bot.console.auth import issue_token
 from tests.support.server import RunningServer
 from tests.support.services import REDIS_URL
+from tests.support.turns import ask_as
 
 
 async def login_form(http: aiohttp.ClientSession, url: str) -> str:
@@ -78,18 +78,15 @@ async def seed(server: RunningServer) -> list[str]:
     """Ask the example questions through the real orchestrator; returns their turn ids."""
     ids = []
     for user, question, platform, private in QUESTIONS:
-        profile = await server.deskmate.retrieval.store.get_user(user)
-        answer = await server.deskmate.orchestrator.ask(
-            IncomingMessage(
-                platform=platform,
-                user_key=user,
-                user_name=profile.name if profile else "",
-                text=question,
-                channel="C1" if platform == "slack" else "a:1",
-                thread_id=str(uuid.uuid4()),
-                groups=profile.groups if profile else (),
-                private=private,
-            )
+        channel = "C1" if platform == "slack" else "a:1"
+        answer = await ask_as(
+            server.deskmate.orchestrator,
+            server.deskmate.retrieval.store,
+            user,
+            question,
+            platform=platform,
+            channel=channel,
+            private=private,
         )
         ids.append(answer.turn_id)
     return ids

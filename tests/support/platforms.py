@@ -1,14 +1,18 @@
 """Requests in the platforms' real shapes (Slack's signed events, forms and slash commands,
-Teams' activities), the settings of a Deskmate wired to the local stand-in for both
-(tests/support/recorder.py), and what the ledger holds afterwards."""
+Teams' activities), the local stand-in for both (tests/support/recorder.py) started with the
+people it knows, the settings of a Deskmate wired to it, what Deskmate sent into a Teams
+conversation, and what the ledger holds afterwards."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import itertools
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,7 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 from sqlalchemy import select
 
 from bot.ledger.rows import FeedbackRow, TurnRow
-from tests.support.recorder import Recorder
+from tests.support.recorder import Call, Recorder
 from tests.support.server import RunningServer
 from tests.support.services import REDIS_URL
 
@@ -27,6 +31,49 @@ LUKAS = "lukas.becker@northwind.example"
 ANA = "ana.ribeiro@northwind.example"
 VPN_QUESTION = "How do I reset my VPN password?"
 _ts = itertools.count(1)
+
+
+#: Who the stand-in knows: Lukas (his Slack profile's email in other capitals, as Slack may hold
+#: it) and Ana on both platforms, and a Slack guest with no email.
+SLACK_USERS: dict[str, dict[str, Any]] = {
+    "U1": {
+        "id": "U1",
+        "name": "lukas",
+        "real_name": "Lukas Becker",
+        "profile": {"email": "Lukas.Becker@northwind.example", "real_name": "Lukas Becker"},
+    },
+    "U2": {
+        "id": "U2",
+        "name": "ana",
+        "real_name": "Ana Ribeiro",
+        "profile": {"email": ANA, "real_name": "Ana Ribeiro"},
+    },
+    "U9": {"id": "U9", "name": "guest", "real_name": "A Guest", "profile": {}},
+}
+TEAMS_MEMBERS: dict[str, dict[str, Any]] = {
+    "29:lukas": {
+        "id": "29:lukas",
+        "name": "Lukas Becker",
+        "aadObjectId": "aad-lukas",
+        "email": LUKAS,
+        "userPrincipalName": LUKAS,
+    },
+    "29:ana": {"id": "29:ana", "name": "Ana Ribeiro", "aadObjectId": "aad-ana", "userPrincipalName": ANA},
+}
+
+
+@contextlib.asynccontextmanager
+async def platforms_stand_in() -> AsyncIterator[Recorder]:
+    """The local Slack and Teams (tests/support/recorder.py), started, knowing SLACK_USERS and
+    TEAMS_MEMBERS (copies: a test may change its own)."""
+    rec = Recorder()
+    await rec.start()
+    rec.slack_users = copy.deepcopy(SLACK_USERS)
+    rec.teams_members = copy.deepcopy(TEAMS_MEMBERS)
+    try:
+        yield rec
+    finally:
+        await rec.stop()
 
 
 def chat_settings(
@@ -229,6 +276,23 @@ async def teams_post(
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http, http.post(f"{url}/api/messages", data=data, headers=sent) as r:
         return r.status, await r.text(), time.perf_counter() - started
+
+
+def teams_sent(rec: Recorder, conversation: str) -> list[Call]:
+    """Activities Deskmate sent into one Teams conversation (typing, streamed and final)."""
+    return [
+        c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")
+    ]
+
+
+def teams_messages(rec: Recorder, conversation: str) -> list[Call]:
+    """The message activities among them: answers, notes and replies, not typing updates."""
+    return [c for c in teams_sent(rec, conversation) if c.body.get("type") == "message"]
+
+
+async def teams_reply(rec: Recorder, conversation: str) -> Call:
+    """Wait for Deskmate's first message activity in the conversation (a streamed answer's final one)."""
+    return await rec.wait_for(lambda calls: next(iter(teams_messages(rec, conversation)), None))
 
 
 # --- the ledger ----------------------------------------------------------------------------------

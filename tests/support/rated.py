@@ -9,13 +9,12 @@ one does not.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from bot.answering.generation import EchoGenerator
-from bot.answering.messages import IncomingMessage
 from bot.answering.orchestrator import Orchestrator, TurnPolicy
 from retrieval.cache import MemoryCache
+from tests.support.turns import ask_as
 
 LEAD = "hannah.schmidt@northwind.example"
 ASKER = "lukas.becker@northwind.example"
@@ -63,19 +62,9 @@ async def seed_rated_turns(deskmate: Any, questions: list[str] | None = None) ->
         TurnPolicy(rate_limit_per_minute=0, answer_cache_ttl=0, history_turns=0),
     )
     ids: dict[str, str] = {}
+    store = deskmate.retrieval.store
     for i, question in enumerate(questions or QUESTIONS):
-        profile = await deskmate.retrieval.store.get_user(ASKER)
-        answer = await echo.ask(
-            IncomingMessage(
-                platform="slack",
-                user_key=ASKER,
-                user_name=profile.name,
-                text=question,
-                channel="C1",
-                thread_id=str(uuid.uuid4()),
-                groups=profile.groups,
-            )
-        )
+        answer = await ask_as(echo, store, ASKER, question, channel="C1")
         turn = await deskmate.ledger.get_turn(answer.turn_id)
         top = turn.retrieved[0]["text"] if turn.retrieved else "Ask the service desk."
         correction = house_style(top)
@@ -91,18 +80,7 @@ async def seed_rated_turns(deskmate: Any, questions: list[str] | None = None) ->
             correction=correction,
         )
         ids[question] = answer.turn_id
-    hr = await deskmate.retrieval.store.get_user(HR_ASKER)
-    answer = await echo.ask(
-        IncomingMessage(
-            platform="teams",
-            user_key=HR_ASKER,
-            user_name=hr.name,
-            text=RESTRICTED_QUESTION,
-            thread_id=str(uuid.uuid4()),
-            groups=hr.groups,
-            private=True,
-        )
-    )
+    answer = await ask_as(echo, store, HR_ASKER, RESTRICTED_QUESTION, platform="teams", private=True)
     await deskmate.ledger.record_feedback(
         answer.turn_id, LEAD, platform="console", rater_role="lead", score=5, verdict="correct"
     )

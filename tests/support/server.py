@@ -4,7 +4,8 @@ an adapter registered as a finished retraining job would leave it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,11 @@ class RunningServer:
     url: str
     deskmate: Deskmate
     settings: Settings
+
+
+#: What the `serve_chat` and `serve_console` fixtures give a test: settings overrides in, a
+#: server to enter with `async with`.
+ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
 
 
 @contextlib.asynccontextmanager

@@ -3,18 +3,14 @@ directory entry, so the same question gets the same user context in both."""
 
 from __future__ import annotations
 
-from tests.support.platforms import ANA, activity, chat_settings, event_callback, message, slack_event, wait_for_turns
-from tests.support.server import running_server
+from tests.support.platforms import ANA, activity, event_callback, message, slack_event, wait_for_turns
 
 
-async def test_the_same_person_has_the_same_context_in_slack_and_teams(
-    tmp_path, example_store_url, embedder, redis_prefix, recorder
-) -> None:
+async def test_the_same_person_has_the_same_context_in_slack_and_teams(serve_chat, recorder) -> None:
     from tests.support.platforms import teams_post
 
     question = "Which laptop do I have and how do I get a replacement charger?"
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, answer_cache_ttl=0)
-    async with running_server(embedder, **settings) as server:
+    async with serve_chat(answer_cache_ttl=0) as server:
         await slack_event(server.url, event_callback(message(question, user="U2")))
         await teams_post(
             server.url,

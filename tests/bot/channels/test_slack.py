@@ -131,19 +131,13 @@ async def test_a_retry_is_acknowledged_and_not_answered_twice(chat_server, recor
     assert len(await wait_for_turns(chat_server, "slack", 1)) == 1
 
 
-async def test_with_redis_down_a_first_delivery_is_answered_and_a_redelivery_is_not(
-    tmp_path, example_store_url, embedder, redis_prefix, recorder
-) -> None:
+async def test_with_redis_down_a_first_delivery_is_answered_and_a_redelivery_is_not(serve_chat) -> None:
     """Without Redis no replica can tell whether an event was answered: its first delivery is
     answered anyway, and Slack's retry of it is not (the first delivery reached a replica)."""
-    from tests.support.platforms import chat_settings
-    from tests.support.server import running_server
     from tests.support.services import free_port
 
-    settings = chat_settings(
-        tmp_path, example_store_url, redis_prefix, recorder, cache_url=f"redis://127.0.0.1:{free_port()}/0"
-    )  # nothing listens there
-    async with running_server(embedder, **settings) as server:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    async with serve_chat(cache_url=nowhere) as server:
         first = event_callback(mention(VPN_QUESTION))
         redelivered = event_callback(mention("How do I report a phishing email?"))
         skipped = counter(SKIPPED, platform="slack", reason="duplicate")
@@ -364,30 +358,14 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, rec
     assert len(turn.question) > 50_000  # the ledger keeps what was asked, whole
 
 
-async def test_unconfigured_slack_says_so(tmp_path, example_store_url, embedder, redis_prefix, recorder) -> None:
-    from tests.support.platforms import chat_settings
-    from tests.support.server import running_server
-
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, slack_bot_token=None)
-    async with running_server(embedder, **settings) as server:
+async def test_unconfigured_slack_says_so(serve_chat) -> None:
+    async with serve_chat(slack_bot_token=None) as server:
         status, body, _ = await slack_event(server.url, event_callback(mention(VPN_QUESTION)))
     assert status == 503 and "not configured" in body
 
 
-async def test_socket_mode_receives_acknowledges_and_answers(
-    tmp_path,
-    example_store_url,
-    embedder,
-    redis_prefix,
-    recorder,
-) -> None:
-    from tests.support.platforms import chat_settings
-    from tests.support.server import running_server
-
-    settings = chat_settings(
-        tmp_path, example_store_url, redis_prefix, recorder, slack_app_token="xapp-1-test", slack_signing_secret=None
-    )
-    async with running_server(embedder, **settings) as server:
+async def test_socket_mode_receives_acknowledges_and_answers(serve_chat, recorder) -> None:
+    async with serve_chat(slack_app_token="xapp-1-test", slack_signing_secret=None) as server:
         await recorder.wait_for(lambda calls: next((c for c in calls if c.api == "apps.connections.open"), None))
         await recorder.wait_for(lambda calls: [c for c in calls if c.path == "/socket"])
         await asyncio.sleep(0.3)
@@ -412,22 +390,13 @@ async def test_socket_mode_receives_acknowledges_and_answers(
         assert status == 503  # HTTP mode is off without a signing secret
 
 
-async def test_a_refused_app_token_leaves_the_rest_running(
-    tmp_path,
-    example_store_url,
-    embedder,
-    redis_prefix,
-    recorder,
-    caplog,
-) -> None:
+async def test_a_refused_app_token_leaves_the_rest_running(serve_chat, recorder, caplog) -> None:
     import aiohttp
 
-    from tests.support.platforms import activity, chat_settings, teams_post
-    from tests.support.server import running_server
+    from tests.support.platforms import activity, teams_post
 
     recorder.slack_errors["apps.connections.open"] = "invalid_auth"
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, slack_app_token="xapp-revoked")
-    async with running_server(embedder, **settings) as server:
+    async with serve_chat(slack_app_token="xapp-revoked") as server:
         await recorder.wait_for(lambda calls: [c for c in calls if c.api == "apps.connections.open"])
         async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as r:
             assert r.status == 200
@@ -459,21 +428,9 @@ async def test_without_streaming_the_answer_is_one_edited_message_in_the_thread(
     assert len(recorder.named("chat.startStream")) == 1  # Slack said the method is missing: not asked again
 
 
-async def test_an_answer_that_fails_midway_is_replaced_by_the_apology(
-    tmp_path,
-    example_store_url,
-    embedder,
-    redis_prefix,
-    recorder,
-) -> None:
-    from tests.support.platforms import chat_settings
-    from tests.support.server import running_server
-
+async def test_an_answer_that_fails_midway_is_replaced_by_the_apology(serve_chat, recorder) -> None:
     # The model writes for 3 s but may take 1: part of the answer is streamed, then it times out.
-    settings = chat_settings(
-        tmp_path, example_store_url, redis_prefix, recorder, generator_url="echo://?delay=3", generator_timeout=1
-    )
-    async with running_server(embedder, **settings) as server:
+    async with serve_chat(generator_url="echo://?delay=3", generator_timeout=1) as server:
         event = mention(VPN_QUESTION)
         await slack_event(server.url, event_callback(event))
         final = await recorder.wait_for(

@@ -19,7 +19,6 @@ from tests.support.platforms import (
     ANA,
     LUKAS,
     VPN_QUESTION,
-    chat_settings,
     event_callback,
     mention,
     slack_event,
@@ -27,22 +26,19 @@ from tests.support.platforms import (
     wait_for_turns,
 )
 from tests.support.recorder import Call, Recorder
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer, ServerFactory
 
 CORRECTION = "Reset it at https://id.northwind.example/vpn, then reconnect with the new password."
 USERS = {"U1": "lukas", "U2": "ana"}
 
 
 @pytest.fixture
-async def group_server(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
-) -> AsyncIterator[RunningServer]:
+async def group_server(tmp_path: Path, recorder: Recorder, serve_chat: ServerFactory) -> AsyncIterator[RunningServer]:
     """Support leads are whoever is in the Slack user group S123 (Ana); no emails named."""
     roles = tmp_path / "roles.yaml"
     roles.write_text("leads:\n  slack_groups: [S123]\n", encoding="utf-8")
     recorder.slack_usergroups = {"S123": ["U2"]}
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, roles_file=roles)
-    async with running_server(embedder, **settings) as running:
+    async with serve_chat(roles_file=roles) as running:
         yield running
 
 

@@ -7,33 +7,28 @@ import json
 
 import pytest
 
-from tests.support.platforms import LUKAS, VPN_QUESTION, activity, chat_settings, ratings, teams_post, wait_for_turns
-from tests.support.recorder import Call, Recorder
-from tests.support.server import running_server
-
-
-def sent(rec: Recorder, conversation: str) -> list[Call]:
-    """Activities Deskmate sent into one conversation."""
-    return [
-        c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")
-    ]
+from tests.support.platforms import (
+    LUKAS,
+    VPN_QUESTION,
+    activity,
+    ratings,
+    teams_messages,
+    teams_post,
+    teams_reply,
+    teams_sent,
+    wait_for_turns,
+)
+from tests.support.recorder import Call
 
 
 def stream_info(call: Call) -> dict:
     return next((e for e in call.body.get("entities") or [] if e.get("type") == "streaminfo"), {})
 
 
-async def final_message(rec: Recorder, conversation: str) -> Call:
-    return await rec.wait_for(
-        lambda calls: next((c for c in sent(rec, conversation) if c.body.get("type") == "message"), None)
-    )
-
-
 @pytest.fixture
-async def slow_server(tmp_path, example_store_url, embedder, redis_prefix, recorder):
+async def slow_server(serve_chat):
     """Answers take 4 s, long enough for Teams' paced streaming to show."""
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, generator_url="echo://?delay=4")
-    async with running_server(embedder, **settings) as running:
+    async with serve_chat(generator_url="echo://?delay=4") as running:
         yield running
 
 
@@ -42,8 +37,8 @@ async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(slow
     status, _, seconds = await teams_post(slow_server.url, body)
     assert status == 202 and seconds < 1
 
-    final = await final_message(recorder, "a:1personal-lukas")
-    calls = sent(recorder, "a:1personal-lukas")
+    final = await teams_reply(recorder, "a:1personal-lukas")
+    calls = teams_sent(recorder, "a:1personal-lukas")
     kinds = [(c.body["type"], stream_info(c).get("streamType")) for c in calls]
     assert kinds[0] == ("typing", "informative")
     assert ("typing", "streaming") in kinds and kinds[-1] == ("message", "final")
@@ -68,10 +63,8 @@ async def test_a_personal_chat_streams_and_ends_with_citations_and_feedback(slow
 async def test_a_second_question_while_one_streams_gets_a_plain_message(slow_server, recorder) -> None:
     await teams_post(slow_server.url, activity(VPN_QUESTION, service_url=recorder.url))
     await teams_post(slow_server.url, activity("How do I report a phishing email?", service_url=recorder.url))
-    await recorder.wait_for(
-        lambda calls: len([c for c in sent(recorder, "a:1personal-lukas") if c.body.get("type") == "message"]) == 2
-    )
-    finals = [c for c in sent(recorder, "a:1personal-lukas") if c.body.get("type") == "message"]
+    await recorder.wait_for(lambda calls: len(teams_messages(recorder, "a:1personal-lukas")) == 2)
+    finals = teams_messages(recorder, "a:1personal-lukas")
     assert sorted(stream_info(c).get("streamType", "none") for c in finals) == ["final", "none"]
 
 
@@ -88,8 +81,8 @@ async def test_a_channel_mention_is_stripped_and_answered_once(chat_server, reco
     status, _, _ = await teams_post(chat_server.url, body)
     assert status == 202
     conversation = body["conversation"]["id"]
-    final = await final_message(recorder, conversation)
-    calls = sent(recorder, conversation)
+    final = await teams_reply(recorder, conversation)
+    calls = teams_sent(recorder, conversation)
     assert calls[0].body["type"] == "typing" and not stream_info(calls[0])
     assert [c.body["type"] for c in calls].count("message") == 1 and not stream_info(final)
     [turn] = await wait_for_turns(chat_server, "teams", 1)
@@ -107,7 +100,7 @@ async def test_a_channel_mention_is_stripped_and_answered_once(chat_server, reco
 
 async def test_the_feedback_invoke_is_stored_and_answered_with_an_empty_200(chat_server, recorder) -> None:
     await teams_post(chat_server.url, activity(VPN_QUESTION, service_url=recorder.url))
-    final = await final_message(recorder, "a:1personal-lukas")
+    final = await teams_reply(recorder, "a:1personal-lukas")
     [turn] = await wait_for_turns(chat_server, "teams", 1)
     invoke = activity(
         "",
@@ -138,7 +131,7 @@ async def test_a_welcome_when_installed(chat_server, recorder) -> None:
     update.pop("text")
     status, _, _ = await teams_post(chat_server.url, update)
     assert status == 202
-    welcome = await final_message(recorder, "a:1personal-lukas")
+    welcome = await teams_reply(recorder, "a:1personal-lukas")
     assert "Deskmate" in welcome.body["text"]
 
 
@@ -163,38 +156,27 @@ async def test_bad_input_gets_a_clear_answer_and_nothing_breaks(chat_server, rec
         attachments=[{"contentType": "image/png", "contentUrl": "https://x/y.png"}],
     )
     await teams_post(chat_server.url, attachment_only)
-    note = await final_message(recorder, "a:files")
+    note = await teams_reply(recorder, "a:files")
     assert "only read text" in note.body["text"]
 
     huge = activity(VPN_QUESTION + " " + "y" * 50_000, service_url=recorder.url, conversation="a:huge")
     status, _, _ = await teams_post(chat_server.url, huge)
     assert status == 202
-    final = await final_message(recorder, "a:huge")
+    final = await teams_reply(recorder, "a:huge")
     assert "first 2,000 characters" in final.body["text"]
-    assert sent(recorder, "a:nouser") == []
+    assert teams_sent(recorder, "a:nouser") == []
     assert len(await wait_for_turns(chat_server, "teams", 1)) == 1
 
 
-async def test_with_an_app_id_unsigned_requests_are_rejected(
-    tmp_path,
-    example_store_url,
-    embedder,
-    redis_prefix,
-    recorder,
-) -> None:
-    settings = chat_settings(
-        tmp_path,
-        example_store_url,
-        redis_prefix,
-        recorder,
+async def test_with_an_app_id_unsigned_requests_are_rejected(serve_chat, recorder) -> None:
+    async with serve_chat(
         teams_app_id="6a0a8ef4-9cf1-4a36-9c5c-2b0a1d3d5f11",
         teams_app_password="not-a-real-secret",
         teams_tenant_id="tenant-1",
-    )
-    async with running_server(embedder, **settings) as server:
+    ) as server:
         body = activity(VPN_QUESTION, service_url=recorder.url)
         status, _, _ = await teams_post(server.url, body)
         assert status == 401
         status, _, _ = await teams_post(server.url, body, headers={"Authorization": "Bearer not-a-jwt"})
         assert status == 401
-    assert sent(recorder, "a:1personal-lukas") == []
+    assert teams_sent(recorder, "a:1personal-lukas") == []

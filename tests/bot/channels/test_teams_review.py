@@ -9,22 +9,22 @@ from typing import Any
 
 import pytest
 
-from tests.support.platforms import ANA, LUKAS, VPN_QUESTION, activity, teams_post, wait_for_turns
+from tests.support.platforms import (
+    ANA,
+    LUKAS,
+    VPN_QUESTION,
+    activity,
+    teams_messages,
+    teams_post,
+    teams_reply,
+    teams_sent,
+    wait_for_turns,
+)
 from tests.support.recorder import Call, Recorder
 from tests.support.server import RunningServer
 
 GROUP = "19:group@thread.v2"
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
-
-
-def sent(rec: Recorder, conversation: str) -> list[Call]:
-    return [
-        c for c in rec.calls if c.method == "POST" and c.path.startswith(f"/v3/conversations/{conversation}/activities")
-    ]
-
-
-def messages(rec: Recorder, conversation: str) -> list[Call]:
-    return [c for c in sent(rec, conversation) if c.body.get("type") == "message"]
 
 
 async def ask(server: RunningServer, rec: Recorder, *, kind: str = "groupChat") -> tuple[Call, str]:
@@ -33,7 +33,7 @@ async def ask(server: RunningServer, rec: Recorder, *, kind: str = "groupChat") 
     status, _, _ = await teams_post(server.url, body)
     assert status == 202
     conversation = body["conversation"]["id"]
-    answer = await rec.wait_for(lambda calls: next(iter(messages(rec, conversation)), None))
+    answer = await teams_reply(rec, conversation)
     [turn] = [t for t in await wait_for_turns(server, "teams", 1) if t.thread_id == conversation]
     return answer, turn.id
 
@@ -141,7 +141,7 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(
     [save] = form["actions"]
     assert save["type"] == "Action.Submit" and save["data"]["turn_id"] == turn_id
 
-    before = len(messages(recorder, GROUP))
+    before = len(teams_messages(recorder, GROUP))
     corrected = "Reset it at https://vpn.northwind.example/reset, then reconnect the client."
     status, text, _ = await teams_post(
         lead_server.url,
@@ -163,7 +163,7 @@ async def test_a_lead_reviews_an_answer_and_the_correction_is_posted(
     )
     assert (await lead_server.deskmate.ledger.get_turn(turn_id)).reviewed is True
 
-    posted = messages(recorder, GROUP)[before:]
+    posted = teams_messages(recorder, GROUP)[before:]
     assert len(posted) == 1
     assert posted[0].body["text"].startswith("Correction from a support lead:") and corrected in posted[0].body["text"]
     assert answer.returned_id != posted[0].returned_id
@@ -174,21 +174,21 @@ async def test_an_unchanged_correction_is_neither_stored_nor_posted(
 ) -> None:
     _, turn_id = await ask(lead_server, recorder)
     recorded = (await lead_server.deskmate.ledger.get_turn(turn_id)).answer
-    before = len(messages(recorder, GROUP))
+    before = len(teams_messages(recorder, GROUP))
     status, text, _ = await teams_post(
         lead_server.url, task_submit(recorder, turn_id, score="5", verdict="correct", correction=recorded)
     )
     assert status == 200 and json.loads(text)["task"]["value"].startswith("Saved:")
     [rating] = await lead_server.deskmate.ledger.ratings_of(turn_id)
     assert (rating.score, rating.correction) == (5, None)
-    assert len(messages(recorder, GROUP)) == before
+    assert len(teams_messages(recorder, GROUP)) == before
 
 
 async def test_a_correction_is_posted_only_when_asked_and_only_where_the_answer_was(
     lead_server: RunningServer, recorder: Recorder
 ) -> None:
     _, turn_id = await ask(lead_server, recorder)
-    before = len(messages(recorder, GROUP))
+    before = len(teams_messages(recorder, GROUP))
     status, text, _ = await teams_post(
         lead_server.url,
         task_submit(
@@ -215,7 +215,7 @@ async def test_a_correction_is_posted_only_when_asked_and_only_where_the_answer_
         "Use the self-service portal instead.",
         "Use the portal.",
     ]
-    assert len(messages(recorder, GROUP)) == before and sent(recorder, "a:1personal-ana") == []
+    assert len(teams_messages(recorder, GROUP)) == before and teams_sent(recorder, "a:1personal-ana") == []
 
 
 async def test_an_employee_cannot_open_the_review_form(lead_server: RunningServer, recorder: Recorder) -> None:
@@ -231,7 +231,7 @@ async def test_an_employee_cannot_open_the_review_form(lead_server: RunningServe
 
 async def test_a_forged_review_from_an_employee_is_refused(lead_server: RunningServer, recorder: Recorder) -> None:
     _, turn_id = await ask(lead_server, recorder)
-    before = len(messages(recorder, GROUP))
+    before = len(teams_messages(recorder, GROUP))
     status, text, _ = await teams_post(
         lead_server.url,
         task_submit(
@@ -248,7 +248,7 @@ async def test_a_forged_review_from_an_employee_is_refused(lead_server: RunningS
     task = json.loads(text)["task"]
     assert task == {"type": "message", "value": "Only support leads and admins can review answers."}
     assert await lead_server.deskmate.ledger.ratings_of(turn_id) == []
-    assert len(messages(recorder, GROUP)) == before
+    assert len(teams_messages(recorder, GROUP)) == before
 
 
 @pytest.mark.parametrize(
@@ -264,14 +264,14 @@ async def test_bad_review_input_is_refused_and_nothing_is_stored(
     lead_server: RunningServer, recorder: Recorder, field: str, value: str, refusal: str
 ) -> None:
     _, turn_id = await ask(lead_server, recorder)
-    before = len(messages(recorder, GROUP))
+    before = len(teams_messages(recorder, GROUP))
     form = {"score": "4", "verdict": "correct", "note": "ok", field: value}
     status, text, _ = await teams_post(lead_server.url, task_submit(recorder, turn_id, **form))
     assert status == 200
     task = json.loads(text)["task"]
     assert task["type"] == "message" and refusal in task["value"]
     assert await lead_server.deskmate.ledger.ratings_of(turn_id) == []
-    assert len(messages(recorder, GROUP)) == before
+    assert len(teams_messages(recorder, GROUP)) == before
 
 
 async def test_an_unknown_turn_is_said_to_be_unknown(lead_server: RunningServer, recorder: Recorder) -> None:

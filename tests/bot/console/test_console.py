@@ -142,11 +142,10 @@ async def test_bad_ratings_and_forged_forms_write_nothing(console_server) -> Non
     assert await console_server.deskmate.ledger.ratings_of(turn_id) == []
 
 
-async def test_export_and_pseudonyms(tmp_path, example_store_url, embedder, redis_prefix) -> None:
+async def test_export_and_pseudonyms(tmp_path, serve_console) -> None:
     from tests.support.console import seed
 
-    settings = console_settings(tmp_path, example_store_url, redis_prefix, console_pseudonymous=True)
-    async with running_server(embedder, **settings) as server:
+    async with serve_console(console_pseudonymous=True) as server:
         ids = await seed(server)
         await server.deskmate.ledger.record_feedback(
             ids[0],
@@ -181,25 +180,20 @@ async def test_export_and_pseudonyms(tmp_path, example_store_url, embedder, redi
             ["export", "ratings", "--out", str(out)],
             cwd=tmp_path,
             DESKMATE_DATA_DIR=str(tmp_path),
-            DESKMATE_LEDGER_URL=str(settings["ledger_url"]),
+            DESKMATE_LEDGER_URL=server.settings.ledger_url,
         )
         assert done.returncode == 0, done.stderr
         assert "2 rated turns" in done.stdout
         assert {json.loads(line)["turn_id"] for line in out.read_text().splitlines()} == {ids[0], ids[1]}
 
 
-async def test_behind_an_sso_proxy_the_header_decides(tmp_path, example_store_url, embedder, redis_prefix) -> None:
+async def test_behind_an_sso_proxy_the_header_decides(tmp_path, serve_console) -> None:
     roles = tmp_path / "roles.yaml"
     roles.write_text("leads:\n  entra_groups: [6f1c0a2e-support-leads]\n")
-    settings = console_settings(
-        tmp_path,
-        example_store_url,
-        redis_prefix,
-        roles_file=roles,
-        console_auth_header="X-Forwarded-Email",
-        console_groups_header="X-Forwarded-Groups",
+    proxied = serve_console(
+        roles_file=roles, console_auth_header="X-Forwarded-Email", console_groups_header="X-Forwarded-Groups"
     )
-    async with running_server(embedder, **settings) as server, aiohttp.ClientSession() as http:
+    async with proxied as server, aiohttp.ClientSession() as http:
         grouped = {"X-Forwarded-Email": "someone@northwind.example", "X-Forwarded-Groups": "x, 6F1C0A2E-support-leads"}
         async with http.get(server.url + "/console/queue", headers=grouped) as r:
             assert r.status == 200 and "support lead" in await r.text()
@@ -209,14 +203,12 @@ async def test_behind_an_sso_proxy_the_header_decides(tmp_path, example_store_ur
             assert r.status == 302  # no header, no session: sign in
 
 
-async def test_forget_removes_a_person_everywhere(tmp_path, private_store_url, embedder, redis_prefix) -> None:
+async def test_forget_removes_a_person_everywhere(private_store_url, serve_console) -> None:
     from bot.feedback.forget import forget
     from tests.support.console import seed
 
     # A private store copy: forgetting deletes from the store, which other tests share.
-    async with running_server(
-        embedder, **console_settings(tmp_path, private_store_url, redis_prefix)
-    ) as console_server:
+    async with serve_console(store_url=private_store_url) as console_server:
         ids = await seed(console_server)
         deskmate = console_server.deskmate
         turn_id = ids[0]

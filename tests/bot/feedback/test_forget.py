@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -15,7 +14,7 @@ from bot.deskmate import Records
 from bot.feedback.export import rated_turns, to_jsonl
 from bot.feedback.forget import cache_keys_of, forget, purge_cache
 from bot.ledger.ledger import Ledger
-from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
+from bot.ledger.rows import TurnEnd, TurnStart
 from bot.ledger.tombstones import ForgottenTurn, user_tag
 from bot.replicas import keep_alive
 from bot.settings import Settings
@@ -26,6 +25,7 @@ from finetune.registry import REQUIRED, Registry, new_name
 from retrieval.cache import MemoryCache
 from retrieval.embeddings import Embedder
 from tests.support.services import missing_pg_database
+from tests.support.turns import new_turn
 
 ANA = "ana.ribeiro@northwind.example"
 MIGUEL = "miguel.santos@northwind.example"
@@ -41,17 +41,7 @@ QUESTIONS = [
 
 
 def start(user_key: str, question: str, thread: str = "t1") -> TurnStart:
-    turn_id, ref = new_turn_ids()
-    return TurnStart(
-        id=turn_id,
-        reference=ref,
-        created_at=datetime.now(UTC),
-        platform="web",
-        user_key=user_key,
-        question=question,
-        channel="web",
-        thread_id=thread,
-    )
+    return new_turn(question, user_key=user_key, channel="web", thread_id=thread)
 
 
 def served(question: str) -> TurnEnd:

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from bot.feedback.ratings import Rating, RatingRefused, submit
 from bot.feedback.roles import Role, Roles
 from bot.ledger.ledger import Ledger
-from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
+from bot.ledger.rows import TurnEnd, TurnStart
+from tests.support.turns import new_turn
 
 OWNER = "lukas.becker@northwind.example"
 
 
 def turn_start(user: str = OWNER) -> TurnStart:
-    turn_id, ref = new_turn_ids()
-    return TurnStart(
-        id=turn_id,
-        reference=ref,
-        created_at=datetime.now(UTC),
-        platform="slack",
-        user_key=user,
-        question="How do I reset my VPN password?",
-        channel="C1",
-        thread_id="t",
-    )
+    return new_turn("How do I reset my VPN password?", user_key=user, platform="slack", channel="C1", thread_id="t")
 
 
 async def test_what_each_role_may_give(ledger: Ledger) -> None:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bot.ledger.ledger import Ledger
-from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
+from bot.ledger.rows import TurnEnd, TurnStart
+from tests.support.turns import new_turn
 
 
 def start(question: str = "how do I reset my VPN password?") -> TurnStart:
-    turn_id, ref = new_turn_ids()
-    return TurnStart(
-        id=turn_id,
-        reference=ref,
-        created_at=datetime.now(UTC),
-        platform="web",
-        user_key="ana.ribeiro@northwind.example",
-        question=question,
-        channel="web",
-        thread_id="t1",
-        groups=["hr"],
-    )
+    return new_turn(question, user_key="ana.ribeiro@northwind.example", channel="web", thread_id="t1", groups=["hr"])
 
 
 async def test_turn_is_recorded_before_and_after_generation(ledger: Ledger) -> None:

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 
 from bot.ledger.failures import write_failure
 from bot.ledger.ledger import Ledger
-from bot.ledger.rows import TurnEnd, TurnRow, TurnStart, new_turn_ids
+from bot.ledger.rows import TurnEnd, TurnRow, TurnStart
 from tests.support.services import fresh_pg_database, missing_pg_database
+from tests.support.turns import new_turn
 
 # The shape of the ids in Microsoft's Bot Framework examples of a personal (1:1) Teams chat:
 # "a:1" and base64url characters, 131 in all.
@@ -25,15 +25,11 @@ TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 
 def teams_turn(question: str = "how do I reset my VPN password?") -> TurnStart:
-    turn_id, ref = new_turn_ids()
-    return TurnStart(
-        id=turn_id,
-        reference=ref,
-        created_at=datetime.now(UTC),
-        platform="teams",
+    return new_turn(
+        question,
         user_key="ana.ribeiro@northwind.example",
+        platform="teams",
         user_name="Ana Ribeiro",
-        question=question,
         workspace=TENANT,
         channel=TEAMS_PERSONAL_CHAT,
         thread_id=TEAMS_PERSONAL_CHAT,

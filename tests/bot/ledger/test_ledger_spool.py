@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.ledger.ledger import Ledger
-from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
+from bot.ledger.rows import TurnEnd, TurnStart
 from tests.support.services import REPO, missing_pg_database
+from tests.support.turns import new_turn
 
 # A `deskmate` process of its own (a CLI, another replica) writing a turn while PostgreSQL is
 # away, alive until its stdin closes.
@@ -38,17 +39,7 @@ asyncio.run(main())
 
 
 def start(question: str) -> TurnStart:
-    turn_id, ref = new_turn_ids()
-    return TurnStart(
-        id=turn_id,
-        reference=ref,
-        created_at=datetime.now(UTC),
-        platform="web",
-        user_key="ana.ribeiro@northwind.example",
-        question=question,
-        channel="web",
-        thread_id="t1",
-    )
+    return new_turn(question, user_key="ana.ribeiro@northwind.example", channel="web", thread_id="t1")
 
 
 async def test_a_spool_is_adopted_only_once_its_process_is_gone(tmp_path: Path) -> None:

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.training import jobs
-from tests.support.platforms import ANA, COMMAND, activity, chat_settings, slack_form, teams_post
+from tests.support.platforms import ANA, COMMAND, activity, slack_form, teams_post, teams_reply
 from tests.support.recorder import Recorder
-from tests.support.server import RunningServer, running_server
+from tests.support.server import RunningServer, ServerFactory
 
 
 @pytest.fixture
-async def admin_server(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str, recorder: Recorder
-) -> AsyncIterator[RunningServer]:
+async def admin_server(serve_chat: ServerFactory) -> AsyncIterator[RunningServer]:
     """Ana (U2 in Slack, 29:ana in Teams) is an admin by her email; Lukas an employee."""
-    settings = chat_settings(tmp_path, example_store_url, redis_prefix, recorder, admins=[ANA])
-    async with running_server(embedder, **settings) as running:
+    async with serve_chat(admins=[ANA]) as running:
         yield running
 
 
@@ -80,16 +75,7 @@ async def test_teams_retrain_is_for_admins(admin_server, recorder) -> None:
     body = activity("retrain", service_url=recorder.url)
     status, _, _ = await teams_post(admin_server.url, body)
     assert status == 202
-    reply = await recorder.wait_for(
-        lambda calls: next(
-            (
-                c
-                for c in calls
-                if c.method == "POST" and "a:1personal-lukas" in c.path and c.body.get("type") == "message"
-            ),
-            None,
-        )
-    )
+    reply = await teams_reply(recorder, "a:1personal-lukas")
     assert "Only admins" in reply.body["text"]
     assert await jobs.list_jobs(admin_server.deskmate.ledger) == []
 
@@ -98,15 +84,6 @@ async def test_teams_retrain_is_for_admins(admin_server, recorder) -> None:
     )
     status, _, _ = await teams_post(admin_server.url, body)
     assert status == 202
-    reply = await recorder.wait_for(
-        lambda calls: next(
-            (
-                c
-                for c in calls
-                if c.method == "POST" and "a:1personal-ana" in c.path and c.body.get("type") == "message"
-            ),
-            None,
-        )
-    )
+    reply = await teams_reply(recorder, "a:1personal-ana")
     assert "No adapters yet" in reply.body["text"]
     assert not await admin_server.deskmate.ledger.recent_turns(10)  # commands are not questions

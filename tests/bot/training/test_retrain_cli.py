@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from bot.ledger.ledger import Ledger
 from bot.training import jobs
 from tests.support.cli import deskmate_from_async
-from tests.support.console import ADMIN, console_settings, seed
-from tests.support.server import running_server
+from tests.support.console import ADMIN, seed
+from tests.support.server import ServerFactory
 
 
 async def test_a_dry_run_builds_the_dataset_from_the_ledger(
-    tmp_path: Path, example_store_url: str, embedder: Any, redis_prefix: str
+    tmp_path: Path, example_store_url: str, serve_console: ServerFactory
 ) -> None:
-    settings = console_settings(tmp_path, example_store_url, redis_prefix)
-    async with running_server(embedder, **settings) as server:
+    async with serve_console() as server:
         ids = await seed(server)
         await server.deskmate.ledger.record_feedback(
             ids[0],
@@ -30,7 +28,7 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(
         )
     env = {
         "DESKMATE_DATA_DIR": str(tmp_path),
-        "DESKMATE_LEDGER_URL": str(settings["ledger_url"]),
+        "DESKMATE_LEDGER_URL": server.settings.ledger_url,
         "DESKMATE_STORE_URL": example_store_url,
         "DESKMATE_GENERATOR_URL": "echo://",
     }
@@ -52,7 +50,7 @@ async def test_a_dry_run_builds_the_dataset_from_the_ledger(
     assert "training set built: " in done.stdout
 
     # One retraining at a time, whoever started the other one.
-    ledger = Ledger(str(settings["ledger_url"]), tmp_path / "spool.jsonl")
+    ledger = Ledger(env["DESKMATE_LEDGER_URL"], tmp_path / "spool.jsonl")
     running = await jobs.create_job(ledger, "retrain", "someone@northwind.example", {})
     refused = await deskmate_from_async(["retrain"], cwd=tmp_path, **env)
     assert refused.returncode == 1 and "Not started" in refused.stderr and running.id[:8] in refused.stderr
