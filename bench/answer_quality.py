@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,23 @@ def references(question: dict[str, Any]) -> list[str]:
     return [r if isinstance(r, str) else str(r.get("text", "")) for r in refs if r]
 
 
+def answerability(question: dict[str, Any]) -> str:
+    """The turn's label, upper-case: MTRAG writes it as a list (`["UNANSWERABLE"]`), other sets
+    as a string or not at all (""). Read as a string, the list never matched: before this, no
+    MTRAG turn counted as unanswerable and those turns were scored against their references."""
+    value = question.get("answerability") or ""
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value).strip().upper()
+
+
 def unanswerable(question: dict[str, Any]) -> bool:
-    return str(question.get("answerability", "")).upper().startswith("UNANSWERABLE")
+    return answerability(question) == "UNANSWERABLE"
+
+
+def answerable(question: dict[str, Any]) -> bool:
+    """A turn whose documents hold the answer: labelled so, or a set without labels."""
+    return answerability(question) in ("", "ANSWERABLE")
 
 
 async def answer_all(args: argparse.Namespace, questions: list[dict], generator: Generator) -> dict:
@@ -65,7 +81,9 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
                     "f1": best_of(token_f1, answer.text, refs) if refs else None,
                     "rouge_l": best_of(rouge_l, answer.text, refs) if refs else None,
                     "cites_gold": bool(gold & {s.doc_id for s in answer.sources}) if gold else None,
+                    "answerability": answerability(q) or "ANSWERABLE",
                     "unanswerable": unanswerable(q),
+                    "answerable": answerable(q),
                 }
             )
             if i % 10 == 0:
@@ -73,6 +91,7 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
     scored = [r for r in rows if r["f1"] is not None and not r["unanswerable"]]
     with_gold = [r for r in rows if r["cites_gold"] is not None]
     unans = [r for r in rows if r["unanswerable"]]
+    answerable_rows = [r for r in rows if r["answerable"]]
     mean = lambda xs: round(statistics.fmean(xs), 4) if xs else None
     return {
         "questions": len(rows),
@@ -81,6 +100,8 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
         "gold_citation_rate": mean([float(r["cites_gold"]) for r in with_gold]),
         "unknown_rate_answerable": mean([float(r["outcome"] == "unknown") for r in scored]),
         "unknown_rate_unanswerable": mean([float(r["outcome"] == "unknown") for r in unans]),
+        "answered_rate_answerable": mean([float(r["outcome"] == "answered") for r in answerable_rows]),
+        "turns_by_answerability": dict(Counter(r["answerability"] for r in rows)),
         "seconds": round(time.perf_counter() - started, 1),
         "answers": rows[: args.keep_answers],
     }
@@ -123,7 +144,7 @@ def main() -> None:
     args = build_parser().parse_args()
     result = asyncio.run(run(args))
     print_table(
-        ["setup", "questions", "token F1", "ROUGE-L", "gold cited", "IDK (unanswerable)"],
+        ["setup", "questions", "token F1", "ROUGE-L", "gold cited", "IDK (unanswerable)", "answered (answerable)"],
         [
             [
                 result["setup"],
@@ -132,6 +153,7 @@ def main() -> None:
                 result["rouge_l"],
                 result["gold_citation_rate"],
                 result["unknown_rate_unanswerable"],
+                result["answered_rate_answerable"],
             ]
         ],
     )
