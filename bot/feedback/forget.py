@@ -38,7 +38,6 @@ from bot.ledger.rows import ReplicaRow
 from bot.ledger.tombstones import USER_TAG_CHARS, ForgottenTurn, Tombstone, concerns, key_hash, person_hash
 from bot.replicas import stale_window
 from retrieval.cache import Cache, MemoryCache
-from retrieval.users import user_key
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +48,14 @@ UNTRAINABLE = (
 
 
 def user_key_of(user: str) -> str:
-    """The key the ledger holds for what an admin typed: an email, or `platform:id`, made the
-    way every face makes it (retrieval.users.user_key); anything else as typed, lower-cased."""
+    """The key the ledger holds for what an admin typed: a lower-cased email, or `platform:id`
+    with the platform's id as the platform spells it (retrieval.users.user_key). Whatever else
+    is typed is looked up as typed, never refused: forgetting must not fail on a stray colon."""
     user = user.strip()
-    platform, colon, rest = user.partition(":")
-    if "@" in user or not (colon and rest.strip()):
+    if "@" in user:
         return user.lower()
-    return user_key(platform=platform, platform_id=rest)
+    platform, colon, rest = user.partition(":")
+    return f"{platform.lower()}{colon}{rest.strip()}"
 
 
 def cache_keys_of(user_key: str) -> Callable[[list[ForgottenTurn]], list[str]]:

@@ -255,8 +255,10 @@ class SlackChannel:
         event_id = body.get("event_id")
         if not event_id:
             return True
-        retry = request.headers.get("x-slack-retry-num") if request is not None else None
-        redelivery = bool(retry) and str(retry)[0] not in ("", "0")
+        values = request.headers.get("x-slack-retry-num") if request is not None else None
+        # Bolt gives each header as a list of values ("0" marks Socket Mode's first delivery).
+        retry = values[0] if isinstance(values, list | tuple) and values else values or ""
+        redelivery = str(retry) not in ("", "0")
         if await first_time(self.deskmate.retrieval.cache, f"slack:{event_id}", redelivery=redelivery):
             return True
         log.info("slack.duplicate_event event_id=%s", event_id)
