@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,30 +159,27 @@ MIGRATING = asyncio.Lock()
 
 
 @contextlib.asynccontextmanager
-async def corpus_orchestrator(
-    args: argparse.Namespace, generator: Any, *, use_retrieval: bool = True
-) -> AsyncIterator[tuple[Any, Any]]:
-    """The real orchestrator over `args.corpus` (ingested into a fresh embedded store with
-    `args.chunk_size` / `args.chunk_overlap` and the `args.model` embedder) and a migrated SQLite
-    ledger, both in a temporary folder, with no rate limit, answer cache or history: yields
-    (orchestrator, ledger) and closes both stores after."""
+async def bench_orchestrator(
+    args: argparse.Namespace,
+    generator: Any,
+    fill: Callable[[Any, Any], Awaitable[None]],
+    *,
+    use_retrieval: bool = True,
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """The real orchestrator over a fresh embedded store that `fill(store, embedder)` fills (with
+    the `args.model` embedder), and a migrated SQLite ledger, both in a temporary folder, with no
+    rate limit, answer cache or history: yields (orchestrator, ledger, store), closed after."""
     from bot.answering.orchestrator import Orchestrator, TurnPolicy
     from bot.ledger.ledger import Ledger
     from retrieval.backends import open_store
     from retrieval.cache import MemoryCache
-    from retrieval.chunking import ChunkingConfig, Document
     from retrieval.embeddings import Embedder
-    from retrieval.ingest import Ingestor
     from retrieval.search import Searcher
 
     embedder = Embedder(args.model or "")
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
-        docs = [
-            Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in read_jsonl(args.corpus)
-        ]
-        chunking = ChunkingConfig(args.chunk_size, args.chunk_overlap)
-        await Ingestor(store, embedder, chunking=chunking).ingest_documents(docs, finish=True)
+        await fill(store, embedder)
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
         async with MIGRATING:
             await ledger.migrate()
@@ -196,7 +193,27 @@ async def corpus_orchestrator(
             context_passages=args.passages,
         )
         try:
-            yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger
+            yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger, store
         finally:
             await ledger.close()
             await store.close()
+
+
+@contextlib.asynccontextmanager
+async def corpus_orchestrator(
+    args: argparse.Namespace, generator: Any, *, use_retrieval: bool = True
+) -> AsyncIterator[tuple[Any, Any]]:
+    """`bench_orchestrator` over `args.corpus`, ingested with `args.chunk_size` /
+    `args.chunk_overlap`: yields (orchestrator, ledger)."""
+    from retrieval.chunking import ChunkingConfig, Document
+    from retrieval.ingest import Ingestor
+
+    async def ingest_corpus(store: Any, embedder: Any) -> None:
+        docs = [
+            Document(str(d["id"]), str(d.get("title") or ""), d["text"], kind="text") for d in read_jsonl(args.corpus)
+        ]
+        chunking = ChunkingConfig(args.chunk_size, args.chunk_overlap)
+        await Ingestor(store, embedder, chunking=chunking).ingest_documents(docs, finish=True)
+
+    async with bench_orchestrator(args, generator, ingest_corpus, use_retrieval=use_retrieval) as (bot, ledger, _):
+        yield bot, ledger

@@ -22,25 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import MIGRATING, REPO, print_table, read_jsonl, write_result
+from _common import REPO, bench_orchestrator, print_table, read_jsonl, write_result
 
 from bot.answering.generation import Generator, LlamaCppGenerator
 from bot.answering.messages import IncomingMessage
-from bot.answering.orchestrator import Orchestrator, TurnPolicy
-from bot.ledger.ledger import Ledger
 from finetune.model import base_gguf_path
-from retrieval.backends import open_store
-from retrieval.cache import MemoryCache
-from retrieval.embeddings import Embedder
 from retrieval.ingest import Ingestor
 from retrieval.records import UserProfile
-from retrieval.search import Searcher
 from retrieval.users import import_users, load_directory, profile_facts
 
 KB = REPO / "examples" / "kb"
@@ -86,75 +79,58 @@ def facts_used(pair: dict[str, Any], profile: UserProfile, message: IncomingMess
 
 
 async def answer_all(args: argparse.Namespace, pairs: list[dict[str, Any]], generator: Generator) -> list[dict]:
-    embedder = Embedder(args.model or "")
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
+    async def handbook(store: Any, embedder: Any) -> None:
         report = await Ingestor(store, embedder).ingest_path(KB)
         if not report.ok:
             raise SystemExit(f"the example handbook did not ingest: {report.failed}")
-        directory = load_directory(USERS)
-        await import_users(directory.profiles, store, embedder)
-        ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
-        async with MIGRATING:
-            await ledger.migrate()
-        cache = MemoryCache()
-        policy = TurnPolicy(
-            rate_limit_per_minute=0,
-            answer_cache_ttl=0,
-            history_turns=0,
-            max_answer_tokens=args.max_tokens,
-            context_passages=args.passages,
-        )
-        bot = Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy)
+        await import_users(load_directory(USERS).profiles, store, embedder)
+
+    async with bench_orchestrator(args, generator, handbook) as (bot, ledger, store):
         rows = []
         started = time.perf_counter()
-        try:
-            for i, pair in enumerate(pairs, start=1):
-                profile = await store.get_user(pair["user"].strip().lower())
-                if profile is None:
-                    raise SystemExit(f"{pair['id']}: {pair['user']} is not in {USERS}")
-                # As the channels build it (bot/channels/web.py, common.find_person): a private chat.
-                message = IncomingMessage(
-                    platform="bench",
-                    user_key=profile.key,
-                    user_name=profile.name,
-                    text=pair["question"],
-                    channel="bench",
-                    thread_id=pair["id"],
-                    groups=profile.groups,
-                    private=True,
-                )
-                answer = await bot.ask(message)
-                turn = await ledger.get_turn(answer.turn_id)
-                prompt_facts = list(turn.user_facts or []) if turn else []
-                retrieved = [c.get("doc_id") for c in (turn.retrieved or [])] if turn else []
-                cited = [s.doc_id for s in answer.sources]
-                rows.append(
-                    {
-                        "id": pair["id"],
-                        "topic": pair["topic"],
-                        "user": profile.key,
-                        "question": pair["question"],
-                        "expect": pair["expect"],
-                        "fact": pair["fact"],
-                        "doc_id": pair["doc_id"],
-                        "outcome": answer.outcome,
-                        "answer": answer.text,
-                        "cited": cited,
-                        "retrieved": retrieved,
-                        "user_facts": prompt_facts,
-                        "fact_present": contains_all(answer.text, pair["expect"]),
-                        "cites_gold": pair["doc_id"] in cited,
-                        "retrieved_gold": pair["doc_id"] in retrieved,
-                        "facts_used": facts_used(pair, profile, message, prompt_facts),
-                        "seconds": round(turn.latency_ms.get("total", 0) / 1000, 2) if turn else None,
-                    }
-                )
-                if i % 10 == 0:
-                    print(f"  {i}/{len(pairs)} answered ({time.perf_counter() - started:.0f} s)", flush=True)
-        finally:
-            await ledger.close()
-            await store.close()
+        for i, pair in enumerate(pairs, start=1):
+            profile = await store.get_user(pair["user"].strip().lower())
+            if profile is None:
+                raise SystemExit(f"{pair['id']}: {pair['user']} is not in {USERS}")
+            # As the channels build it (bot/channels/web.py, common.find_person): a private chat.
+            message = IncomingMessage(
+                platform="bench",
+                user_key=profile.key,
+                user_name=profile.name,
+                text=pair["question"],
+                channel="bench",
+                thread_id=pair["id"],
+                groups=profile.groups,
+                private=True,
+            )
+            answer = await bot.ask(message)
+            turn = await ledger.get_turn(answer.turn_id)
+            prompt_facts = list(turn.user_facts or []) if turn else []
+            retrieved = [c.get("doc_id") for c in (turn.retrieved or [])] if turn else []
+            cited = [s.doc_id for s in answer.sources]
+            rows.append(
+                {
+                    "id": pair["id"],
+                    "topic": pair["topic"],
+                    "user": profile.key,
+                    "question": pair["question"],
+                    "expect": pair["expect"],
+                    "fact": pair["fact"],
+                    "doc_id": pair["doc_id"],
+                    "outcome": answer.outcome,
+                    "answer": answer.text,
+                    "cited": cited,
+                    "retrieved": retrieved,
+                    "user_facts": prompt_facts,
+                    "fact_present": contains_all(answer.text, pair["expect"]),
+                    "cites_gold": pair["doc_id"] in cited,
+                    "retrieved_gold": pair["doc_id"] in retrieved,
+                    "facts_used": facts_used(pair, profile, message, prompt_facts),
+                    "seconds": round(turn.latency_ms.get("total", 0) / 1000, 2) if turn else None,
+                }
+            )
+            if i % 10 == 0:
+                print(f"  {i}/{len(pairs)} answered ({time.perf_counter() - started:.0f} s)", flush=True)
     mark_other_askers(rows)
     return rows
 

@@ -26,7 +26,6 @@ from bot.feedback.forget import forget as forget_person
 from bot.feedback.roles import roles_from_settings
 from bot.ledger.filters import Filters
 from bot.ledger.ledger import Ledger
-from bot.server import build_ops_app, build_web_app
 from bot.settings import Settings
 from bot.training import jobs
 from bot.training.adapters import (
@@ -737,6 +736,8 @@ def serve(
     import signal
 
     from aiohttp import web
+
+    from bot.server import build_ops_app, build_web_app  # lazy: the Slack and Teams SDKs, for `serve` only
 
     settings = Settings()
     updates: dict[str, object] = {}

@@ -31,6 +31,11 @@ LEDGER_DEAD_LETTER_ROWS = Gauge(
 FORGOTTEN_PURGES = Counter(
     "deskmate_forgotten_purges_total", "Forget requests (ledger tombstones) this replica has applied to its own cache."
 )
+REPLICA_HEARTBEATS = Counter(
+    "deskmate_replica_heartbeats_total",
+    "This replica's heartbeats: `ok` (written to the ledger) or `skipped` (the ledger did not take it; retried next beat).",
+    ["result"],
+)
 REPLICA_SWEEPS = Counter(
     "deskmate_replica_sweeps_total",
     "Finished passes of this replica's sweep for turns a dead replica left unfinished (one an interval once healthy).",

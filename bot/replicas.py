@@ -194,10 +194,12 @@ async def keep_alive(
                     # gone process left (the ping adopts its files)
                     await ledger.ping()
                 await heartbeat(ledger)
+                metrics.REPLICA_HEARTBEATS.labels("ok").inc()
                 if not healthy_since:
                     healthy_since.append(loop.time())
             except Exception as exc:  # noqa: BLE001 (an outage only skips beats)
                 healthy_since.clear()
+                metrics.REPLICA_HEARTBEATS.labels("skipped").inc()
                 log.info("replica.heartbeat_skipped error=%s", type(exc).__name__)
             if forgotten is not None and healthy_since:
                 try:

@@ -331,7 +331,8 @@ async def test_a_replica_started_before_redis_and_postgresql_waits_and_reports_n
             replica = await cluster.serve("early")
             status, body = await readiness(replica.url)
             assert status == 503 and not body["parts"]["cache"]["ok"] and not body["parts"]["ledger"]["ok"]
-            await asyncio.sleep(3)
+            # It lives through its own retries: two heartbeats the absent ledger did not take.
+            await wait_for_remote_counter(replica.url, "deskmate_replica_heartbeats", 2, result="skipped")
             assert replica.alive(), replica.output()
             await redis.start()
             await postgres.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from prometheus_client import REGISTRY
@@ -19,11 +20,21 @@ def counter(name: str, **labels: str) -> float:
 
 async def wait_for_counter(name: str, at_least: float, timeout: float = 15.0, **labels: str) -> None:
     """Until the counter reaches `at_least`; an AssertionError after `timeout` seconds."""
+
+    async def now() -> float:
+        return counter(name, **labels)
+
+    await _wait_until(now, at_least, timeout, f"{name}{labels}", every=0.02)
+
+
+async def _wait_until(
+    read: Callable[[], Awaitable[float]], at_least: float, timeout: float, what: str, every: float
+) -> None:
     deadline = time.monotonic() + timeout
-    while counter(name, **labels) < at_least:
+    while (value := await read()) < at_least:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} stayed at {counter(name, **labels)}, not {at_least}")
-        await asyncio.sleep(0.02)
+            raise AssertionError(f"{what} stayed at {value}, not {at_least}")
+        await asyncio.sleep(every)
 
 
 async def remote_counter(url: str, name: str, **labels: str) -> float:
@@ -40,8 +51,8 @@ async def remote_counter(url: str, name: str, **labels: str) -> float:
 
 async def wait_for_remote_counter(url: str, name: str, at_least: float, timeout: float = 30.0, **labels: str) -> None:
     """Until another process's counter reaches `at_least`; an AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while (value := await remote_counter(url, name, **labels)) < at_least:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} at {url} stayed at {value}, not {at_least}")
-        await asyncio.sleep(0.1)
+
+    async def now() -> float:
+        return await remote_counter(url, name, **labels)
+
+    await _wait_until(now, at_least, timeout, f"{name}{labels} at {url}", every=0.1)

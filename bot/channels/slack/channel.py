@@ -61,7 +61,7 @@ from bot.deskmate import Deskmate
 from bot.feedback.ratings import CORRECTION_PREFIX, LEADS_ONLY, NOT_ON_RECORD, Rating, RatingRefused, submit
 from bot.feedback.roles import Role
 from bot.ledger.rows import TurnRow
-from bot.training import commands as admin
+from bot.training import commands
 
 log = logging.getLogger(__name__)
 
@@ -744,7 +744,7 @@ class SlackChannel:
         """Retraining and adapters for admins (the role is checked here, after the ack)."""
 
         person, role = await self._rater(command.get("team_id", ""), command.get("user_id", ""))
-        reply = await admin.command(self.deskmate, person.key, role, words)
+        reply = await commands.command(self.deskmate, person.key, role, words)
         await respond(text=reply, response_type="ephemeral", replace_original=False)
 
     async def _answer_privately(self, where: Where, text: str, respond: Any) -> None:

@@ -65,7 +65,7 @@ from bot.exposure import allowed_authorities, refusal
 from bot.feedback.ratings import LEADS_ONLY, NOT_ON_RECORD, Rating, RatingRefused, submit
 from bot.feedback.roles import Role
 from bot.ledger.rows import TurnRow
-from bot.training import commands as admin
+from bot.training import commands
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class DeskmateTeamsBot(ActivityHandler):  # type: ignore[misc]  # botbuilder shi
         person = await self.person(turn_context)
         words = text.split()
         if words[0].lower() in ("retrain", "adapters") and len(words) <= 4:
-            reply = await admin.command(self.deskmate, person.key, self.role_of(person), words)
+            reply = await commands.command(self.deskmate, person.key, self.role_of(person), words)
             await turn_context.send_activity(MessageFactory.text(reply))
             return
         await self._remember_conversation(turn_context)
