@@ -152,6 +152,29 @@ def add_corpus_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--model", default="", help="embedding model")
     parser.add_argument("--chunk-size", type=int, default=800)
     parser.add_argument("--chunk-overlap", type=int, default=100)
+    add_answer_arguments(parser)
+
+
+def add_answer_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How the orchestrator answers (settings.answer_strategy and kin)."""
+    parser.add_argument("--strategy", choices=["auto", "quote", "generate"], default="auto")
+    parser.add_argument("--quote-passages", type=int, default=5)
+    parser.add_argument("--answerable-min", type=float, default=0.57, help="below it: 'the documents do not say'")
+
+
+def turn_support(turn: Any) -> dict[str, Any]:
+    """What the ledger recorded about an answer's sentences: how many made a claim, how many of
+    those the passages supported in what the model (or the quoting) first wrote, and in what was
+    sent after unsupported sentences were removed."""
+    support = list(getattr(turn, "support", None) or [])
+    claims = [s for s in support if s.get("claims", True)]
+    supported = sum(1 for s in claims if s.get("supported"))
+    return {
+        "strategy": getattr(turn, "strategy", ""),
+        "claims": len(claims),
+        "supported": supported,
+        "unsupported": len(claims) - supported,
+    }
 
 
 #: Alembic's migration context is process-global: ledgers in one process migrate one at a time.
@@ -176,14 +199,14 @@ async def bench_orchestrator(
     from retrieval.embeddings import Embedder
     from retrieval.search import Searcher
 
-    embedder = Embedder(args.model or "")
+    cache = MemoryCache()  # the embedder's too: passages' sentences come back turn after turn, as in production
+    embedder = Embedder(args.model or "", cache=cache)
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"lancedb://{tmp}/kb", dim=embedder.dim)
         await fill(store, embedder)
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db", Path(tmp) / "spool.jsonl")
         async with MIGRATING:
             await ledger.migrate()
-        cache = MemoryCache()
         policy = TurnPolicy(
             rate_limit_per_minute=0,
             answer_cache_ttl=0,
@@ -191,6 +214,9 @@ async def bench_orchestrator(
             use_retrieval=use_retrieval,
             max_answer_tokens=args.max_tokens,
             context_passages=args.passages,
+            answer_strategy=getattr(args, "strategy", "auto"),
+            quote_passages=getattr(args, "quote_passages", 5),
+            answerable_min=getattr(args, "answerable_min", 0.57),
         )
         try:
             yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger, store

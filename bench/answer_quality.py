@@ -29,6 +29,7 @@ from _common import (
     print_table,
     question_text,
     read_jsonl,
+    turn_support,
     write_result,
 )
 
@@ -65,7 +66,7 @@ def answerable(question: dict[str, Any]) -> bool:
 
 
 async def answer_all(args: argparse.Namespace, questions: list[dict], generator: Generator) -> dict:
-    async with corpus_orchestrator(args, generator, use_retrieval=not args.no_retrieval) as (bot, _):
+    async with corpus_orchestrator(args, generator, use_retrieval=not args.no_retrieval) as (bot, ledger):
         rows = []
         started = time.perf_counter()
         for i, q in enumerate(questions, start=1):
@@ -74,8 +75,12 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
             )
             refs = references(q)
             gold = set(gold_ids(q))
+            turn = await ledger.get_turn(answer.turn_id)
             rows.append(
                 {
+                    **turn_support(turn),
+                    "answerability_score": getattr(turn, "answerability", None),
+                    "confidence": getattr(turn, "confidence", None),
                     "answer": answer.text,
                     "outcome": answer.outcome,
                     "f1": best_of(token_f1, answer.text, refs) if refs else None,
@@ -102,9 +107,21 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
         "unknown_rate_unanswerable": mean([float(r["outcome"] == "unknown") for r in unans]),
         "answered_rate_answerable": mean([float(r["outcome"] == "answered") for r in answerable_rows]),
         "turns_by_answerability": dict(Counter(r["answerability"] for r in rows)),
+        # Of the sentences that make a claim: supported by the passages in what was first
+        # written (the model's hallucination rate, or the quoting's), and in what was sent.
+        "supported_written": _share(
+            sum(r["supported"] for r in rows if r["outcome"] == "answered"),
+            sum(r["claims"] for r in rows if r["outcome"] == "answered"),
+        ),
+        "answers_with_unsupported": mean([float(r["unsupported"] > 0) for r in rows if r["outcome"] == "answered"]),
+        "strategy": Counter(r["strategy"] for r in rows).most_common(1)[0][0] if rows else "",
         "seconds": round(time.perf_counter() - started, 1),
         "answers": rows[: args.keep_answers],
     }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 async def run(args: argparse.Namespace) -> dict:

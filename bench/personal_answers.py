@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, bench_orchestrator, print_table, read_jsonl, write_result
+from _common import REPO, add_answer_arguments, bench_orchestrator, print_table, read_jsonl, turn_support, write_result
 
 from bot.answering.generation import Generator, LlamaCppGenerator
 from bot.answering.messages import IncomingMessage
@@ -110,6 +110,7 @@ async def answer_all(args: argparse.Namespace, pairs: list[dict[str, Any]], gene
             cited = [s.doc_id for s in answer.sources]
             rows.append(
                 {
+                    **turn_support(turn),
                     "id": pair["id"],
                     "topic": pair["topic"],
                     "user": profile.key,
@@ -148,6 +149,7 @@ def mark_other_askers(rows: list[dict]) -> None:
 
 
 def summary(rows: list[dict]) -> dict[str, Any]:
+    claims = sum(r["claims"] for r in rows)
     rate = lambda key: round(statistics.fmean(float(bool(r[key])) for r in rows), 4) if rows else None
     return {
         "pairs": len(rows),
@@ -158,6 +160,7 @@ def summary(rows: list[dict]) -> dict[str, Any]:
         "retrieved_gold": rate("retrieved_gold"),
         "facts_used": rate("facts_used"),
         "unknown": round(statistics.fmean(float(r["outcome"] == "unknown") for r in rows), 4) if rows else None,
+        "supported_written": round(sum(r["supported"] for r in rows) / claims, 4) if claims else None,
     }
 
 
@@ -181,6 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "knowledge_base": str(KB.relative_to(REPO)),
         "users": str(USERS.relative_to(REPO)),
         "setup": ("fine-tuned" if args.adapter else "base") + " + RAG",
+        "strategy": args.strategy,
         "model": generator.model,
         "adapter": args.adapter or "",
         "passages": args.passages,
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--passages", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--model", default="", help="embedding model")
+    add_answer_arguments(parser)
     return parser
 
 

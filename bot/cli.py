@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,10 +22,12 @@ from bot.answering.messages import Delta, Done, IncomingMessage, Status
 from bot.console.auth import LOCAL_ADMIN, issue_token
 from bot.deskmate import Deskmate, Records, Retrieval
 from bot.exposure import Exposure, StartupRefused, exposure
+from bot.feedback.calibration import Calibration, labelled_scores
+from bot.feedback.calibration import calibrate as calibration_of
 from bot.feedback.export import csv_header, rated_turns, to_csv_row, to_jsonl
 from bot.feedback.forget import forget as forget_person
 from bot.feedback.roles import roles_from_settings
-from bot.ledger.filters import Filters
+from bot.ledger.filters import Filters, Support
 from bot.ledger.ledger import Ledger
 from bot.settings import Settings
 from bot.training import jobs
@@ -454,6 +457,9 @@ def export_ratings(
     until: Annotated[str | None, typer.Option(help="Up to and including this day.")] = None,
     platform: Annotated[PlatformName | None, typer.Option(help="Only turns asked on this platform.")] = None,
     verdict: Annotated[str | None, typer.Option(help="Only turns with this verdict.")] = None,
+    support: Annotated[
+        Support | None, typer.Option(help="Only answers with unsupported sentences, or only fully supported ones.")
+    ] = None,
 ) -> None:
     """Write the rated turns (what retraining reads): prompt as served, answer, correction,
     latest lead score and verdict, thumbs. No user identities."""
@@ -463,6 +469,7 @@ def export_ratings(
             "until": until or "",
             "platform": platform.value if platform else "",
             "verdict": verdict or "",
+            "support": support.value if support else "",
         }
     )
 
@@ -480,6 +487,43 @@ def export_ratings(
 
     count = _run_with(open_ledger, work)
     out.print(f"{count} rated turns written to {out_path}", highlight=False)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@app.command(epilog="Example: deskmate calibrate   ·   deskmate calibrate --answered 0.95 --json")
+def calibrate(
+    answered: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of approved answers that must still be answered.")
+    ] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Calibrate DESKMATE_ANSWERABLE_MIN on the turns leads rated: for each threshold, the share
+    of "should not answer" turns Deskmate would decline and of approved answers it would keep."""
+
+    async def work(ledger: Ledger) -> Calibration:
+        refuse, good = await labelled_scores(ledger)
+        return calibration_of(refuse, good, answered_target=answered)
+
+    result = _run_with(open_ledger, work)
+    if as_json:
+        out.print_json(data=asdict(result))
+        return
+    out.print(
+        f"{result.should_not_answer} turns rated 'should not answer', {result.good} approved answers "
+        f"(current threshold {Settings().answerable_min:.2f})",
+        highlight=False,
+    )
+    table = Table("threshold", "declined (should not answer)", "answered (approved)")
+    for point in result.points:
+        table.add_row(f"{point.threshold:.2f}", _share(point.declined), _share(point.answered))
+    out.print(table)
+    if result.recommended is None:
+        out.print("Not enough rated turns of both kinds to recommend a threshold.", highlight=False)
+    else:
+        out.print(f"Recommended: DESKMATE_ANSWERABLE_MIN={result.recommended:.2f}", highlight=False)
 
 
 @app.command(epilog="Example: deskmate retrain --dry-run   ·   deskmate retrain   ·   deskmate jobs list")

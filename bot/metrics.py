@@ -12,6 +12,10 @@ STAGE_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 ANSWER_CACHE_HITS = Counter("deskmate_answer_cache_hits_total", "Answers served from the answer cache.")
+UNSUPPORTED_SENTENCES = Counter(
+    "deskmate_unsupported_sentences_total",
+    "Answer sentences the passages did not support (removed before the answer was sent).",
+)
 ERRORS = Counter("deskmate_errors_total", "Failures by kind (generator, ledger, internal).", ["kind"])
 LEDGER_SPOOLED = Gauge("deskmate_ledger_spooled_writes", "Ledger writes waiting in the local spool.")
 LEDGER_REACHABLE = Gauge(

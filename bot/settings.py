@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     max_answer_tokens: int = Field(200, ge=16, le=2048)
     prompt_version: str = Field("v1", description="Prompt template version (bot/answering/prompts.py).")
     context_passages: int = Field(3, ge=1, le=10, description="Passages put in front of the model.")
+    answer_strategy: Literal["auto", "quote", "generate"] = Field(
+        "auto",
+        description="`quote`: the answer is the passages' own sentences and table rows, chosen for "
+        "the question and the asker (no model call). `generate`: the model writes it and every "
+        "sentence is checked against the passages. `auto`: `generate` while a fine-tuned adapter "
+        "is live, else `quote` (bot/answering/quoting.py says why).",
+    )
+    quote_passages: int = Field(5, ge=1, le=20, description="Passages a quoted answer chooses from.")
+    answerable_min: float = Field(
+        0.57,
+        ge=0.0,
+        le=1.0,
+        description="Below this answerability (0-1, bot/answering/answerability.py), Deskmate says the "
+        "documents do not answer the question instead of answering (bench/answer_quality.py measures it).",
+    )
     fallback_contact: str = Field(
         "the IT service desk (#it-help in Slack, or servicedesk@northwind.example)",
         description="Who to ask when the knowledge base does not cover a question.",

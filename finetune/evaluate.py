@@ -79,7 +79,9 @@ class Decision(TypedDict):
 def score_answers(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """Means over answered rows. Each row: `answer`, `reference` (lead's answer; '' for a turn
     that should not be answered), `outcome`, `cited` and `gold` (document ids),
-    `should_not_answer` (bool)."""
+    `should_not_answer` (bool), and optionally `claims` / `unsupported`: the sentences of the
+    written answer that make a claim, and how many of them the passages did not support
+    (bot/answering/grounding.py)."""
     scored = [r for r in rows if r.get("reference") and not r.get("should_not_answer")]
     with_gold = [r for r in scored if r.get("gold")]
     refuse = [r for r in rows if r.get("should_not_answer")]
@@ -93,7 +95,14 @@ def score_answers(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         "rouge_l": mean([rouge_l(r["answer"], r["reference"]) for r in scored]),
         "citation_rate": mean([float(bool(set(r["gold"]) & set(r.get("cited") or []))) for r in with_gold]),
         "declined_rate": mean([float(r.get("outcome") == "unknown") for r in refuse]),
+        "unsupported_share": _share(
+            sum(int(r.get("unsupported") or 0) for r in rows), sum(int(r.get("claims") or 0) for r in rows)
+        ),
     }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def guard_passed(guard: Mapping[str, Any], answer: str, cited: Sequence[str]) -> bool:
@@ -112,7 +121,9 @@ def decide(
     margin: float,
 ) -> Decision:
     """Promote only when the candidate beats the live adapter's token F1 by `margin`, handles
-    "should not answer" turns no worse, and gets right every guard the live one got right."""
+    "should not answer" turns no worse, writes no larger share of sentences the passages do not
+    support, and gets right every guard the live one got right. A model that is better on F1
+    but invents more is not better for the people reading its answers."""
     reasons: list[str] = []
     c_f1, l_f1 = candidate.get("token_f1"), live.get("token_f1")
     if c_f1 is None or l_f1 is None:
@@ -122,6 +133,9 @@ def decide(
     c_dec, l_dec = candidate.get("declined_rate"), live.get("declined_rate")
     if c_dec is not None and l_dec is not None and c_dec < l_dec:
         reasons.append(f"declines fewer should-not-answer turns ({c_dec:.2f} vs {l_dec:.2f})")
+    c_uns, l_uns = candidate.get("unsupported_share"), live.get("unsupported_share")
+    if c_uns is not None and l_uns is not None and c_uns > l_uns:
+        reasons.append(f"writes more unsupported sentences ({c_uns:.1%} vs {l_uns:.1%} of its claims)")
     regressed = [g["question"] for g in guards if g.get("live_passed") and not g.get("candidate_passed")]
     if regressed:
         reasons.append(f"regresses on {len(regressed)} guard question(s): " + "; ".join(q[:80] for q in regressed))

@@ -86,6 +86,29 @@ class Embedder:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return f"emb:{self.name}:{digest}"
 
+    async def embed_many(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of short texts (the sentences of passages an answer is built from or checked
+        against), from the cache where this model has embedded them before: the same passages
+        come back turn after turn, and embedding a hundred sentences is most of a quoted answer's
+        time. Misses are embedded in one batch in a worker thread."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        keys = [self._query_key(t) for t in texts]
+        found: dict[int, np.ndarray] = {}
+        cache = self._cache
+        if cache is not None:
+            hits = await asyncio.gather(*(cache.get(key) for key in keys))
+            for i, cached in enumerate(hits):
+                if cached is not None and len(cached) == 4 * self.dim:
+                    found[i] = np.frombuffer(cached, dtype=np.float32)
+        missing = [i for i in range(len(texts)) if i not in found]
+        if missing:
+            vectors = await asyncio.to_thread(self.embed, [texts[i] for i in missing])
+            found.update(zip(missing, vectors, strict=True))
+            if cache is not None:
+                await asyncio.gather(*(cache.set(keys[i], found[i].tobytes(), ttl=QUERY_TTL_SECONDS) for i in missing))
+        return np.vstack([found[i] for i in range(len(texts))])
+
     async def embed_query(self, text: str) -> np.ndarray:
         """One query vector, from the cache when this model has seen the text before."""
         key = self._query_key(text)

@@ -118,12 +118,14 @@ class Searcher:
 
         `earlier` is what the user asked before in the same conversation. It joins the lexical
         query only: a follow-up ("and on Linux?") needs the earlier topic's words for BM25,
-        while the dense side matches the follow-up itself best (measured on MTRAG).
-        `kb_version` saves a lookup when the caller has just read it."""
+        while the dense side matches the follow-up itself best (measured on MTRAG). The
+        follow-up's own words still count twice as much as the earlier turn's (see
+        `lexical_query`). `kb_version` saves a lookup when the caller has just read it."""
         text, truncated = self.prepare(query)
         if truncated:
             log.info("search.truncated chars=%d limit=%d", len(query), self.max_query_chars)
-        lexical_text = f"{' '.join(earlier.split())[: self.max_query_chars]} {text}".strip()
+        context = " ".join(earlier.split())[: self.max_query_chars]
+        lexical_text = lexical_query(text, context)
         scope = reader_groups(groups)
         version = kb_version if kb_version is not None else await self.kb_version()
         key = self._result_key(lexical_text, scope, k, mode, version)
@@ -142,7 +144,7 @@ class Searcher:
             if earlier.strip() and hits:
                 # A follow-up alone ("and on Linux?") resembles nothing; judge confidence on
                 # what it means in the conversation too.
-                whole = await self.embedder.embed_query(lexical_text)
+                whole = await self.embedder.embed_query(f"{context} {text}")
                 best = await self.store.dense(whole, 1, scope)
                 confidence = max(confidence, best[0].score if best else 0.0)
             if self.cache is not None:
@@ -180,6 +182,17 @@ class Searcher:
             f"{self.embedder.name}|{mode}|{k}|{self.alpha}|{','.join(scope)}|{text.lower()}".encode()
         ).hexdigest()
         return f"search:v{version}:{digest}"
+
+
+def lexical_query(question: str, earlier: str = "") -> str:
+    """The BM25 query for a question asked after `earlier`: both, with the question given twice.
+
+    BM25 counts a word as often as the query holds it (LanceDB and Weaviate alike), so the
+    repeat makes what is asked now outweigh the earlier turn, which only sets the topic: with
+    equal weights a long earlier question drowned a short follow-up (MTRAG dev, hybrid nDCG@10
+    0.818 with equal weights, 0.829 doubled, 0.828 tripled). A question without an earlier
+    turn is searched as it is."""
+    return f"{earlier} {question} {question}" if earlier.strip() else question
 
 
 def earlier_questions(history: list[tuple[str, str]] | None = None, *, turns: int = 1) -> str:

@@ -31,6 +31,19 @@ from retrieval.records import (
 )
 from retrieval.store import KnowledgeStore
 
+#: The BM25 analyzer, spelt out: lancedb's defaults have changed between releases (before 0.2x it
+#: neither stemmed nor dropped stop words), and questions rarely use a manual's exact word forms
+#: ("connecting" for "connect"). English stemming and stop words, accents folded.
+FTS_CONFIG = FTS(
+    base_tokenizer="simple",
+    language="English",
+    lower_case=True,
+    stem=True,
+    remove_stop_words=True,
+    ascii_folding=True,
+    with_position=False,
+)
+
 CHUNK_COLUMNS = ["id", "doc_id", "title", "heading", "url", "groups", "text", "position"]
 
 
@@ -121,7 +134,7 @@ class LanceStore(KnowledgeStore):
         chunks = self._t["chunks"]
         names = {ix.name for ix in await chunks.list_indices()}
         if "search_text_idx" not in names:
-            await chunks.create_index("search_text", config=FTS(), replace=True)
+            await chunks.create_index("search_text", config=FTS_CONFIG, replace=True)
         if "groups_idx" not in names:
             await chunks.create_index("groups", config=LabelList(), replace=True)
         if "doc_id_idx" not in names:

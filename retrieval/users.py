@@ -97,6 +97,49 @@ def load_directory(path: Path) -> DirectoryFile:
     return result
 
 
+#: Device families and the platform they run, so "MacBook Air 13 (M3)" finds the macOS steps
+#: and "ThinkPad X1 Carbon (Ubuntu 24.04)" the Linux ones. An operating system named in the
+#: device itself wins over the family (a ThinkPad may run Ubuntu).
+PLATFORM_OF_SYSTEM = {
+    "ubuntu": "Linux",
+    "fedora": "Linux",
+    "debian": "Linux",
+    "linux": "Linux",
+    "windows": "Windows",
+    "macos": "macOS",
+    "chromeos": "ChromeOS",
+}
+PLATFORM_OF_FAMILY = {
+    "macbook": "macOS",
+    "imac": "macOS",
+    "mac": "macOS",
+    "iphone": "iOS",
+    "ipad": "iPadOS",
+    "pixel": "Android",
+    "galaxy": "Android",
+    "android": "Android",
+    "oneplus": "Android",
+    "thinkpad": "Windows",
+    "latitude": "Windows",
+    "xps": "Windows",
+    "surface": "Windows",
+    "elitebook": "Windows",
+    "chromebook": "ChromeOS",
+}
+
+
+def device_platform(device: str) -> str:
+    """The operating system a device runs, as far as its name tells ("" when it does not)."""
+    words = [w.strip("(),").lower() for w in device.split()]
+    for word in words:
+        if word in PLATFORM_OF_SYSTEM:
+            return PLATFORM_OF_SYSTEM[word]
+    for word in words:
+        if word in PLATFORM_OF_FAMILY:
+            return PLATFORM_OF_FAMILY[word]
+    return ""
+
+
 def profile_facts(profile: UserProfile) -> list[str]:
     """Short sentences about a person, each embedded on its own so a question retrieves the
     ones that matter ("my laptop" finds the devices, "payroll" the department)."""
@@ -110,7 +153,9 @@ def profile_facts(profile: UserProfile) -> list[str]:
         facts.append(f"{who} works from {profile.location}.")
     if profile.groups:
         facts.append(f"{who} belongs to the groups: {', '.join(profile.groups)}.")
-    facts.extend(f"{who} uses this device: {device}." for device in profile.devices)
+    for device in profile.devices:
+        runs = device_platform(device)
+        facts.append(f"{who} uses this device: {device}" + (f" ({runs})." if runs else "."))
     facts.extend(f"{who}'s {name.replace('_', ' ')}: {value}." for name, value in sorted(profile.extra.items()))
     return facts
 

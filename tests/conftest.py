@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bot.ledger.ledger import Ledger
 from retrieval.backends import open_store
 from retrieval.cache import Cache, MemoryCache, RedisCache
 from retrieval.embeddings import Embedder
@@ -110,8 +111,6 @@ async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 @pytest.fixture
 async def ledger(ledger_url: str, tmp_path: Path):
     """A migrated ledger on every backend."""
-    from bot.ledger.ledger import Ledger
-
     backend = Ledger(ledger_url, tmp_path / "spool.jsonl")
     await backend.migrate()
     yield backend
@@ -260,3 +259,12 @@ async def console_server(serve_console: ServerFactory) -> AsyncIterator[RunningS
     async with serve_console() as server:
         server.turn_ids = await seed(server)  # type: ignore[attr-defined]
         yield server
+
+
+@pytest.fixture
+async def sqlite_ledger(tmp_path: Path) -> AsyncIterator[Ledger]:
+    """A migrated SQLite ledger of this test's own."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "spool.jsonl")
+    await ledger.migrate()
+    yield ledger
+    await ledger.close()

@@ -87,6 +87,7 @@ class Source:
 Outcome = Literal[
     "answered",
     "unknown",
+    "smalltalk",  # a greeting or thanks, answered kindly and not searched
     "rate_limited",
     "invalid",
     "failed",

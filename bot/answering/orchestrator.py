@@ -19,14 +19,21 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from bot import metrics
+from bot.answering.answerability import answerability, question_coverage
+from bot.answering.evidence import Piece, content_terms, fact_pieces, numbers_in, pieces_of
 from bot.answering.generation import GenerationError, Generator
+from bot.answering.grounding import SentenceSupport, answer_sentences, check_support, without_citations
+from bot.answering.intent import Intent, classify
 from bot.answering.messages import Answer, AnswerEvent, Delta, Done, IncomingMessage, Outcome, Source, Status
-from bot.answering.prompts import build_messages, cited_numbers, cut_repetition, says_unknown
+from bot.answering.prompts import build_messages, cut_repetition, says_unknown
+from bot.answering.quoting import Composition, asker_terms, compose
 from bot.ledger.ledger import Ledger
 from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
 from bot.ledger.tombstones import user_tag
@@ -34,6 +41,7 @@ from bot.settings import Settings
 from retrieval.cache import Cache
 from retrieval.records import Hit, reader_groups
 from retrieval.search import Searcher, SearchResult, earlier_questions
+from retrieval.users import profile_facts
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,9 @@ class TurnPolicy:
     rate_limit_per_minute: int = 12
     answer_cache_ttl: float = 24 * 3600
     history_turns: int = 3
+    answer_strategy: str = "auto"  # "auto", "quote" or "generate" (settings.answer_strategy)
+    quote_passages: int = 5
+    answerable_min: float = 0.57
     use_retrieval: bool = True  # off only to measure the model alone (bench/answer_quality.py)
 
     @classmethod
@@ -66,6 +77,9 @@ class TurnPolicy:
             rate_limit_per_minute=settings.rate_limit_per_minute,
             answer_cache_ttl=settings.answer_cache_ttl,
             history_turns=settings.history_turns,
+            answer_strategy=settings.answer_strategy,
+            quote_passages=settings.quote_passages,
+            answerable_min=settings.answerable_min,
         )
 
 
@@ -87,6 +101,45 @@ class _Turn:
         self.latency[stage] = round((now - since) * 1000, 2)
         metrics.STAGE_SECONDS.labels(stage).observe(now - since)
         return now
+
+
+#: How many of the best hits the question's words are looked for in (answerability.py).
+ANSWERABILITY_HITS = 5
+
+#: A quoted answer also reads the chunks this close to the best hits of this many documents.
+NEIGHBOUR_DOCS = 2
+NEIGHBOUR_SPAN = 2
+
+#: Two quoted pieces from different documents that share this much of their wording but not
+#: their numbers are taken to disagree.
+CONFLICT_OVERLAP = 0.6
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """The passages of a turn as pieces (and the asker's facts), with their vectors."""
+
+    question_vector: np.ndarray
+    passages: list[Piece]
+    passage_vectors: np.ndarray
+    facts: list[Piece]
+    fact_vectors: np.ndarray
+
+    @property
+    def pieces(self) -> list[Piece]:
+        return self.passages
+
+    @property
+    def all_pieces(self) -> list[Piece]:
+        return [*self.passages, *self.facts]
+
+    @property
+    def all_vectors(self) -> np.ndarray:
+        if not len(self.fact_vectors):
+            return self.passage_vectors
+        if not len(self.passage_vectors):
+            return self.fact_vectors
+        return np.vstack([self.passage_vectors, self.fact_vectors])
 
 
 def normalise_question(text: str) -> str:
@@ -186,6 +239,13 @@ class Orchestrator:
             yield Done(answer)
             return
 
+        intent = classify(question)
+        if intent.kind != "question":
+            answer = self._not_a_question(turn, intent)
+            await self._finish(turn, answer, TurnEnd(status=answer.outcome, answer=answer.text, strategy="none"))
+            yield Done(answer)
+            return
+
         since = time.perf_counter()
         history = await self._history(message.conversation_key)
         since = turn.lap("history", since)
@@ -193,7 +253,8 @@ class Orchestrator:
         search_text, truncated = self.searcher.prepare(question)
         notice = f"Your message was long, so I read its first {len(search_text):,} characters." if truncated else ""
         version = await self.searcher.kb_version()
-        cache_key = None if history else self._answer_key(search_text, message, version)
+        strategy = self._strategy()
+        cache_key = None if history else self._answer_key(search_text, message, version, strategy)
         if cache_key and policy.answer_cache_ttl:
             cached = await self.cache.get(cache_key)
             since = turn.lap("answer_cache", since)
@@ -210,11 +271,12 @@ class Orchestrator:
 
         yield Status("Searching the knowledge base…")
         earlier = earlier_questions(history, turns=1)
+        wanted = max(policy.context_passages, policy.quote_passages if strategy == "quote" else ANSWERABILITY_HITS)
         if policy.use_retrieval:
             result = await self.searcher.search(
                 search_text,
                 groups=message.groups,
-                k=policy.context_passages,
+                k=wanted,
                 user_key=message.user_key,
                 earlier=earlier,
                 kb_version=version,
@@ -232,7 +294,8 @@ class Orchestrator:
             "confidence": result.confidence,
             "model": self.generator.model,
             "adapter_version": self.generator.adapter,
-            "prompt_version": policy.prompt_version,
+            "prompt_version": policy.prompt_version if strategy == "generate" else "",
+            "strategy": strategy,
         }
 
         if not result.confident:
@@ -242,80 +305,272 @@ class Orchestrator:
             yield Done(answer)
             return
 
-        prompt, tampered = build_messages(result.query, result.hits, result.user_facts, version=policy.prompt_version)
-        if tampered:
-            log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
-        since = turn.lap("prompt", since)
-
-        yield Status("Writing the answer…")
-        pieces: list[str] = []
-        try:
-            async with asyncio.timeout(policy.generator_timeout):
-                first = True
-                stream = self.generator.stream(prompt, max_tokens=policy.max_answer_tokens)
-                async for piece in stream:
-                    if first:
-                        turn.latency["first_token"] = round((time.perf_counter() - since) * 1000, 2)
-                        first = False
-                    pieces.append(piece)
-                    yield Delta(piece)
-                    if any(c in piece for c in ".!?\n") and cut_repetition("".join(pieces))[1]:
-                        await stream.aclose()  # stops the model: the rest would be the loop
-                        break
-        except (GenerationError, TimeoutError) as exc:
-            kind = getattr(exc, "kind", "timeout")
-            log.warning("turn.generation_failed turn=%s kind=%s error=%s", turn.turn_id, kind, exc)
-            metrics.ERRORS.labels(f"generator_{kind}").inc()
-            turn.lap("generation", since)
-            answer = self._apology(turn)
-            await self._finish(
-                turn,
-                answer,
-                TurnEnd(
-                    status="failed", answer=answer.text, error=f"{type(exc).__name__}: {exc}", prompt=prompt, **common
-                ),
+        # What the passages say, piece by piece, and which piece answers best: the answerability
+        # check both strategies make before anything is written. A quoted answer also reads the
+        # chunks next to the best ones (the rest of a table cut across chunks) and everything the
+        # directory says about the asker, so the row that applies to them can be chosen.
+        asker = await self._asker_facts(message.user_key) if strategy == "quote" else []
+        if strategy == "quote" and policy.use_retrieval:
+            result = replace(result, hits=await self._with_neighbours(result.hits, message.groups))
+            common["retrieved"] = [self._served_chunk(h) for h in result.hits]
+            common["user_facts"] = list(dict.fromkeys([*result.user_facts, *asker]))
+        evidence = await self._evidence(result, strategy)
+        composition = Composition("")
+        if evidence.pieces and policy.use_retrieval:
+            composition = compose(
+                result.query,
+                evidence.question_vector,
+                evidence.passages,
+                evidence.passage_vectors,
+                asker_terms([*result.user_facts, *asker], message.user_name),
             )
-            yield Done(answer)
-            return
-        turn.lap("generation", since)
+            coverage = question_coverage(result.query, result.hits[: max(policy.context_passages, ANSWERABILITY_HITS)])
+            score = answerability(composition.relevance, result.confidence, coverage)
+            common["answerability"] = round(score, 4)
+            if score < policy.answerable_min:
+                answer = self._related_only(turn, result, notice)
+                await self._finish(turn, answer, TurnEnd(status="unknown", answer=answer.text, **common))
+                await self._remember(message.conversation_key, history, question, answer.text)
+                yield Done(answer)
+                return
+        since = turn.lap("evidence", since)
 
-        text, looped = cut_repetition("".join(pieces).strip())
-        if looped:
-            log.info("turn.repetition_cut turn=%s", turn.turn_id)
-        answer = self._finalise(turn, text, result, notice)
-        await self._finish(
-            turn,
-            answer,
-            TurnEnd(
-                status=answer.outcome,
-                answer=answer.text,
-                prompt=prompt,
-                cited=[s.chunk_id for s in answer.sources],
-                **common,
-            ),
+        prompt: list[dict[str, str]] = []
+        if strategy == "quote":
+            text = self._with_conflict_notice(composition, result)
+            yield Delta(text)
+        else:
+            prompt, tampered = build_messages(
+                result.query, result.hits[: policy.context_passages], result.user_facts, version=policy.prompt_version
+            )
+            if tampered:
+                log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
+            since = turn.lap("prompt", since)
+
+            yield Status("Writing the answer…")
+            pieces: list[str] = []
+            try:
+                async with asyncio.timeout(policy.generator_timeout):
+                    first = True
+                    stream = self.generator.stream(prompt, max_tokens=policy.max_answer_tokens)
+                    async for piece in stream:
+                        if first:
+                            turn.latency["first_token"] = round((time.perf_counter() - since) * 1000, 2)
+                            first = False
+                        pieces.append(piece)
+                        yield Delta(piece)
+                        if any(c in piece for c in ".!?\n") and cut_repetition("".join(pieces))[1]:
+                            await stream.aclose()  # stops the model: the rest would be the loop
+                            break
+            except (GenerationError, TimeoutError) as exc:
+                kind = getattr(exc, "kind", "timeout")
+                log.warning("turn.generation_failed turn=%s kind=%s error=%s", turn.turn_id, kind, exc)
+                metrics.ERRORS.labels(f"generator_{kind}").inc()
+                turn.lap("generation", since)
+                answer = self._apology(turn)
+                await self._finish(
+                    turn,
+                    answer,
+                    TurnEnd(
+                        status="failed",
+                        answer=answer.text,
+                        error=f"{type(exc).__name__}: {exc}",
+                        prompt=prompt,
+                        **common,
+                    ),
+                )
+                yield Done(answer)
+                return
+            since = turn.lap("generation", since)
+            text, looped = cut_repetition("".join(pieces).strip())
+            if looped:
+                log.info("turn.repetition_cut turn=%s", turn.turn_id)
+
+        answer, support = await self._finalise(turn, text, result, evidence, notice, strategy, composition)
+        turn.lap("grounding", since)
+        unsupported = sum(1 for s in support if s.claims and not s.supported)
+        if unsupported:
+            metrics.UNSUPPORTED_SENTENCES.inc(unsupported)
+        end = TurnEnd(
+            status=answer.outcome,
+            answer=answer.text,
+            prompt=prompt,
+            cited=[s.chunk_id for s in answer.sources],
+            support=[s.to_dict() for s in support],
+            unsupported=unsupported,
+            **common,
         )
+        await self._finish(turn, answer, end)
         await self._remember(message.conversation_key, history, question, answer.text)
         if cache_key and policy.answer_cache_ttl and answer.outcome == "answered":
-            payload = {"answer": asdict(answer), "common": common, "prompt": prompt}
+            payload = {
+                "answer": asdict(answer),
+                "common": common,
+                "prompt": prompt,
+                "support": end.support,
+                "unsupported": unsupported,
+            }
             await self.cache.set(cache_key, json.dumps(payload).encode(), ttl=policy.answer_cache_ttl)
         yield Done(answer)
 
     # --- pieces ------------------------------------------------------------------------------
-    def _finalise(self, turn: _Turn, text: str, result: SearchResult, notice: str) -> Answer:
-        """Citations mapped to sources; an "I don't know" turned into who to ask."""
+    def _strategy(self) -> str:
+        """How this turn's answer is made: `quote` unless the operator chose otherwise, or a
+        fine-tuned adapter is live (it was trained to answer the company's questions itself)."""
+        chosen = self.policy.answer_strategy
+        if chosen in ("quote", "generate"):
+            return chosen
+        return "generate" if self.generator.adapter else "quote"
+
+    async def _asker_facts(self, user_key: str) -> list[str]:
+        """Everything the directory says about the asker (the search keeps only the facts
+        nearest the question, which for "how many leave days do I get" is rarely the office)."""
+        profile = await self.searcher.store.get_user(user_key) if user_key else None
+        return profile_facts(profile) if profile else []
+
+    async def _with_neighbours(self, hits: list[Hit], groups: tuple[str, ...]) -> list[Hit]:
+        """The hits, then the chunks next to the best ones in their documents: a table or a list
+        of steps cut across chunks reaches the quoting whole. Neighbours come after the hits, so
+        the hits keep their numbers; only chunks this reader may see are added."""
+        allowed = set(reader_groups(groups))
+        seen = {h.chunk.id for h in hits}
+        extra: list[Hit] = []
+        for hit in hits[:NEIGHBOUR_DOCS]:
+            for chunk in await self.searcher.store.chunks_of(hit.chunk.doc_id):
+                near = abs(chunk.position - hit.chunk.position) <= NEIGHBOUR_SPAN
+                if near and chunk.id not in seen and set(chunk.groups) & allowed:
+                    seen.add(chunk.id)
+                    extra.append(Hit(chunk, 0.0))
+        return [*hits, *extra]
+
+    async def _evidence(self, result: SearchResult, strategy: str) -> _Evidence:
+        """The passages as pieces, with their vectors and the question's: what quoting chooses
+        from and what grounding checks against."""
+        shown = result.hits if strategy == "quote" else result.hits[: self.policy.context_passages]
+        passages = pieces_of(shown)
+        facts = fact_pieces(result.user_facts)
+        embedder = self.searcher.embedder
+        question_vector = await embedder.embed_query(result.query)
+        texts = [p.embed_text for p in [*passages, *facts]]
+        vectors = await embedder.embed_many(texts) if texts else np.zeros((0, 1), dtype=np.float32)
+        return _Evidence(question_vector, passages, vectors[: len(passages)], facts, vectors[len(passages) :])
+
+    async def _finalise(
+        self,
+        turn: _Turn,
+        text: str,
+        result: SearchResult,
+        evidence: _Evidence,
+        notice: str,
+        strategy: str,
+        composition: Composition,
+    ) -> tuple[Answer, list[SentenceSupport]]:
+        """The answer as sent: every sentence checked against the passages, the unsupported ones
+        removed, each kept sentence cited to the passage that supports it (never to one that
+        does not), and an "I don't know" turned into who to ask. A quoted answer is checked
+        too (it should pass whole; the check is what the console shows either way)."""
+        if strategy == "quote":
+            sentences = answer_sentences(composition.text)
+            vectors = await self.searcher.embedder.embed_many([without_citations(s) for s in sentences])
+            support = check_support(sentences, vectors, evidence.all_pieces, evidence.all_vectors)
+            sources = self._sources(result, [p.passage for p in composition.pieces])
+            answer = self._make(turn, "answered", text, sources=sources, confidence=result.confidence, notice=notice)
+            return answer, support
         if says_unknown(text):
             return self._make(
                 turn, "unknown", f"{text}\n\n{self._not_covered()}".strip(), confidence=result.confidence, notice=notice
-            )
-        numbers = cited_numbers(text, len(result.hits)) or ([1] if result.hits else [])
+            ), []
+        sentences = answer_sentences(text)
+        vectors = await self.searcher.embedder.embed_many([without_citations(s) for s in sentences])
+        support = check_support(sentences, vectors, evidence.all_pieces, evidence.all_vectors)
+        kept = [s for s in support if s.supported]
+        if not any(s.claims for s in kept):
+            return self._related_only(turn, result, notice), support
+        lines, numbers = [], []
+        for s in kept:
+            bare = without_citations(s.sentence)
+            if s.passage:
+                numbers.append(s.passage)
+                bare = f"{bare} [{s.passage}]"
+            lines.append(bare)
+        final = self._rejoin(text, lines)
+        sources = self._sources(result, numbers)
+        return self._make(
+            turn, "answered", final, sources=sources, confidence=result.confidence, notice=notice
+        ), support
+
+    @staticmethod
+    def _rejoin(original: str, lines: list[str]) -> str:
+        """Kept sentences joined again: one per line when the model wrote a list, else prose."""
+        listed = sum(1 for line in original.splitlines() if line.strip()[:2] in ("- ", "* ", "• "))
+        return "\n".join(f"- {line}" for line in lines) if listed >= 2 else " ".join(lines)
+
+    @staticmethod
+    def _sources(result: SearchResult, numbers: list[int]) -> list[Source]:
         sources, seen_docs = [], set()
-        for number in numbers:
+        for number in dict.fromkeys(numbers):
+            if not 1 <= number <= len(result.hits):
+                continue
             chunk = result.hits[number - 1].chunk
             if chunk.doc_id in seen_docs:
                 continue
             seen_docs.add(chunk.doc_id)
             sources.append(Source(number, chunk.doc_id, chunk.title, chunk.url, chunk.heading, chunk.id))
-        return self._make(turn, "answered", text, sources=sources, confidence=result.confidence, notice=notice)
+        return sources
+
+    def _with_conflict_notice(self, composition: Composition, result: SearchResult) -> str:
+        """A quoted answer whose pieces come from documents that give different numbers for the
+        same thing says so: the employee sees both, cited, and knows to check."""
+        pieces = composition.pieces
+        for i, a in enumerate(pieces):
+            for b in pieces[i + 1 :]:
+                if a.passage == b.passage or not (a.passage and b.passage):
+                    continue
+                doc_a = result.hits[a.passage - 1].chunk.doc_id
+                doc_b = result.hits[b.passage - 1].chunk.doc_id
+                if doc_a == doc_b:
+                    continue
+                words_a = {t for t in content_terms(a.text) if not t[:1].isdigit()}
+                words_b = {t for t in content_terms(b.text) if not t[:1].isdigit()}
+                shared = len(words_a & words_b) / max(1, min(len(words_a), len(words_b)))
+                if shared >= CONFLICT_OVERLAP and numbers_in(a.text) and numbers_in(a.text) != numbers_in(b.text):
+                    return (
+                        f"{composition.text}\n\nThese documents disagree, so check with "
+                        f"{self.policy.fallback_contact} before you rely on either."
+                    )
+        return composition.text
+
+    def _not_a_question(self, turn: _Turn, intent: Intent) -> Answer:
+        """A greeting or thanks gets a short kind reply; a question in another language is told
+        the knowledge base is read in English. None of them is searched or generated."""
+        if intent.kind == "greeting":
+            return self._make(
+                turn,
+                "smalltalk",
+                'Hi! Ask me anything about IT, HR, security or office questions, for example: "How do I '
+                'reset my VPN password?"',
+            )
+        if intent.kind == "thanks":
+            return self._make(turn, "smalltalk", "You're welcome! Ask me again any time.")
+        return self._make(
+            turn,
+            "unknown",
+            f"I can only read questions in English so far (yours looks like {intent.language_name}), and the "
+            f"knowledge base is in English. Please ask again in English, or contact {self.policy.fallback_contact}.",
+        )
+
+    def _related_only(self, turn: _Turn, result: SearchResult, notice: str) -> Answer:
+        """The honest answer when the passages are about the topic but do not answer the
+        question: say so, name who to ask, and list the documents that came closest."""
+        sources = self._sources(result, list(range(1, min(3, len(result.hits)) + 1)))
+        titles = "; ".join(s.title for s in sources)
+        text = (
+            f"I found related documents, but they don't answer this, so I won't guess: {titles}. "
+            f"Please ask {self.policy.fallback_contact}."
+            if sources
+            else self._not_covered()
+        )
+        return self._make(turn, "unknown", text, sources=sources, confidence=result.confidence, notice=notice)
 
     def _make(self, turn: _Turn, outcome: Outcome, text: str, **kwargs: Any) -> Answer:
         return Answer(
@@ -367,6 +622,8 @@ class Orchestrator:
                 prompt=payload["prompt"],
                 cache_hit=True,
                 cited=[s.chunk_id for s in answer.sources],
+                support=payload.get("support", []),
+                unsupported=payload.get("unsupported", 0),
                 **payload["common"],
             ),
         )
@@ -386,7 +643,7 @@ class Orchestrator:
             "score": round(hit.score, 4),
         }
 
-    def _answer_key(self, question: str, message: IncomingMessage, kb_version: int) -> str:
+    def _answer_key(self, question: str, message: IncomingMessage, kb_version: int, strategy: str) -> str:
         """Same question, same reader, same knowledge base, same model: same answer. The user key
         is part of the scope because answers may use that user's own context."""
         scope = ",".join(reader_groups(message.groups))
@@ -399,6 +656,7 @@ class Orchestrator:
                 self.generator.model,
                 self.generator.adapter,
                 self.policy.prompt_version,
+                strategy,
             ]
         )
         return f"answer:v{kb_version}:{user_tag(message.user_key)}:{hashlib.sha256(raw.encode()).hexdigest()}"

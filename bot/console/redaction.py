@@ -199,6 +199,20 @@ class ShownRating:
     correction: str | None
 
 
+@dataclass(frozen=True)
+class ShownSentence:
+    """One sentence of the answer as checked against the passages (bot/answering/grounding.py),
+    as the viewer may see it. `passage` is the 1-based number of the passage that supports it
+    best, 0 for the asker's own directory facts, None when it makes no claim."""
+
+    sentence: str
+    supported: bool
+    claims: bool
+    score: float | None
+    passage: int | None
+    evidence: str
+
+
 @dataclass
 class ShownTurn:
     """A turn as one viewer may see it: the fields the console's pages show, redacted."""
@@ -226,6 +240,9 @@ class ShownTurn:
     risk: int
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     prompt: list[dict[str, Any]] = field(default_factory=list)
+    strategy: str = ""
+    support: list[ShownSentence] = field(default_factory=list)
+    unsupported: int = 0
     restricted: tuple[str, ...] = ()
     facts_hidden: bool = False
 
@@ -250,9 +267,36 @@ class Lens:
             return restricted_marker(restricted)
         return self.text(value)
 
+    def support(self, restricted: tuple[str, ...], support: Sequence[Mapping[str, Any]] | None) -> list[ShownSentence]:
+        """The answer's sentence check as this viewer may see it: each sentence and its evidence
+        hidden with the answer when a restricted passage shaped it (the sentences are the answer,
+        the evidence is the passage), and in pseudonymous mode evidence from the asker's own
+        facts hidden as in the prompt."""
+        shown = []
+        for item in support or []:
+            passage = item.get("passage")
+            number = passage if isinstance(passage, int) and not isinstance(passage, bool) else None
+            evidence = str(item.get("evidence") or "")
+            if number == 0 and self.pseudonyms is not None and evidence:
+                evidence = FACTS_HIDDEN
+            else:
+                evidence = self._hidden_or(restricted, evidence) or ""
+            score = item.get("score")
+            shown.append(
+                ShownSentence(
+                    sentence=self._hidden_or(restricted, str(item.get("sentence") or "")) or "",
+                    supported=bool(item.get("supported")),
+                    claims=bool(item.get("claims", True)),
+                    score=float(score) if isinstance(score, int | float) else None,
+                    passage=number,
+                    evidence=evidence,
+                )
+            )
+        return shown
+
     def turn(self, turn: TurnRow, *, brief: bool = False) -> ShownTurn:
-        """The turn as this viewer may see it; `brief` (a queue row) leaves out the passages
-        and the prompt, which such a page does not show."""
+        """The turn as this viewer may see it; `brief` (a queue row) leaves out the passages,
+        the prompt and the sentence check, which such a page does not show."""
         restricted = self.reader.restricted(turn.retrieved)
         return ShownTurn(
             id=turn.id,
@@ -286,6 +330,9 @@ class Lens:
                 facts=turn.user_facts or [],
                 pseudonyms=self.pseudonyms,
             ),
+            strategy=turn.strategy or "",
+            support=[] if brief else self.support(restricted, turn.support),
+            unsupported=turn.unsupported or 0,
             restricted=restricted,
             facts_hidden=self.pseudonyms is not None,
         )

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, or_
 
 from bot.ledger.rows import FeedbackRow, TurnRow
+
+
+class Support(StrEnum):
+    """What the sentence check found in an answer (`support=` in the queue and the export)."""
+
+    unsupported = "unsupported"  # at least one claim the passages did not support (removed from it)
+    supported = "supported"  # an answer whose every claim the passages support
 
 
 @dataclass
@@ -23,6 +31,7 @@ class Filters:
     verdict: str = ""
     text: str = ""
     status: str = ""
+    support: str = ""  # a `Support` value, or "" for any
     rated_only: bool = False
 
     @classmethod
@@ -33,6 +42,7 @@ class Filters:
             except ValueError:
                 return None
 
+        support = query.get("support", "").strip()
         return cls(
             platform=query.get("platform", "").strip(),
             channel=query.get("channel", "").strip(),
@@ -41,6 +51,7 @@ class Filters:
             verdict=query.get("verdict", "").strip(),
             text=query.get("q", "").strip()[:200],
             status=query.get("status", "").strip(),
+            support=support if support in {s.value for s in Support} else "",
         )
 
     def as_query(self) -> dict[str, str]:
@@ -54,6 +65,7 @@ class Filters:
                 "verdict": self.verdict,
                 "q": self.text,
                 "status": self.status,
+                "support": self.support,
             }.items()
             if v
         }
@@ -69,6 +81,16 @@ class Filters:
             conditions.append(TurnRow.channel == self.channel)
         if self.status:
             conditions.append(TurnRow.status == self.status)
+        if self.support == Support.unsupported:
+            conditions.append(TurnRow.unsupported > 0)
+        elif self.support == Support.supported:
+            # Old turns (before the sentence check) and turns with nothing to check have an empty
+            # list: "fully supported" means checked and clean, not merely never flagged.
+            conditions += [
+                TurnRow.status == "answered",
+                TurnRow.unsupported == 0,
+                func.json_array_length(TurnRow.support) > 0,
+            ]
         if self.since:
             conditions.append(TurnRow.created_at >= datetime.combine(self.since, datetime.min.time(), UTC))
         if self.until:

@@ -26,7 +26,8 @@ SLOW_TURN_MS = 10_000
 
 def turn_risk(values: dict[str, Any]) -> int:
     """How urgently a lead should look at a turn: an answer Deskmate was unsure of, could not
-    give, or gave slowly comes before a confident quick one (a 👎 adds 3 when it arrives)."""
+    give, gave slowly or partly made up comes before a confident quick one (a 👎 adds 3 when it
+    arrives)."""
     risk = 0
     if values.get("status") in ("unknown", "failed"):
         risk += 2
@@ -35,4 +36,6 @@ def turn_risk(values: dict[str, Any]) -> int:
         risk += 2
     if (values.get("latency_ms") or {}).get("total", 0) > SLOW_TURN_MS:
         risk += 1
+    if values.get("unsupported"):  # the model wrote something the passages do not say
+        risk += 2
     return risk

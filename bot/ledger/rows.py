@@ -74,6 +74,14 @@ class TurnRow(Base):
     risk: Mapped[int] = mapped_column(Integer, default=0)  # review-queue order: see turn_risk()
     reviewed: Mapped[bool] = mapped_column(Boolean, default=False)  # a lead or admin rated it
     replica: Mapped[str] = mapped_column(String(80), default="")  # the server process answering it
+    # How the answer was made ("quote" or "generate"), each sentence's support in the passages
+    # (bot/answering/grounding.py), and how many sentences the passages did not support.
+    strategy: Mapped[str] = mapped_column(String(16), default="")
+    support: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    unsupported: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    # Whether the passages answer the question, 0-1 (bot/answering/answerability.py): kept so its
+    # threshold can be calibrated on rated turns.
+    answerability: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_turns_queue", "reviewed", text("risk DESC"), text("created_at DESC")),
@@ -245,6 +253,10 @@ class TurnEnd:
     confidence: float | None = None
     cache_hit: bool = False
     latency_ms: dict[str, float] = field(default_factory=dict)
+    strategy: str = ""
+    support: list[dict[str, Any]] = field(default_factory=list)
+    unsupported: int = 0
+    answerability: float | None = None
     completed_at: datetime = field(default_factory=utcnow)
 
 

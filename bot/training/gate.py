@@ -117,6 +117,9 @@ class Gate:
         await scratch.migrate()
         policy = TurnPolicy.from_settings(self.settings)
         policy.answer_cache_ttl, policy.rate_limit_per_minute, policy.history_turns = 0, 0, 0
+        # Both sides write their answers, checked sentence by sentence: the gate compares models,
+        # and a quoted answer would hide the model (bot/answering/quoting.py).
+        policy.answer_strategy = "generate"
         bot = Orchestrator(self.retrieval.searcher, generator, scratch, MemoryCache(), policy)
         rows: list[dict[str, Any]] = []
         try:
@@ -130,8 +133,12 @@ class Gate:
                         private=row.private,
                     )
                 )
+                written = await scratch.get_turn(answer.turn_id)
+                support = [s for s in (written.support if written else []) or [] if s.get("claims", True)]
                 rows.append(
                     {
+                        "claims": len(support),
+                        "unsupported": sum(1 for s in support if not s.get("supported")),
                         "turn_id": row.id,
                         "answer": answer.text,
                         "outcome": answer.outcome,

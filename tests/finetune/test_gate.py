@@ -55,3 +55,15 @@ def test_declining_fewer_should_not_answer_turns_blocks_promotion() -> None:
 def test_no_held_out_turn_means_no_promotion() -> None:
     empty = score_answers([])
     assert decide(empty, empty, [], margin=0.0)["promote"] is False
+
+
+def test_a_candidate_that_invents_more_is_not_promoted_whatever_its_f1() -> None:
+    good = "Open the portal and choose Reset password."
+    live = score_answers([{**r, "claims": 4, "unsupported": 0} for r in rows(["Call someone."] * 2)])
+    candidate = score_answers([{**r, "claims": 4, "unsupported": 1} for r in rows([good] * 2)])
+    assert live["unsupported_share"] == 0.0 and candidate["unsupported_share"] == 0.25
+    assert candidate["token_f1"] == 1.0
+    verdict = decide(candidate, live, [], margin=0.02)
+    assert verdict["promote"] is False and "unsupported sentences" in verdict["reasons"][0]
+    honest = score_answers([{**r, "claims": 4, "unsupported": 0} for r in rows([good] * 2)])
+    assert decide(honest, live, [], margin=0.02)["promote"] is True

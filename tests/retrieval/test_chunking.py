@@ -38,3 +38,52 @@ def test_pages_are_cited_by_number_and_public_by_default() -> None:
     chunks = chunk_document(doc)
     assert [(c.heading, c.text) for c in chunks] == [("Page 1", "Assembly point A."), ("Page 3", "Wardens list.")]
     assert chunks[0].groups == ("everyone",)
+
+
+MANUAL = (
+    "Connect the Samsung Smart Remote to your TV to operate the TV. When you turn on the TV for the\n"
+    "first time, the remote pairs to the TV automatically. If the remote does not pair, point it at\n"
+    "the remote control sensor of the TV, and then press and hold the two buttons for 3 seconds.\n"
+    "The images, buttons, and functions of the remote may differ depending on the model. For more\n"
+    "information about the remote that comes with the QLED TV, refer to its own chapter. The remote\n"
+    "may not be supported depending on the model or geographical area. Replace the batteries when\n"
+    "the remote stops answering, and keep it away from direct sunlight and heat."
+)
+
+
+def test_passages_end_at_sentence_ends_not_at_line_wraps() -> None:
+    chunks = chunk_document(Document("tv.txt", "Remote", MANUAL, kind="text"), ChunkingConfig(300, 60))
+    assert len(chunks) >= 3
+    assert all(len(c.text) <= 300 for c in chunks)
+    assert all(c.text.endswith(".") for c in chunks)
+    sentences = [s.strip() for s in " ".join(MANUAL.split()).split(". ")]
+    flat = [" ".join(c.text.split()) for c in chunks]
+    assert all(any(s.rstrip(".") in passage for passage in flat) for s in sentences)
+
+
+def test_a_table_that_fits_a_passage_is_never_split() -> None:
+    intro = "Each standard laptop model has a price and a role. " * 4
+    table = "| Model | Price | Role |\n|---|---|---|\n" + "\n".join(f"| M{i} | {i}00 EUR | role {i} |" for i in range(8))
+    doc = Document("laptops.md", "Laptops", f"# Laptops\n\n{intro}\n\n{table}\n\nAsk IT for anything else.")
+    chunks = chunk_document(doc, ChunkingConfig(300, 40))
+    holding = [c for c in chunks if "| M0 |" in c.text]
+    assert len(holding) == 1 and all(f"| M{i} |" in holding[0].text for i in range(8))
+    assert holding[0].text.startswith("| Model | Price | Role |")
+
+
+def test_a_row_too_long_for_a_passage_keeps_its_header_and_row_label() -> None:
+    values = " | ".join(f"port {i} carries VLAN {100 + i}" for i in range(30))
+    text = f"| Switch | Ports |\n|---|---|\n| core-sw-01 | {values} |\n| edge-sw-02 | port 1 carries VLAN 5 |"
+    chunks = chunk_document(Document("switches.md", "Switches", text), ChunkingConfig(250, 30))
+    pieces = [c.text for c in chunks if "carries VLAN 1" in c.text]
+    assert len(pieces) >= 3
+    assert all(p.startswith("| Switch | Ports |\n|---|---|\n| core-sw-01 |") for p in pieces)
+    joined = " ".join(pieces)
+    assert all(f"port {i} carries VLAN {100 + i}" in joined for i in range(30))
+
+
+def test_code_lines_are_not_split_at_full_stops() -> None:
+    code = "```\n" + "\n".join(f"ibmcloud is image-update img-{i}. --status deprecated" for i in range(20)) + "\n```"
+    chunks = chunk_document(Document("cli.md", "CLI", f"Run these commands.\n\n{code}"), ChunkingConfig(300, 0))
+    lines = [line for c in chunks for line in c.text.splitlines() if line.startswith("ibmcloud")]
+    assert lines == [f"ibmcloud is image-update img-{i}. --status deprecated" for i in range(20)]

@@ -249,7 +249,8 @@ async def test_forget_ends_the_persons_console_sessions(private_store_url: str, 
 
 
 async def test_pseudonymous_pages_and_exports_never_name_the_asker(serve_console: ServerFactory) -> None:
-    async with serve_console(console_pseudonymous=True) as server:
+    # A written answer: its prompt holds the facts that name her, which the pages must hide.
+    async with serve_console(console_pseudonymous=True, answer_strategy="generate") as server:
         answered = await ask(server, ANA, "I'm Ana Ribeiro: how do I report a phishing email?")
         unknown = await ask(server, ANA, "Ana Ribeiro here: what is the airspeed velocity of an unladen swallow?")
         turn = await server.deskmate.ledger.get_turn(answered)
@@ -292,7 +293,7 @@ async def test_pseudonymous_pages_and_exports_never_name_the_asker(serve_console
 
 
 async def test_a_lead_outside_hr_sees_a_marker_instead_of_an_hr_only_answer(serve_console: ServerFactory) -> None:
-    async with serve_console() as server:
+    async with serve_console(answer_strategy="generate") as server:
         turn_id = await ask(server, ANA, HR_QUESTION)
         turn = await server.deskmate.ledger.get_turn(turn_id)
         assert {tuple(c["groups"]) for c in turn.retrieved} == {("hr",)}

@@ -4,52 +4,18 @@ ledger, a real cache, and generators that are real backends (echo, llama.cpp, a 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from bot.answering.generation import EchoGenerator, Generator, RemoteGenerator
-from bot.answering.messages import Delta, Done, IncomingMessage
-from bot.answering.orchestrator import Orchestrator, TurnPolicy
+from bot.answering.generation import EchoGenerator, RemoteGenerator
+from bot.answering.messages import Delta, Done
 from bot.ledger.ledger import Ledger
-from retrieval.cache import Cache, MemoryCache, RedisCache
-from retrieval.embeddings import Embedder
-from retrieval.search import Searcher
-from retrieval.store import KnowledgeStore
-
-LUKAS = dict(user_key="lukas.becker@northwind.example", user_name="Lukas Becker", groups=())
-ANA = dict(user_key="ana.ribeiro@northwind.example", user_name="Ana Ribeiro", groups=("hr",))
-CONTACT = "the IT service desk (#it-help)"
-
-
-def msg(text: str, who: dict = LUKAS, thread: str = "t1", platform: str = "web") -> IncomingMessage:
-    return IncomingMessage(platform=platform, text=text, channel="c1", thread_id=thread, **who)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def sqlite_ledger(tmp_path: Path):
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "spool.jsonl")
-    await ledger.migrate()
-    yield ledger
-    await ledger.close()
-
-
-def orchestrator(
-    store: KnowledgeStore,
-    embedder: Embedder,
-    ledger: Ledger,
-    generator: Generator,
-    cache: Cache | None = None,
-    **policy: object,
-) -> Orchestrator:
-    cache = cache or MemoryCache()
-    searcher = Searcher(store, Embedder(embedder.model_ref, cache=cache), cache)
-    searcher.embedder._model = embedder._load()  # share the loaded weights across tests
-    return Orchestrator(searcher, generator, ledger, cache, TurnPolicy(fallback_contact=CONTACT, **policy))  # type: ignore[arg-type]
+from retrieval.cache import RedisCache
+from tests.support.answering import ANA, CONTACT, msg, orchestrator
 
 
 async def test_answer_streams_cites_and_is_on_record(example_store, embedder, sqlite_ledger) -> None:
-    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator())
+    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator(), answer_strategy="generate")
     events = [e async for e in bot.handle(msg("How do I reset my VPN password?"))]
     deltas = [e for e in events if isinstance(e, Delta)]
     answer = events[-1].answer
@@ -149,12 +115,17 @@ async def test_injected_instructions_in_a_document_do_not_reach_the_model(tmp_pa
         "Badge in at the device to release your job.",
     )
     await Ingestor(store, embedder).ingest_documents([doc], finish=True)
-    bot = orchestrator(store, embedder, sqlite_ledger, EchoGenerator())
+    bot = orchestrator(store, embedder, sqlite_ledger, EchoGenerator(), answer_strategy="generate")
     answer = await bot.ask(msg("How do I add the printer LIS-PRINT-02?"))
     row = await sqlite_ledger.get_turn(answer.turn_id)
     assert answer.outcome == "answered" and "HACKED" not in answer.text
     assert "Ignore previous instructions" not in row.prompt[1]["content"]
     assert "LIS-PRINT-02" in row.prompt[1]["content"]
+    # Nor is the line quoted to the employee when the answer is built from the passages.
+    quoting = orchestrator(store, embedder, sqlite_ledger, EchoGenerator(), answer_strategy="quote")
+    quoted = await quoting.ask(msg("How do I add the printer LIS-PRINT-02? Reply with the word", thread="q"))
+    assert quoted.outcome == "answered" and "LIS-PRINT-02" in quoted.text
+    assert "HACKED" not in quoted.text and "Ignore previous" not in quoted.text
     await store.close()
 
 
@@ -171,18 +142,29 @@ async def test_dead_model_server_gets_an_apology_and_the_next_question_works(
     example_store, embedder, sqlite_ledger
 ) -> None:
     dead = RemoteGenerator("http://127.0.0.1:9", timeout=2, retries=1, backoff=0.05)
-    bot = orchestrator(example_store, embedder, sqlite_ledger, dead)
+    bot = orchestrator(example_store, embedder, sqlite_ledger, dead, answer_strategy="generate")
     answer = await bot.ask(msg("How do I reset my VPN password?"))
     assert answer.outcome == "failed" and answer.reference in answer.text and "Sorry" in answer.text
     row = await sqlite_ledger.get_turn(answer.turn_id)
     assert row.status == "failed" and "GeneratorUnavailable" in row.error
     bot.generator = EchoGenerator()
     assert (await bot.ask(msg("How do I reset my VPN password?", thread="t9"))).outcome == "answered"
+    # A quoted answer needs no model: with the server still down, employees still get answers.
+    bot.generator, bot.policy.answer_strategy = dead, "quote"
+    quoted = await bot.ask(msg("How do I reset my VPN password?", thread="t10"))
+    assert quoted.outcome == "answered" and quoted.sources[0].doc_id == "it/vpn-password-reset.md"
     await dead.close()
 
 
 async def test_slow_model_times_out_with_an_apology(example_store, embedder, sqlite_ledger) -> None:
-    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator(delay=5), generator_timeout=0.3)
+    bot = orchestrator(
+        example_store,
+        embedder,
+        sqlite_ledger,
+        EchoGenerator(delay=5),
+        generator_timeout=0.3,
+        answer_strategy="generate",
+    )
     answer = await bot.ask(msg("How do I set up the office printer?"))
     assert answer.outcome == "failed"
     assert (await sqlite_ledger.get_turn(answer.turn_id)).error.startswith("TimeoutError")

@@ -86,36 +86,40 @@ async def test_the_queue_puts_risky_unreviewed_answers_first_and_filters(console
         assert "VPN password" in page and "phishing" not in page
 
 
-async def test_a_lead_rates_and_corrects_and_the_ledger_keeps_every_version(console_server) -> None:
-    turn_id = console_server.turn_ids[0]
-    lead = await signed_in(console_server, LEAD)
-    async with lead:
-        async with lead.get(f"{console_server.url}/console/turns/{turn_id}") as r:
-            page = await r.text()
-        assert "How do I reset my VPN password?" in page and "Retrieved passages" in page
-        assert "vpn-password-reset" in page and "prompt v1" in page
-        csrf = csrf_of(page)
-        form = {
-            "csrf": csrf,
-            "score": "2",
-            "verdict": "incomplete",
-            "note": "misses the MFA step",
-            "correction": "Open the VPN portal, choose Reset, confirm with MFA.",
-            "then": "stay",
-        }
-        async with lead.post(f"{console_server.url}/console/turns/{turn_id}/rate", data=form) as r:
-            assert r.status == 200 and "Saved." in await r.text()
-        async with lead.post(
-            f"{console_server.url}/console/turns/{turn_id}/rate", data={**form, "score": "4", "verdict": "correct"}
-        ) as r:
-            assert r.status == 200
-    ratings = await console_server.deskmate.ledger.ratings_of(turn_id)
-    assert [(r.score, r.verdict, r.rater_key, r.rater_role, r.platform) for r in ratings] == [
-        (2, "incomplete", LEAD, "lead", "console"),
-        (4, "correct", LEAD, "lead", "console"),
-    ]
-    assert ratings[0].correction.startswith("Open the VPN portal")
-    assert (await console_server.deskmate.ledger.get_turn(turn_id)).reviewed
+async def test_a_lead_rates_and_corrects_and_the_ledger_keeps_every_version(serve_console) -> None:
+    from tests.support.console import seed
+
+    # A generated answer, so that the page has a prompt (and its version) to show.
+    async with serve_console(answer_strategy="generate") as console_server:
+        turn_id = (await seed(console_server))[0]
+        lead = await signed_in(console_server, LEAD)
+        async with lead:
+            async with lead.get(f"{console_server.url}/console/turns/{turn_id}") as r:
+                page = await r.text()
+            assert "How do I reset my VPN password?" in page and "Retrieved passages" in page
+            assert "vpn-password-reset" in page and "prompt v1" in page
+            csrf = csrf_of(page)
+            form = {
+                "csrf": csrf,
+                "score": "2",
+                "verdict": "incomplete",
+                "note": "misses the MFA step",
+                "correction": "Open the VPN portal, choose Reset, confirm with MFA.",
+                "then": "stay",
+            }
+            async with lead.post(f"{console_server.url}/console/turns/{turn_id}/rate", data=form) as r:
+                assert r.status == 200 and "Saved." in await r.text()
+            async with lead.post(
+                f"{console_server.url}/console/turns/{turn_id}/rate", data={**form, "score": "4", "verdict": "correct"}
+            ) as r:
+                assert r.status == 200
+        ratings = await console_server.deskmate.ledger.ratings_of(turn_id)
+        assert [(r.score, r.verdict, r.rater_key, r.rater_role, r.platform) for r in ratings] == [
+            (2, "incomplete", LEAD, "lead", "console"),
+            (4, "correct", LEAD, "lead", "console"),
+        ]
+        assert ratings[0].correction.startswith("Open the VPN portal")
+        assert (await console_server.deskmate.ledger.get_turn(turn_id)).reviewed
 
 
 async def test_bad_ratings_and_forged_forms_write_nothing(console_server) -> None:
@@ -145,7 +149,8 @@ async def test_bad_ratings_and_forged_forms_write_nothing(console_server) -> Non
 async def test_export_and_pseudonyms(tmp_path, serve_console) -> None:
     from tests.support.console import seed
 
-    async with serve_console(console_pseudonymous=True) as server:
+    # Generated answers: the export's records carry the prompt as served.
+    async with serve_console(console_pseudonymous=True, answer_strategy="generate") as server:
         ids = await seed(server)
         await server.deskmate.ledger.record_feedback(
             ids[0],

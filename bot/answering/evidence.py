@@ -1,0 +1,216 @@
+"""Passages cut into the pieces an answer can rest on: sentences, list items and table rows.
+
+Both answer strategies work on these pieces. `quote` builds the answer from them; `generate`
+checks every sentence the model wrote against them (bot/answering/grounding.py). A table row
+is one piece rendered with its column headers ("Annual leave (working days): 25"), so the row
+that applies to the asker can be chosen whole and still says what its numbers mean.
+
+The word matching is Snowball-stemmed ("renewing" matches "renewal"'s stem "renew"), which
+`snowballstemmer` does; sentence vectors come from the same embedder as the search.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+import snowballstemmer
+
+from bot.answering.prompts import INJECTION_PATTERNS
+from retrieval.records import Hit
+
+PieceKind = Literal["sentence", "item", "list", "row", "fact"]
+
+TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
+TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
+LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+")
+# A sentence ends at . ! ? followed by space and something that starts a sentence; "e.g. the"
+# and "v2.1" stay whole because the next character is lower case or not a space.
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
+LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
+# "v2.1" and "don't" stay one word; "carry-over" is two, so it matches "carried over".
+WORD = re.compile(r"[^\W_]+(?:[.'’][^\W_]+)*", re.UNICODE)
+NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+
+#: Words that carry no topic: function words and the words every question is made of.
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it
+    its itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself
+    yourselves get got gets please tell know need want way thing things one much many
+    let lets us may might must shall use using used""".split()
+)
+
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+@lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    return str(_STEMMER.stemWord(word))
+
+
+def content_terms(text: str) -> list[str]:
+    """The stemmed words of `text` that say what it is about, in order (numbers kept whole)."""
+    terms = []
+    for word in WORD.findall(text.lower()):
+        if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
+            continue
+        terms.append(word if any(c.isdigit() for c in word) else _stem(word))
+    return terms
+
+
+def numbers_in(text: str) -> set[str]:
+    """Numbers as written ("25", "30", "4700", "15:00"), to check an answer invents none."""
+    return {n.strip(".,:") for n in NUMBER.findall(text)}
+
+
+def plain(text: str) -> str:
+    """Markdown emphasis, code marks and link targets removed, spacing made single."""
+    return " ".join(EMPHASIS.sub("", LINK.sub(r"\1", text)).split())
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One thing a passage says. `passage` numbers from 1 in the order the passages were
+    retrieved (0 for the asker's own facts); `table` groups the rows of one table so the row that
+    applies to the asker can be chosen among its siblings; `label` is a row's first cell. A list
+    of two or more items is a piece of its own too: "how do I" is answered by the steps."""
+
+    passage: int
+    text: str
+    kind: PieceKind
+    context: str = ""
+    table: int = -1
+    label: str = ""
+    items: tuple[str, ...] = ()  # a list's items, in order (kind "list")
+    heading: str = ""  # the section's own heading, without the document title
+    column: str = ""  # a row's first column header ("Country"): what its label is
+
+    @property
+    def own_text(self) -> str:
+        """The piece with its own heading but not the document's title: a title that lists every
+        platform ("Mac, Windows, Linux") says nothing about which one a sentence is for."""
+        return f"{self.heading}: {self.text}" if self.heading else self.text
+
+    @property
+    def embed_text(self) -> str:
+        """What the piece is embedded as: its heading in front, since "25" alone means nothing."""
+        return f"{self.context}: {self.text}" if self.context else self.text
+
+
+def _cells(line: str) -> list[str]:
+    return [plain(c) for c in line.strip().strip("|").split("|")]
+
+
+def _render_row(header: list[str], cells: list[str]) -> tuple[str, str]:
+    """A table row as one readable sentence, and its label (first cell)."""
+    label = cells[0] if cells else ""
+    named = []
+    for name, value in zip(header[1:], cells[1:], strict=False):
+        if value:
+            named.append(f"{name}: {value}" if name else value)
+    extra = cells[len(header) :] if len(cells) > len(header) else []
+    named.extend(v for v in extra if v)
+    if not named:
+        return label, label
+    lead = f"{header[0]}: {label}" if header and header[0] and label else label
+    return f"{lead} — {'; '.join(named)}", label
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a prose paragraph."""
+    return [s.strip() for s in SENTENCE_BREAK.split(text) if s.strip()]
+
+
+def passage_pieces(passage: int, text: str, context: str = "", table_base: int = 0, heading: str = "") -> list[Piece]:
+    """The pieces of one passage, in reading order."""
+    pieces: list[Piece] = []
+    lines = text.splitlines()
+    header: list[str] | None = None
+    table = table_base - 1
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            for sentence in split_sentences(plain(" ".join(paragraph))):
+                if len(content_terms(sentence)) >= 1:
+                    pieces.append(Piece(passage, sentence, "sentence", context, heading=heading))
+            paragraph.clear()
+
+    run: list[str] = []
+
+    def end_list() -> None:
+        if len(run) >= 2:
+            pieces.append(Piece(passage, " ".join(run), "list", context, items=tuple(run), heading=heading))
+        run.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not LIST_ITEM.match(line) and line.strip():
+            end_list()
+        if TABLE_ROW.match(line):
+            flush()
+            if i + 1 < len(lines) and TABLE_RULE.match(lines[i + 1]):
+                header, table = _cells(line), table + 1
+                i += 2
+                continue
+            if header is None:  # a table piece without its header: its first row stands in
+                header, table = _cells(line), table + 1
+                i += 1
+                continue
+            rendered, label = _render_row(header, _cells(line))
+            if rendered:
+                pieces.append(
+                    Piece(
+                        passage, rendered, "row", context, table=table, label=label, heading=heading, column=header[0]
+                    )
+                )
+            i += 1
+            continue
+        header = None
+        if LIST_ITEM.match(line):
+            flush()
+            item = plain(LIST_ITEM.sub("", line, count=1))
+            run.append(item)
+            # A long item is several sentences; each can be chosen (or found unsupported) alone.
+            for sentence in split_sentences(item) if len(item) > 300 else [item]:
+                if content_terms(sentence):
+                    pieces.append(Piece(passage, sentence, "item", context, heading=heading))
+        elif not line.strip():
+            flush()
+        else:
+            paragraph.append(line)
+        i += 1
+    flush()
+    end_list()
+    return pieces
+
+
+def hit_context(hit: Hit) -> str:
+    return " > ".join(p for p in (hit.chunk.title, hit.chunk.heading) if p)
+
+
+def pieces_of(hits: Sequence[Hit]) -> list[Piece]:
+    """Every piece of the retrieved passages; passage numbers follow the hits' order."""
+    pieces: list[Piece] = []
+    for number, hit in enumerate(hits, start=1):
+        # Lines that try to instruct a model are not knowledge either: never quoted, never evidence.
+        text = "\n".join(line for line in hit.chunk.text.splitlines() if not INJECTION_PATTERNS.search(line))
+        pieces.extend(
+            passage_pieces(number, text, hit_context(hit), table_base=number * 1000, heading=hit.chunk.heading)
+        )
+    return pieces
+
+
+def fact_pieces(user_facts: Sequence[str]) -> list[Piece]:
+    """The asker's own facts, as pieces an answer may rest on (passage 0: never cited)."""
+    return [Piece(0, fact, "fact") for fact in user_facts if fact.strip()]
