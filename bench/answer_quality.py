@@ -153,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=0, help="first N questions only (0 = all)")
     parser.add_argument("--threads", type=int, default=2)
     add_corpus_arguments(parser)
-    parser.add_argument("--keep-answers", type=int, default=20, help="answers kept in the JSON")
+    parser.add_argument(
+        "--keep-answers",
+        type=int,
+        default=0,
+        help="answers kept in the JSON (they quote the bench corpus: keep them out of the repo)",
+    )
     return parser
 
 
