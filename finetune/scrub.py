@@ -162,7 +162,8 @@ FACT_SHAPES: list[tuple[str, str]] = [
     ("role", r"'s role is (?P<value>.+)\."),
     ("location", r" works from (?P<value>.+)\."),
     ("groups", r" belongs to the groups: (?P<value>.+)\."),
-    ("devices", r" uses this device: (?P<value>.+)\."),
+    # retrieval/users.py adds the system a device runs ("…, which runs Linux"): not the value.
+    ("devices", r" uses this device: (?P<value>.+?)(?:, which runs [A-Za-z ]+)?\."),
     ("", r"'s (?P<field>[^:]+): (?P<value>.+)\."),  # any other directory column
 ]
 NAME_FOLLOWERS = (" works in the ", "'s ", " works from ", " belongs to the groups: ", " uses this device: ")

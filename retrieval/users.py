@@ -155,7 +155,7 @@ def profile_facts(profile: UserProfile) -> list[str]:
         facts.append(f"{who} belongs to the groups: {', '.join(profile.groups)}.")
     for device in profile.devices:
         runs = device_platform(device)
-        facts.append(f"{who} uses this device: {device}" + (f" ({runs})." if runs else "."))
+        facts.append(f"{who} uses this device: {device}" + (f", which runs {runs}." if runs else "."))
     facts.extend(f"{who}'s {name.replace('_', ' ')}: {value}." for name, value in sorted(profile.extra.items()))
     return facts
 

@@ -20,12 +20,11 @@ from typing import Literal
 import snowballstemmer
 
 from bot.answering.prompts import INJECTION_PATTERNS
+from retrieval.chunking import FENCE, TABLE_ROW, TABLE_RULE  # passages are read as they were cut
 from retrieval.records import Hit
 
-PieceKind = Literal["sentence", "item", "list", "row", "fact"]
+PieceKind = Literal["sentence", "item", "list", "row", "fact", "code"]
 
-TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$")
-TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+")
 # A sentence ends at . ! ? followed by space and something that starts a sentence; "e.g. the"
 # and "v2.1" stay whole because the next character is lower case or not a space.
@@ -90,7 +89,7 @@ class Piece:
     context: str = ""
     table: int = -1
     label: str = ""
-    items: tuple[str, ...] = ()  # a list's items, in order (kind "list")
+    items: tuple[str, ...] = ()  # a list's items or a code block's lines, in order
     heading: str = ""  # the section's own heading, without the document title
     column: str = ""  # a row's first column header ("Country"): what its label is
 
@@ -177,6 +176,16 @@ def passage_pieces(passage: int, text: str, context: str = "", table_base: int =
             i += 1
             continue
         header = None
+        if FENCE.match(line):
+            # A code block is one piece, quoted as it is: its full stops end no sentence, and
+            # "how do I install it on Linux?" is answered by the commands, not by the prose.
+            flush()
+            end = next((j for j in range(i + 1, len(lines)) if FENCE.match(lines[j])), len(lines))
+            code = [c.rstrip() for c in lines[i + 1 : end] if c.strip()]
+            if code:
+                pieces.append(Piece(passage, "\n".join(code), "code", context, items=tuple(code), heading=heading))
+            i = end + 1
+            continue
         if LIST_ITEM.match(line):
             flush()
             item = plain(LIST_ITEM.sub("", line, count=1))

@@ -24,11 +24,13 @@ GREETING = re.compile(
     r"^(?:hi|hello|hey|hiya|howdy|yo|good (?:morning|afternoon|evening|day)|morning|hallo|olá|ola|hola|"
     r"bom dia|guten (?:morgen|tag)|moin|servus)(?: there| all| team| deskmate| bot)?$"
 )
-THANKS = re.compile(
-    r"^(?:(?:thanks?|thank you|thx|ty|cheers|great|perfect|awesome|nice|cool|ok(?:ay)?|got it|brilliant|"
-    r"obrigad[oa]|danke(?: schön)?|gracias|merci)(?: (?:so much|a lot|very much|again|for (?:the|your) help|"
-    r"deskmate|mate|that worked|it worked))*)$"
+_THANKS_WORD = (
+    r"(?:thanks?|thank you|thx|ty|cheers|great|perfect|awesome|nice|cool|ok(?:ay)?|got it|brilliant|"
+    r"obrigad[oa]|danke(?: schön)?|gracias|merci)"
 )
+_THANKS_TAIL = r"(?:so much|a lot|very much|again|for (?:the|your) help|deskmate|mate|that worked|it worked)"
+#: Acknowledgements, alone or strung together ("ok, got it, thanks so much").
+THANKS = re.compile(rf"^{_THANKS_WORD}(?: (?:{_THANKS_WORD}|{_THANKS_TAIL}))*$")
 #: Below this many words a language guess is noise ("VPN Linux?" is not Latvian).
 LANGUAGE_MIN_WORDS = 4
 LANGUAGE_MIN_PROBABILITY = 0.9

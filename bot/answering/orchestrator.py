@@ -294,7 +294,7 @@ class Orchestrator:
             "confidence": result.confidence,
             "model": self.generator.model,
             "adapter_version": self.generator.adapter,
-            "prompt_version": policy.prompt_version if strategy == "generate" else "",
+            "prompt_version": policy.prompt_version,
             "strategy": strategy,
         }
 
@@ -309,6 +309,14 @@ class Orchestrator:
         # check both strategies make before anything is written. A quoted answer also reads the
         # chunks next to the best ones (the rest of a table cut across chunks) and everything the
         # directory says about the asker, so the row that applies to them can be chosen.
+        # The prompt the model reads, built for quoted turns too: a lead's rating of a quoted
+        # answer is a training example like any other, and retraining needs the prompt it
+        # answers (passages and the asker's facts as the model would have seen them).
+        prompt, tampered = build_messages(
+            result.query, result.hits[: policy.context_passages], result.user_facts, version=policy.prompt_version
+        )
+        if tampered:
+            log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
         asker = await self._asker_facts(message.user_key) if strategy == "quote" else []
         if strategy == "quote" and policy.use_retrieval:
             result = replace(result, hits=await self._with_neighbours(result.hits, message.groups))
@@ -335,18 +343,10 @@ class Orchestrator:
                 return
         since = turn.lap("evidence", since)
 
-        prompt: list[dict[str, str]] = []
         if strategy == "quote":
             text = self._with_conflict_notice(composition, result)
             yield Delta(text)
         else:
-            prompt, tampered = build_messages(
-                result.query, result.hits[: policy.context_passages], result.user_facts, version=policy.prompt_version
-            )
-            if tampered:
-                log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
-            since = turn.lap("prompt", since)
-
             yield Status("Writing the answer…")
             pieces: list[str] = []
             try:
@@ -483,7 +483,16 @@ class Orchestrator:
         sentences = answer_sentences(text)
         vectors = await self.searcher.embedder.embed_many([without_citations(s) for s in sentences])
         support = check_support(sentences, vectors, evidence.all_pieces, evidence.all_vectors)
-        kept = [s for s in support if s.supported]
+        # A small model likes to recite the "About the person asking" block ("The person asking
+        # is Lukas Becker (lukas.becker@…)"): true, but no answer, and it spreads the person's
+        # details into every copy of the answer. A sentence resting on the asker's facts stays
+        # only when it is about what was asked ("Your office is in Berlin" to "where is my office").
+        asked = set(content_terms(result.query))
+        kept = [
+            s
+            for s in support
+            if s.supported and not (s.passage == 0 and not asked & set(content_terms(without_citations(s.sentence))))
+        ]
         if not any(s.claims for s in kept):
             return self._related_only(turn, result, notice), support
         lines, numbers = [], []

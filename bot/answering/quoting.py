@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.answering.evidence import WORD, Piece, content_terms
+from bot.answering.evidence import WORD, Piece, content_terms, numbers_in
 
 #: Weight of word overlap against cosine in a piece's relevance to the question.
 LEXICAL_WEIGHT = 0.5
 #: Another piece joins the answer when it is this close to the best one.
 COMPANION_RATIO = 0.85
 MAX_PIECES = 3
+#: A piece that answers a part of the question no chosen piece touches ("badges *and* parking")
+#: joins when it is at least this close to the best one.
+COVERAGE_RATIO = 0.6
 MAX_LIST_ITEMS = 6
 MAX_CHARS = 700
 #: How much a sibling row that does not name the asker loses against one that does.
@@ -38,11 +41,17 @@ FIRST_PERSON = frozenset({"i", "my", "me", "mine", "i'm", "i've", "myself", "we"
 SECTION_BONUS = 0.15
 #: What a list of steps gains when the question asks how to do something.
 STEPS_BONUS = 0.08
-HOW_TO = re.compile(r"^\s*(?:how (?:do|can|should|would|to|does)|what (?:are the|do i do)|steps? to)\b", re.I)
+HOW_TO = re.compile(
+    r"^\s*(?:(?:and|so|ok|okay|then|but|also)[,\s]+)?"  # a follow-up: "And how do I … on Linux?"
+    r"(?:how (?:do|can|should|would|to|does)|what (?:are the|do i do)|steps? to)\b",
+    re.I,
+)
 
 #: Words of the directory's fact sentences that say nothing about the person (retrieval/users.py).
 FACT_FRAME = frozenset(
-    content_terms("the person asking is works from in the department role is belongs to the groups uses this device")
+    content_terms(
+        "the person asking is works from in the department role is belongs to the groups uses this device which runs"
+    )
 )
 
 
@@ -93,7 +102,7 @@ def prefer_asker_rows(pieces: Sequence[Piece], scores: np.ndarray, question: str
     adjusted = scores.copy()
     if HOW_TO.match(question):
         for i, piece in enumerate(pieces):
-            if piece.kind == "list":
+            if piece.kind in ("list", "code"):
                 adjusted[i] += STEPS_BONUS
     personal = bool(about_asker) and bool(FIRST_PERSON & set(WORD.findall(question.lower())))
     if personal:
@@ -177,6 +186,21 @@ def _list_after(pieces: Sequence[Piece], index: int) -> list[int]:
     return follow
 
 
+def _steps_of_section(question: str, pieces: Sequence[Piece], index: int) -> list[int]:
+    """For a "how do I" question answered by a sentence, the steps (a list or a code block) of
+    the same section: "Linux laptops use the command-line client." says which way, the commands
+    after it say how."""
+    if not HOW_TO.match(question) or pieces[index].kind != "sentence":
+        return []
+    for j in range(index + 1, len(pieces)):
+        same = pieces[j].passage == pieces[index].passage or pieces[j].context == pieces[index].context
+        if not same or pieces[j].context != pieces[index].context:
+            break
+        if pieces[j].kind in ("list", "code"):
+            return [j] if len(pieces[j].text) <= MAX_CHARS else []
+    return []
+
+
 def compose(
     question: str,
     question_vector: np.ndarray,
@@ -191,7 +215,7 @@ def compose(
     scores = prefer_asker_rows(pieces, raw, question, about_asker or set())
     order = [int(i) for i in np.argsort(-scores)]
     best = order[0]
-    chosen = [best, *_list_after(pieces, best)]
+    chosen = [best, *_list_after(pieces, best), *_steps_of_section(question, pieces, best)]
     for i in order[1:]:
         if len(chosen) >= MAX_PIECES + len(_list_after(pieces, best)) or scores[i] < COMPANION_RATIO * scores[best]:
             break
@@ -200,16 +224,41 @@ def compose(
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
             continue
         chosen.append(i)
+    _cover_the_rest(question, pieces, scores, order, chosen)
     # In reading order within a passage, passages in retrieval order: steps stay in sequence.
     chosen.sort(key=lambda i: (pieces[i].passage, i))
     kept = [pieces[i] for i in chosen]
     return Composition(render(kept), kept, float(raw[best]), [float(scores[i]) for i in chosen])
 
 
+def _cover_the_rest(
+    question: str, pieces: Sequence[Piece], scores: np.ndarray, order: list[int], chosen: list[int]
+) -> None:
+    """Adds (in place) the best pieces that answer what the chosen ones leave out: a question
+    with two parts ("where do visitors get badges and parking spaces?") is often answered by
+    two documents, and the second is rarely as close to the whole question as the first."""
+    asked = set(content_terms(question))
+    covered = set().union(*(content_terms(pieces[c].embed_text) for c in chosen))
+    for i in order:
+        missing = asked - covered
+        if not missing or len(chosen) >= MAX_PIECES or scores[i] < COVERAGE_RATIO * scores[order[0]]:
+            break
+        terms = set(content_terms(pieces[i].embed_text))
+        if i in chosen or not terms & missing or _repeats(pieces[i], [pieces[c] for c in chosen]):
+            continue
+        if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
+            continue
+        chosen.append(i)
+        covered |= terms
+
+
 def _repeats(piece: Piece, chosen: Sequence[Piece]) -> bool:
-    """A piece that says what a chosen one already says (overlapping chunks repeat text)."""
+    """A piece that says what a chosen one already says (overlapping chunks repeat text). One
+    that gives other numbers for the same thing is no repeat: it is a disagreement to show."""
     terms = set(content_terms(piece.text))
     for other in chosen:
+        if numbers_in(piece.text) != numbers_in(other.text):
+            continue
         theirs = set(content_terms(other.text))
         shared = len(terms & theirs)
         if terms and theirs and (shared / len(terms) >= 0.8 or shared / len(theirs) >= 0.8):
@@ -236,6 +285,12 @@ def render(pieces: Sequence[Piece]) -> str:
                 lines.append(" ".join(prose))
                 prose = []
             lines.extend(f"- {_ended(item)} [{piece.passage}]" for item in piece.items)
+            continue
+        if piece.kind == "code":
+            if prose:
+                lines.append(" ".join(prose))
+                prose = []
+            lines.append(f"```\n{piece.text}\n``` [{piece.passage}]")
             continue
         if piece.kind in ("item", "row"):
             if prose:

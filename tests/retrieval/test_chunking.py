@@ -63,7 +63,9 @@ def test_passages_end_at_sentence_ends_not_at_line_wraps() -> None:
 
 def test_a_table_that_fits_a_passage_is_never_split() -> None:
     intro = "Each standard laptop model has a price and a role. " * 4
-    table = "| Model | Price | Role |\n|---|---|---|\n" + "\n".join(f"| M{i} | {i}00 EUR | role {i} |" for i in range(8))
+    table = "| Model | Price | Role |\n|---|---|---|\n" + "\n".join(
+        f"| M{i} | {i}00 EUR | role {i} |" for i in range(8)
+    )
     doc = Document("laptops.md", "Laptops", f"# Laptops\n\n{intro}\n\n{table}\n\nAsk IT for anything else.")
     chunks = chunk_document(doc, ChunkingConfig(300, 40))
     holding = [c for c in chunks if "| M0 |" in c.text]

@@ -6,7 +6,7 @@ check what Deskmate does with it."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -41,6 +41,17 @@ async def scripted_model(replies: list[str]) -> AsyncIterator[tuple[str, list[di
         await response.write(b"data: [DONE]\n\n")
         return response
 
+    async with openai_compatible(models, chat) as url:
+        yield url, seen
+
+
+@asynccontextmanager
+async def openai_compatible(
+    models: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    chat: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """`models` and `chat` served as `/v1/models` and `/v1/chat/completions` on a free loopback
+    port; yields the base URL."""
     app = web.Application()
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat)
@@ -50,6 +61,6 @@ async def scripted_model(replies: list[str]) -> AsyncIterator[tuple[str, list[di
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()

@@ -1,9 +1,12 @@
 """Rated turns on the example knowledge base, made through the real orchestrator.
 
-The lead's corrections follow one house style (the first sentence of the best passage, then the
-service desk's extension), which a few LoRA steps can learn and the base model does not write:
-so a trained candidate measurably beats the base model on the held-out turns, and an untrained
-one does not.
+The lead's corrections follow one house style (the best passage's first sentence, word for
+word, and nothing else), which a few LoRA steps can learn and the base model does not write: so
+a trained candidate measurably beats the base model on the held-out turns, and an untrained one
+does not. The style adds nothing of its own: a sign-off such as the service desk's extension
+is a sentence the passages may not hold, and a candidate that learns to write it is refused by
+the gate for writing unsupported sentences; a fixed prefix taught 8 steps of training to repeat
+the prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from tests.support.turns import ask_as
 LEAD = "hannah.schmidt@northwind.example"
 ASKER = "lukas.becker@northwind.example"
 HR_ASKER = "ana.ribeiro@northwind.example"
-SIGNATURE = "Service desk: extension 4357."
 PLANTED_EMAIL = "lukas.becker@northwind.example"
 PLANTED_TOKEN = "xoxb-4242424242-1313131313-PlantedSecretTokenValue"
 
@@ -44,10 +46,12 @@ RESTRICTED_QUESTION = "What are the salary bands for my grade?"
 
 
 def house_style(passage: str) -> str:
-    """The lead's answer: the passage's first sentence, then the service desk's extension."""
-    text = re.sub(r"\s+", " ", passage).strip()
+    """The lead's answer: the passage's first sentence."""
+    # List markers ("1. ", "- ") go first: "1." is no sentence.
+    lines = (re.sub(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+", "", line) for line in passage.splitlines())
+    text = re.sub(r"\s+", " ", " ".join(lines)).strip()
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
-    return f"{first[:300]} {SIGNATURE}"
+    return first[:300]
 
 
 async def seed_rated_turns(deskmate: Any, questions: list[str] | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from bot.answering.generation import (
     LlamaCppGenerator,
     RemoteGenerator,
 )
+from tests.support.model_server import openai_compatible
 from tests.support.services import free_port
 
 pytestmark = pytest.mark.slow
@@ -200,18 +201,10 @@ async def test_without_an_adapter_the_server_s_own_model_name_is_asked_for() -> 
         await response.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
         return response
 
-    app = web.Application()
-    app.router.add_get("/v1/models", models)
-    app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    remote = RemoteGenerator(f"http://127.0.0.1:{port}", retries=0)
-    try:
-        assert await remote.generate(QUESTION, max_tokens=8) == "Hello"
-        assert asked == ["org/base-1b"] and remote.model == ""  # the configured name stays unset
-    finally:
-        await remote.close()
-        await runner.cleanup()
+    async with openai_compatible(models, chat) as url:
+        remote = RemoteGenerator(url, retries=0)
+        try:
+            assert await remote.generate(QUESTION, max_tokens=8) == "Hello"
+            assert asked == ["org/base-1b"] and remote.model == ""  # the configured name stays unset
+        finally:
+            await remote.close()

@@ -27,8 +27,9 @@ def stream_info(call: Call) -> dict:
 
 @pytest.fixture
 async def slow_server(serve_chat):
-    """Answers take 4 s, long enough for Teams' paced streaming to show."""
-    async with serve_chat(generator_url="echo://?delay=4") as running:
+    """Answers take 4 s, long enough for Teams' paced streaming to show (the model writes them:
+    a quoted answer arrives whole)."""
+    async with serve_chat(generator_url="echo://?delay=4", answer_strategy="generate") as running:
         yield running
 
 

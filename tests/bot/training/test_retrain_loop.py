@@ -108,7 +108,7 @@ async def test_retraining_closes_the_loop(
             # The next answer is served by the new adapter, and its turn says so.
             assert server.deskmate.generator.adapter == name
             turn = await ask(server, "How do I set up a printer at the office?")
-            assert turn.adapter_version == name and turn.status == "answered"
+            assert turn.adapter_version == name and turn.status == "answered", (turn.answer, turn.support)
 
             # A worse candidate (it barely trains) does not beat the live adapter: not promoted.
             worse = await retrain.start(
