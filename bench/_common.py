@@ -159,7 +159,7 @@ def add_answer_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     """How the orchestrator answers (settings.answer_strategy and kin)."""
     parser.add_argument("--strategy", choices=["auto", "quote", "generate"], default="auto")
     parser.add_argument("--quote-passages", type=int, default=5)
-    parser.add_argument("--answerable-min", type=float, default=0.57, help="below it: 'the documents do not say'")
+    parser.add_argument("--answerable-min", type=float, default=0.56, help="below it: 'the documents do not say'")
 
 
 def turn_support(turn: Any) -> dict[str, Any]:
@@ -216,7 +216,7 @@ async def bench_orchestrator(
             context_passages=args.passages,
             answer_strategy=getattr(args, "strategy", "auto"),
             quote_passages=getattr(args, "quote_passages", 5),
-            answerable_min=getattr(args, "answerable_min", 0.57),
+            answerable_min=getattr(args, "answerable_min", 0.56),
         )
         try:
             yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger, store

@@ -115,9 +115,32 @@ async def answer_all(args: argparse.Namespace, questions: list[dict], generator:
         ),
         "answers_with_unsupported": mean([float(r["unsupported"] > 0) for r in rows if r["outcome"] == "answered"]),
         "strategy": Counter(r["strategy"] for r in rows).most_common(1)[0][0] if rows else "",
+        "answerable_min_sweep": answerable_min_sweep(unans, answerable_rows),
         "seconds": round(time.perf_counter() - started, 1),
         "answers": rows[: args.keep_answers],
     }
+
+
+def answerable_min_sweep(unans: list[dict], answerable_rows: list[dict]) -> list[dict[str, float | None]]:
+    """What other values of DESKMATE_ANSWERABLE_MIN would have done on these turns, read off
+    each turn's recorded answerability (a turn declined for low retrieval confidence has none
+    and stays declined): the trade-off an operator calibrates on, not a value to copy."""
+
+    def answered(row: dict, threshold: float) -> bool:
+        score = row["answerability_score"]
+        return row["outcome"] == "answered" if score is None else score >= threshold
+
+    def rate(rows: list[dict], threshold: float, want: bool) -> float | None:
+        return round(statistics.fmean(answered(r, threshold) == want for r in rows), 4) if rows else None
+
+    return [
+        {
+            "answerable_min": t / 100,
+            "unknown_rate_unanswerable": rate(unans, t / 100, False),
+            "answered_rate_answerable": rate(answerable_rows, t / 100, True),
+        }
+        for t in range(45, 71)
+    ]
 
 
 def _share(part: int, whole: int) -> float | None:

@@ -26,6 +26,8 @@ from retrieval.records import Hit
 PieceKind = Literal["sentence", "item", "list", "row", "fact", "code"]
 
 LIST_ITEM = re.compile(r"^\s*(?:[-*+•]|\d{1,2}[.)])\s+")
+#: A list item that starts with a bold label ending in a colon: "**macOS:** …".
+ITEM_LABEL = re.compile(r"^\s*(?:\*\*|__)([^*_\n]{1,60}?:?)(?:\*\*|__):?\s")
 # A sentence ends at . ! ? followed by space and something that starts a sentence; "e.g. the"
 # and "v2.1" stay whole because the next character is lower case or not a space.
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9\"'(\[])")
@@ -145,6 +147,7 @@ def passage_pieces(passage: int, text: str, context: str = "", table_base: int =
             paragraph.clear()
 
     run: list[str] = []
+    lists = 0
 
     def end_list() -> None:
         if len(run) >= 2:
@@ -189,11 +192,18 @@ def passage_pieces(passage: int, text: str, context: str = "", table_base: int =
         if LIST_ITEM.match(line):
             flush()
             item = plain(LIST_ITEM.sub("", line, count=1))
+            if not run:
+                lists += 1
             run.append(item)
+            # "**Windows (Dell Latitude):** …", "**macOS:** …": items led by a label are
+            # alternatives like a table's rows, so the one naming the asker's system can win.
+            labelled = ITEM_LABEL.match(LIST_ITEM.sub("", line, count=1))
+            label = plain(labelled.group(1)).rstrip(":") if labelled else ""
+            group = table_base + 500 + lists if label else -1
             # A long item is several sentences; each can be chosen (or found unsupported) alone.
             for sentence in split_sentences(item) if len(item) > 300 else [item]:
                 if content_terms(sentence):
-                    pieces.append(Piece(passage, sentence, "item", context, heading=heading))
+                    pieces.append(Piece(passage, sentence, "item", context, table=group, label=label, heading=heading))
         elif not line.strip():
             flush()
         else:

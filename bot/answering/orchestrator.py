@@ -63,7 +63,7 @@ class TurnPolicy:
     history_turns: int = 3
     answer_strategy: str = "auto"  # "auto", "quote" or "generate" (settings.answer_strategy)
     quote_passages: int = 5
-    answerable_min: float = 0.57
+    answerable_min: float = 0.56
     use_retrieval: bool = True  # off only to measure the model alone (bench/answer_quality.py)
 
     @classmethod

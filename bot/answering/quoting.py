@@ -14,6 +14,7 @@ the answerability signal the orchestrator abstains on).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -109,7 +110,7 @@ def prefer_asker_rows(pieces: Sequence[Piece], scores: np.ndarray, question: str
         _prefer_asker_sections(pieces, adjusted, about_asker)
     tables: dict[int, list[int]] = {}
     for i, piece in enumerate(pieces):
-        if piece.kind == "row":
+        if piece.kind == "row" or (piece.kind == "item" and piece.label):
             tables.setdefault(piece.table, []).append(i)
     for rows in tables.values():
         if len(rows) < 2:
@@ -117,6 +118,9 @@ def prefer_asker_rows(pieces: Sequence[Piece], scores: np.ndarray, question: str
         # "in my country" names no row of a table whose first column is "Country".
         column = set(content_terms(pieces[rows[0]].column))
         label_terms = {i: set(content_terms(pieces[i].label)) - column for i in rows}
+        # A word most labels share ("NG" in NG-401, NG-417, NG-503) names the table, not a row.
+        shared = Counter(t for terms in label_terms.values() for t in terms)
+        label_terms = {i: {t for t in terms if shared[t] * 2 <= len(rows)} for i, terms in label_terms.items()}
         named = _most_matching(rows, label_terms, named_in(question))
         bonus = 0.0
         if not named and about_asker:
@@ -125,10 +129,12 @@ def prefer_asker_rows(pieces: Sequence[Piece], scores: np.ndarray, question: str
                 named = _most_matching(rows, {i: set(content_terms(pieces[i].text)) for i in rows}, about_asker)
             bonus = ASKER_BONUS
         if named and len(named) < len(rows):
-            best_named = max(adjusted[i] for i in named)
+            # One named row is the answer even when its wording matches the question less than a
+            # sibling's; several keep their own order, all above the rest.
+            lift = max(adjusted[i] for i in rows) if len(named) == 1 else 0.0
             for i in rows:
                 if i in named:
-                    adjusted[i] = max(adjusted[i], best_named) + bonus
+                    adjusted[i] = max(adjusted[i], lift) + bonus
                 else:
                     adjusted[i] = adjusted[i] - OTHER_ROW_PENALTY
     return adjusted
@@ -137,13 +143,14 @@ def prefer_asker_rows(pieces: Sequence[Piece], scores: np.ndarray, question: str
 def _prefer_asker_sections(pieces: Sequence[Piece], adjusted: np.ndarray, about_asker: set[str]) -> None:
     """Sections side by side under one heading ("macOS", "Windows 11", "Linux (Ubuntu)") are
     alternatives like a table's rows: when one names the asker's system or office, the pieces of
-    its siblings lose (in place)."""
+    its siblings lose (in place), and so does the text above them, under the parent heading
+    itself: "what the VPN is" is no answer for the Mac user who asked how to install it."""
     by_parent: dict[str, dict[str, list[int]]] = {}
     for i, piece in enumerate(pieces):
         parent, _, last = piece.context.rpartition(" > ")
         if parent and last:
             by_parent.setdefault(parent, {}).setdefault(last, []).append(i)
-    for sections in by_parent.values():
+    for parent, sections in by_parent.items():
         if len(sections) < 2:
             continue
         matching = _most_matching(
@@ -156,6 +163,9 @@ def _prefer_asker_sections(pieces: Sequence[Piece], adjusted: np.ndarray, about_
         for n, members in enumerate(sections.values()):
             for i in members:
                 adjusted[i] += SECTION_BONUS if n in matching else -OTHER_ROW_PENALTY
+        for i, piece in enumerate(pieces):
+            if piece.context == parent:
+                adjusted[i] -= OTHER_ROW_PENALTY
 
 
 def named_in(question: str) -> set[str]:
@@ -216,9 +226,17 @@ def compose(
     order = [int(i) for i in np.argsort(-scores)]
     best = order[0]
     chosen = [best, *_list_after(pieces, best), *_steps_of_section(question, pieces, best)]
+    room = MAX_PIECES + len(chosen) - 1
     for i in order[1:]:
-        if len(chosen) >= MAX_PIECES + len(_list_after(pieces, best)) or scores[i] < COMPANION_RATIO * scores[best]:
+        if scores[i] < COMPANION_RATIO * scores[best]:
             break
+        # Rows of the best row's table that score as high apply equally (every meeting room of
+        # the asker's office): they may fill a list's worth of lines, other pieces only `room`.
+        peer = pieces[i].kind == "row" == pieces[best].kind and pieces[i].table == pieces[best].table
+        if len(chosen) >= (max(room, MAX_LIST_ITEMS) if peer and scores[i] >= scores[best] - 1e-6 else room):
+            if not peer:
+                break
+            continue
         if i in chosen or _repeats(pieces[i], [pieces[c] for c in chosen]):
             continue
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
@@ -256,8 +274,10 @@ def _repeats(piece: Piece, chosen: Sequence[Piece]) -> bool:
     """A piece that says what a chosen one already says (overlapping chunks repeat text). One
     that gives other numbers for the same thing is no repeat: it is a disagreement to show."""
     terms = set(content_terms(piece.text))
+    mine = numbers_in(piece.text)
     for other in chosen:
-        if numbers_in(piece.text) != numbers_in(other.text):
+        theirs_numbers = numbers_in(other.text)
+        if mine and theirs_numbers and not (mine <= theirs_numbers or theirs_numbers <= mine):
             continue
         theirs = set(content_terms(other.text))
         shared = len(terms & theirs)

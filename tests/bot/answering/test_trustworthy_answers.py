@@ -46,6 +46,35 @@ async def test_the_asker_s_laptop_picks_the_steps_for_their_system(example_store
     assert "apt" in lukas.text.lower() or "linux" in lukas.text.lower() or "ubuntu" in lukas.text.lower(), lukas.text
 
 
+@pytest.mark.parametrize(("who", "mine", "not_mine"), [(ANA, "Win + L", "keychain"), (EMILY, "keychain", "Win + L")])
+async def test_the_list_item_labelled_with_the_asker_s_system_is_quoted(
+    who, mine, not_mine, example_store, embedder, sqlite_ledger
+) -> None:
+    # "- **Windows (Dell Latitude):** …", "- **macOS:** …": labelled items are alternatives.
+    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator())
+    question = "I just reset my Northwind ID password. What do I need to do on my laptop now?"
+    answer = await bot.ask(msg(question, who))
+    assert answer.outcome == "answered" and mine in answer.text and not_mine not in answer.text, answer.text
+
+
+async def test_the_error_the_question_names_picks_its_row_not_a_sibling_sharing_its_prefix(
+    example_store, embedder, sqlite_ledger
+) -> None:
+    # Every row of the VPN errors table starts with "NG-": that word names the table, not a row.
+    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator())
+    answer = await bot.ask(msg("The VPN says NG-417 device certificate missing. How do I fix it?", LUKAS))
+    assert answer.outcome == "answered" and "northgate enroll" in answer.text, answer.text
+    assert "NG-401" not in answer.text
+
+
+async def test_the_mac_user_gets_the_mac_steps_not_the_page_s_introduction(
+    example_store, embedder, sqlite_ledger
+) -> None:
+    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator())
+    answer = await bot.ask(msg("How do I install the VPN client on my laptop?", EMILY))
+    assert "Self Service" in answer.text and "is the client that connects" not in answer.text, answer.text
+
+
 async def test_a_sentence_the_passages_do_not_support_is_removed_and_recorded(
     example_store, embedder, sqlite_ledger
 ) -> None:
