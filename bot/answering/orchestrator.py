@@ -126,10 +126,6 @@ class _Evidence:
     fact_vectors: np.ndarray
 
     @property
-    def pieces(self) -> list[Piece]:
-        return self.passages
-
-    @property
     def all_pieces(self) -> list[Piece]:
         return [*self.passages, *self.facts]
 
@@ -324,7 +320,7 @@ class Orchestrator:
             common["user_facts"] = list(dict.fromkeys([*result.user_facts, *asker]))
         evidence = await self._evidence(result, strategy)
         composition = Composition("")
-        if evidence.pieces and policy.use_retrieval:
+        if evidence.passages and policy.use_retrieval:
             composition = compose(
                 result.query,
                 evidence.question_vector,

@@ -101,17 +101,6 @@ def build_messages(
     return [{"role": "system", "content": template.system}, {"role": "user", "content": user}], tampered
 
 
-def cited_numbers(text: str, available: int) -> list[int]:
-    """The passage numbers an answer cites (`[1]`, `[2, 3]`), in first-cited order."""
-    seen: list[int] = []
-    for group in re.findall(r"\[(\d+(?:\s*,\s*\d+)*)\]", text):
-        for part in group.split(","):
-            number = int(part)
-            if 1 <= number <= available and number not in seen:
-                seen.append(number)
-    return seen
-
-
 def says_unknown(text: str) -> bool:
     """True when the model says the context does not hold the answer."""
     return bool(UNKNOWN_PATTERNS.search(text)) or not text.strip()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.answering.prompts import build_messages, cited_numbers, cut_repetition, says_unknown
+from bot.answering.prompts import build_messages, cut_repetition, says_unknown
 from retrieval.records import Chunk, Hit
 
 
@@ -21,11 +21,6 @@ def test_context_and_question_sit_in_the_user_turn() -> None:
     assert tampered == []
     bare, _ = build_messages("How do I print?", [])
     assert bare[1]["content"] == "Question: How do I print?"
-
-
-def test_citations_are_parsed_in_order_and_bounded() -> None:
-    assert cited_numbers("See [2] and [1, 3]; also [2] and [9].", 3) == [2, 1, 3]
-    assert cited_numbers("No citations here.", 3) == []
 
 
 def test_unknown_answers_are_recognised() -> None:
