@@ -43,9 +43,9 @@ class ChunkingConfig:
     overlap: int = 100
 
     def fingerprint(self) -> str:
-        # "sentences": passages packed from whole sentences and table rows, so stores chunked
+        # "sentences-2": passages packed from whole sentences, table rows and code blocks, so stores chunked
         # the older way (cut at any line) re-chunk on the next ingest.
-        return f"chunk={self.size}/{self.overlap}/sentences"
+        return f"chunk={self.size}/{self.overlap}/sentences-2"
 
 
 @dataclass
@@ -183,10 +183,19 @@ def _units(text: str, size: int) -> list[_Unit]:
                     units.append(_Unit(piece, table=tables, repeat=repeat))
                 i += 1
         elif FENCE.match(lines[i]):
-            # Code is kept line by line: a full stop inside code ends no sentence.
+            # Code is kept line by line (a full stop inside code ends no sentence) and packed like
+            # a table: whole when it fits, else every later piece starts with the opening fence,
+            # and no code line is carried into the next passage as overlap, so a passage never
+            # starts with a stray fence that turns the prose after it into code.
+            tables += 1
             end = next((j for j in range(i + 1, len(lines)) if FENCE.match(lines[j])), len(lines) - 1)
-            for line in lines[i : end + 1]:
-                units.extend(_Unit(p) for p in (_words(line, size) if len(line) > size else [line]))
+            fence = lines[i] if lines[i].endswith("\n") else lines[i] + "\n"
+            fence = fence if len(fence) <= size // 2 else ""
+            units.append(_Unit(fence or lines[i], table=tables, header=True, repeat=fence))
+            for line in lines[i + 1 : end + 1]:
+                line = line if line.endswith("\n") else line + "\n"
+                for part in _words(line, size - len(fence)) if len(line) > size - len(fence) else [line]:
+                    units.append(_Unit(part, table=tables, repeat=fence))
             i = end + 1
         else:
             prose.append(lines[i])

@@ -224,9 +224,10 @@ def pieces_of(hits: Sequence[Hit]) -> list[Piece]:
     for number, hit in enumerate(hits, start=1):
         # Lines that try to instruct a model are not knowledge either: never quoted, never evidence.
         text = "\n".join(line for line in hit.chunk.text.splitlines() if not INJECTION_PATTERNS.search(line))
-        pieces.extend(
-            passage_pieces(number, text, hit_context(hit), table_base=number * 1000, heading=hit.chunk.heading)
-        )
+        found = passage_pieces(number, text, hit_context(hit), table_base=number * 1000, heading=hit.chunk.heading)
+        # ...and once more on the pieces as quoted: a phrase wrapped over two lines, or broken by
+        # link markup or double spaces, is whole only after the piece is joined and cleaned.
+        pieces.extend(p for p in found if not INJECTION_PATTERNS.search(p.text))
     return pieces
 
 

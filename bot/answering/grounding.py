@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.answering.evidence import Piece, content_terms, numbers_in, split_sentences
+from bot.answering.evidence import WORD, Piece, content_terms, numbers_in, split_sentences
 
 #: A sentence is supported when its best piece reaches this blend of word coverage and cosine.
 SUPPORT_MIN = 0.55
@@ -97,14 +97,34 @@ def check_support(
         blend = COVERAGE_WEIGHT * coverage + (1 - COVERAGE_WEIGHT) * np.clip(cosines, 0.0, 1.0)
         best = int(np.argmax(blend))
         joint = len(terms & everything) / len(terms)
-        invented = numbers_in(bare) - known_numbers
-        supported = not invented and (
-            blend[best] >= SUPPORT_MIN or (joint >= JOINT_COVERAGE_MIN and float(cosines.max()) >= JOINT_COSINE_MIN)
+        # Every number must be in the piece that supports the sentence, not just somewhere:
+        # "In Germany you get 25 days" is not supported by the Portugal row's 25.
+        invented = numbers_in(bare) - known_numbers or numbers_in(bare) - numbers_in(pieces[best].embed_text)
+        # Stop words are not compared, so "you do not need MFA" would match "you need MFA".
+        flipped = _negated(bare) != _negated(pieces[best].text)
+        supported = (
+            not invented
+            and not flipped
+            and (
+                blend[best] >= SUPPORT_MIN or (joint >= JOINT_COVERAGE_MIN and float(cosines.max()) >= JOINT_COSINE_MIN)
+            )
         )
         results.append(
             SentenceSupport(sentence, bool(supported), float(blend[best]), pieces[best].passage, pieces[best].text)
         )
     return results
+
+
+NEGATIONS = frozenset(
+    "not no never nor cannot can't don't doesn't didn't isn't aren't wasn't weren't won't "
+    "shouldn't mustn't couldn't wouldn't without none nothing neither".split()
+)
+
+
+def _negated(text: str) -> bool:
+    """Whether a sentence says something is not so (compared between a sentence and its support)."""
+    words = {w.replace("’", "'") for w in WORD.findall(text.lower())}
+    return bool(words & NEGATIONS) or "n't" in text.lower()
 
 
 def supported_share(support: Sequence[SentenceSupport | dict[str, Any]]) -> float | None:

@@ -340,6 +340,12 @@ class Orchestrator:
         since = turn.lap("evidence", since)
 
         if strategy == "quote":
+            if not composition.text.strip():  # nothing quotable (every line filtered, a bare header)
+                answer = self._related_only(turn, result, notice)
+                await self._finish(turn, answer, TurnEnd(status="unknown", answer=answer.text, prompt=prompt, **common))
+                await self._remember(message.conversation_key, history, question, answer.text)
+                yield Done(answer)
+                return
             text = self._with_conflict_notice(composition, result)
             yield Delta(text)
         else:

@@ -225,7 +225,9 @@ def compose(
     scores = prefer_asker_rows(pieces, raw, question, about_asker or set())
     order = [int(i) for i in np.argsort(-scores)]
     best = order[0]
-    chosen = [best, *_list_after(pieces, best), *_steps_of_section(question, pieces, best)]
+    listed = _list_after(pieces, best)
+    # A sentence that introduces its list already brings the steps: not the list piece again.
+    chosen = [best, *listed, *([] if listed else _steps_of_section(question, pieces, best))]
     room = MAX_PIECES + len(chosen) - 1
     for i in order[1:]:
         if scores[i] < COMPANION_RATIO * scores[best]:
@@ -310,7 +312,8 @@ def render(pieces: Sequence[Piece]) -> str:
             if prose:
                 lines.append(" ".join(prose))
                 prose = []
-            lines.append(f"```\n{piece.text}\n``` [{piece.passage}]")
+            # The citation on a line of its own: CommonMark allows nothing after a closing fence.
+            lines.append(f"```\n{piece.text}\n```\n[{piece.passage}]")
             continue
         if piece.kind in ("item", "row"):
             if prose:

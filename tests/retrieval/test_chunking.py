@@ -89,3 +89,18 @@ def test_code_lines_are_not_split_at_full_stops() -> None:
     chunks = chunk_document(Document("cli.md", "CLI", f"Run these commands.\n\n{code}"), ChunkingConfig(300, 0))
     lines = [line for c in chunks for line in c.text.splitlines() if line.startswith("ibmcloud")]
     assert lines == [f"ibmcloud is image-update img-{i}. --status deprecated" for i in range(20)]
+
+
+def test_a_code_block_cut_across_passages_reopens_its_fence_and_turns_no_prose_into_code() -> None:
+    prose = " ".join(f"Sentence {i} explains one part of the setup." for i in range(14))
+    code = "```\n" + "\n".join(f"northgate step-{i} --portal gate.example" for i in range(12)) + "\n```"
+    after = "Then restart. Afterwards, check the status page."
+    chunks = chunk_document(Document("vpn.md", "VPN", f"{prose}\n\n{code}\n\n{after}"), ChunkingConfig(400, 80))
+    holding = [c.text for c in chunks if "northgate step-" in c.text]
+    assert len(holding) >= 2
+    for text in holding:  # each piece of the block opens it before its first command
+        assert text.index("```") < text.index("northgate step-")
+    closing = [c.text for c in chunks if "Then restart." in c.text]
+    assert closing and all(not t.lstrip().startswith("```\nThen") for t in closing)
+    lines = [line for text in holding for line in text.splitlines() if line.startswith("northgate")]
+    assert sorted(set(lines)) == sorted(f"northgate step-{i} --portal gate.example" for i in range(12))
