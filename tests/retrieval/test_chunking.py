@@ -41,13 +41,13 @@ def test_pages_are_cited_by_number_and_public_by_default() -> None:
 
 
 MANUAL = (
-    "Connect the Samsung Smart Remote to your TV to operate the TV. When you turn on the TV for the\n"
-    "first time, the remote pairs to the TV automatically. If the remote does not pair, point it at\n"
-    "the remote control sensor of the TV, and then press and hold the two buttons for 3 seconds.\n"
-    "The images, buttons, and functions of the remote may differ depending on the model. For more\n"
-    "information about the remote that comes with the QLED TV, refer to its own chapter. The remote\n"
-    "may not be supported depending on the model or geographical area. Replace the batteries when\n"
-    "the remote stops answering, and keep it away from direct sunlight and heat."
+    "Pair the badge reader with the meeting-room panel before the first booking of the day. When\n"
+    "the panel starts, it looks for the reader on its own and shows a green dot once they talk. If\n"
+    "the dot stays grey, hold the reader next to the panel and press its only button for 5 seconds.\n"
+    "Panels on the older floors may show a different icon, and some lack the dot altogether. For\n"
+    "floors that still use paper sign-up sheets, ask reception for this week's sheet instead. The\n"
+    "reader may not work in rooms without a network socket near the door. Change the reader's\n"
+    "battery when the panel warns you, and keep spare batteries in the drawer under the screen."
 )
 
 
