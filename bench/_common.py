@@ -160,6 +160,9 @@ def add_answer_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--strategy", choices=["auto", "quote", "generate"], default="auto")
     parser.add_argument("--quote-passages", type=int, default=5)
     parser.add_argument("--answerable-min", type=float, default=0.56, help="below it: 'the documents do not say'")
+    parser.add_argument(
+        "--min-confidence", type=float, default=0.30, help="best-passage similarity below which nothing is read"
+    )
 
 
 def turn_support(turn: Any) -> dict[str, Any]:
@@ -219,7 +222,8 @@ async def bench_orchestrator(
             answerable_min=getattr(args, "answerable_min", 0.56),
         )
         try:
-            yield Orchestrator(Searcher(store, embedder, cache), generator, ledger, cache, policy), ledger, store
+            searcher = Searcher(store, embedder, cache, min_confidence=getattr(args, "min_confidence", 0.30))
+            yield Orchestrator(searcher, generator, ledger, cache, policy), ledger, store
         finally:
             await ledger.close()
             await store.close()

@@ -128,6 +128,8 @@ async def answer_all(args: argparse.Namespace, pairs: list[dict[str, Any]], gene
                     "retrieved_gold": pair["doc_id"] in retrieved,
                     "facts_used": facts_used(pair, profile, message, prompt_facts),
                     "seconds": round(turn.latency_ms.get("total", 0) / 1000, 2) if turn else None,
+                    "confidence": getattr(turn, "confidence", None),
+                    "answerability": getattr(turn, "answerability", None),
                 }
             )
             if i % 10 == 0:

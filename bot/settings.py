@@ -71,7 +71,12 @@ class Settings(BaseSettings):
     max_file_mb: float = Field(10.0, gt=0, description="Larger files are skipped at ingest.")
 
     hybrid_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the vector side in hybrid ranking.")
-    min_confidence: float = Field(0.35, ge=0.0, le=1.0, description="Below this best-passage similarity, 'not sure'.")
+    min_confidence: float = Field(
+        0.30,
+        ge=0.0,
+        le=1.0,
+        description="Below this best-passage similarity, nothing is read (answerability decides above it).",
+    )
     max_query_chars: int = Field(2000, ge=10, description="Longer queries are truncated.")
     search_k: int = Field(5, ge=1, le=50)
 

@@ -142,6 +142,25 @@ def decide(
     return {"promote": not reasons, "margin": margin, "reasons": reasons or ["beats the live adapter on every check"]}
 
 
+def answer_strategy(candidate: Mapping[str, float | None], quoted: Mapping[str, float | None]) -> dict[str, Any]:
+    """How the candidate should answer once live: `generate` only when what it writes beats
+    the quoted answers (the passages' own sentences, no model) on the same held-out turns.
+    A small model that quotes well and composes badly can pass the gate against the live
+    adapter and still be worse for employees than quoting: on the TV manual's section-disjoint
+    test set, quoting scored 0.378 token F1 and a fine-tuned SmolLM2 writing its own answers
+    0.258 (bench/finetune_effect.py). A tie goes to quoting, whose sentences are never
+    unsupported."""
+    c_f1, q_f1 = candidate.get("token_f1"), quoted.get("token_f1")
+    if c_f1 is None or q_f1 is None:
+        return {"answer_strategy": "generate", "why": "no held-out turn with a reference answer to compare on"}
+    if c_f1 > q_f1:
+        return {"answer_strategy": "generate", "why": f"its answers score token F1 {c_f1:.3f}, quoting {q_f1:.3f}"}
+    return {
+        "answer_strategy": "quote",
+        "why": f"quoting scores token F1 {q_f1:.3f}, its own answers {c_f1:.3f}: it stays quoting while live",
+    }
+
+
 def plot(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """A bar chart of candidate vs live on each figure, saved as PNG next to the report."""
     import matplotlib

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,7 +70,7 @@ class Searcher:
         cache: Cache | None = None,
         *,
         alpha: float = 0.5,
-        min_confidence: float = 0.35,
+        min_confidence: float = 0.30,
         max_query_chars: int = 2000,
         candidates: int = 40,
         user_facts_k: int = 3,
@@ -113,6 +114,7 @@ class Searcher:
         mode: Mode = "hybrid",
         earlier: str = "",
         kb_version: int | None = None,
+        asker: Sequence[str] = (),
     ) -> SearchResult:
         """The `k` best chunks this reader may see, and their facts relevant to the query.
 
@@ -120,12 +122,17 @@ class Searcher:
         query only: a follow-up ("and on Linux?") needs the earlier topic's words for BM25,
         while the dense side matches the follow-up itself best (measured on MTRAG). The
         follow-up's own words still count twice as much as the earlier turn's (see
-        `lexical_query`). `kb_version` saves a lookup when the caller has just read it."""
+        `lexical_query`). `asker` holds the reader's directory values the question points at
+        ("my department" → "Engineering", see `retrieval.users.asked_about`); they join the
+        lexical query once, and the question read with them counts for confidence, since "who
+        leads my department" resembles no passage until it is known which department.
+        `kb_version` saves a lookup when the caller has just read it."""
         text, truncated = self.prepare(query)
         if truncated:
             log.info("search.truncated chars=%d limit=%d", len(query), self.max_query_chars)
         context = " ".join(earlier.split())[: self.max_query_chars]
-        lexical_text = lexical_query(text, context)
+        personal = " ".join(" ".join(asker).split())
+        lexical_text = lexical_query(text, context, personal)
         scope = reader_groups(groups)
         version = kb_version if kb_version is not None else await self.kb_version()
         key = self._result_key(lexical_text, scope, k, mode, version)
@@ -145,6 +152,10 @@ class Searcher:
                 # A follow-up alone ("and on Linux?") resembles nothing; judge confidence on
                 # what it means in the conversation too.
                 whole = await self.embedder.embed_query(f"{context} {text}")
+                best = await self.store.dense(whole, 1, scope)
+                confidence = max(confidence, best[0].score if best else 0.0)
+            if personal and hits:
+                whole = await self.embedder.embed_query(f"{text} ({personal})")
                 best = await self.store.dense(whole, 1, scope)
                 confidence = max(confidence, best[0].score if best else 0.0)
             if self.cache is not None:
@@ -184,15 +195,16 @@ class Searcher:
         return f"search:v{version}:{digest}"
 
 
-def lexical_query(question: str, earlier: str = "") -> str:
+def lexical_query(question: str, earlier: str = "", asker: str = "") -> str:
     """The BM25 query for a question asked after `earlier`: both, with the question given twice.
 
     BM25 counts a word as often as the query holds it (LanceDB and Weaviate alike), so the
     repeat makes what is asked now outweigh the earlier turn, which only sets the topic: with
     equal weights a long earlier question drowned a short follow-up (MTRAG dev, hybrid nDCG@10
     0.818 with equal weights, 0.829 doubled, 0.828 tripled). A question without an earlier
-    turn is searched as it is."""
-    return f"{earlier} {question} {question}" if earlier.strip() else question
+    turn is searched as it is. The asker's values (see `Searcher.search`) are added once."""
+    asked = f"{earlier} {question} {question}" if earlier.strip() else question
+    return f"{asked} {asker}" if asker.strip() else asked
 
 
 def earlier_questions(history: list[tuple[str, str]] | None = None, *, turns: int = 1) -> str:

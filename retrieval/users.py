@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +159,51 @@ def profile_facts(profile: UserProfile) -> list[str]:
         facts.append(f"{who} uses this device: {device}" + (f", which runs {runs}." if runs else "."))
     facts.extend(f"{who}'s {name.replace('_', ' ')}: {value}." for name, value in sorted(profile.extra.items()))
     return facts
+
+
+# Words that, after "my" or "our", point at one of the asker's directory fields. The field's
+# value then joins the lexical query: "who leads my department" is about "Engineering" for one
+# person and "Sales" for another, and the table row that answers it names the department, not
+# the word "department" (nor "leads": its column says "Leader").
+FIELD_WORDS: dict[str, tuple[str, ...]] = {
+    "department": ("department", "team", "dept", "division", "unit"),
+    "location": ("office", "location", "city", "site", "country", "building", "campus"),
+    "devices": ("laptop", "computer", "phone", "device", "mac", "pc", "notebook", "mobile", "tablet"),
+    "role": ("role", "job", "position", "title"),
+}
+POSSESSIVE = re.compile(r"\b(?:my|our)\s+(?:own\s+|current\s+|work\s+|home\s+)?([a-z]+)", re.IGNORECASE)
+
+
+def asked_about(profile: UserProfile, question: str) -> list[str]:
+    """The asker's directory values that the question points at ("my office" → "Lisbon",
+    "Portugal"; "my laptop" → the devices and the systems they run), for the lexical side of the search. Only fields the
+    question names: adding every fact to every query would pull each answer towards the asker's
+    office page whatever was asked."""
+    named = {m.group(1).lower().rstrip("s") for m in POSSESSIVE.finditer(question)}
+    values: list[str] = []
+    for name, words in FIELD_WORDS.items():
+        if not named & set(words):
+            continue
+        if name == "location":
+            values += [profile.location, profile.extra.get("country", "")]
+        elif name == "devices":  # the system too: instructions say "on Windows", not "on a Latitude"
+            values += [part for device in _devices_named(profile, named) for part in (device, device_platform(device))]
+        else:
+            values.append(getattr(profile, name))
+    return [v for v in dict.fromkeys(values) if v]
+
+
+MOBILE_SYSTEMS = {"iOS", "iPadOS", "Android"}
+MOBILE_WORDS = {"phone", "mobile", "tablet"}
+COMPUTER_WORDS = {"laptop", "computer", "mac", "pc", "notebook"}
+
+
+def _devices_named(profile: UserProfile, named: set[str]) -> list[str]:
+    """The asker's devices of the kind the question names: "my phone" is not the laptop."""
+    wants_mobile, wants_computer = bool(named & MOBILE_WORDS), bool(named & COMPUTER_WORDS)
+    if wants_mobile == wants_computer:  # "my device", or both kinds named
+        return list(profile.devices)
+    return [d for d in profile.devices if device_platform(d) and (device_platform(d) in MOBILE_SYSTEMS) == wants_mobile]
 
 
 async def import_users(profiles: Sequence[UserProfile], store: KnowledgeStore, embedder: Embedder) -> int:

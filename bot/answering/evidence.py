@@ -12,7 +12,7 @@ The word matching is Snowball-stemmed ("renewing" matches "renewal"'s stem "rene
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -66,6 +66,26 @@ def content_terms(text: str) -> list[str]:
             continue
         terms.append(word if any(c.isdigit() for c in word) else _stem(word))
     return terms
+
+
+def held_terms(asked: Iterable[str], seen: Collection[str]) -> set[str]:
+    """The `asked` terms that `seen` holds, counting a word's derivations: Snowball leaves
+    "lead" and "leader", "mile" and "mileage" as different stems, and a question about who
+    leads a department is answered by the row whose column says "Leader". Words of four or more
+    letters match when one is the other plus at most three letters (a suffix, not another word:
+    "card" is not "cardinal"); numbers only match exactly."""
+    held = set()
+    for term in asked:
+        if term in seen:
+            held.add(term)
+        elif len(term) >= 4 and term.isalpha() and any(_derived(term, other) for other in seen):
+            held.add(term)
+    return held
+
+
+def _derived(a: str, b: str) -> bool:
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 4 and len(long) - len(short) <= 3 and long.startswith(short)
 
 
 def numbers_in(text: str) -> set[str]:

@@ -39,9 +39,9 @@ from bot.ledger.rows import TurnEnd, TurnStart, new_turn_ids
 from bot.ledger.tombstones import user_tag
 from bot.settings import Settings
 from retrieval.cache import Cache
-from retrieval.records import Hit, reader_groups
+from retrieval.records import Hit, UserProfile, reader_groups
 from retrieval.search import Searcher, SearchResult, earlier_questions
-from retrieval.users import profile_facts
+from retrieval.users import asked_about, profile_facts
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class Orchestrator:
         yield Status("Searching the knowledge base…")
         earlier = earlier_questions(history, turns=1)
         wanted = max(policy.context_passages, policy.quote_passages if strategy == "quote" else ANSWERABILITY_HITS)
+        profile = await self._profile(message.user_key) if policy.use_retrieval else None
         if policy.use_retrieval:
             result = await self.searcher.search(
                 search_text,
@@ -276,6 +277,7 @@ class Orchestrator:
                 user_key=message.user_key,
                 earlier=earlier,
                 kb_version=version,
+                asker=asked_about(profile, search_text) if profile else (),
             )
         else:
             result = SearchResult(query=search_text, hits=[], confidence=1.0, confident=True, kb_version=version)
@@ -313,7 +315,7 @@ class Orchestrator:
         )
         if tampered:
             log.warning("turn.instructions_removed turn=%s chunks=%s", turn.turn_id, ",".join(tampered))
-        asker = await self._asker_facts(message.user_key) if strategy == "quote" else []
+        asker = profile_facts(profile) if profile and strategy == "quote" else []
         if strategy == "quote" and policy.use_retrieval:
             result = replace(result, hits=await self._with_neighbours(result.hits, message.groups))
             common["retrieved"] = [self._served_chunk(h) for h in result.hits]
@@ -418,17 +420,18 @@ class Orchestrator:
     # --- pieces ------------------------------------------------------------------------------
     def _strategy(self) -> str:
         """How this turn's answer is made: `quote` unless the operator chose otherwise, or a
-        fine-tuned adapter is live (it was trained to answer the company's questions itself)."""
+        fine-tuned adapter is live (it was trained to answer the company's questions itself) and
+        the gate did not find quoting better than its own answers (`Generator.adapter_strategy`)."""
         chosen = self.policy.answer_strategy
         if chosen in ("quote", "generate"):
             return chosen
-        return "generate" if self.generator.adapter else "quote"
+        return "generate" if self.generator.adapter and self.generator.adapter_strategy != "quote" else "quote"
 
-    async def _asker_facts(self, user_key: str) -> list[str]:
-        """Everything the directory says about the asker (the search keeps only the facts
+    async def _profile(self, user_key: str) -> UserProfile | None:
+        """The asker's directory entry: the search reads the fields the question points at
+        ("my office"), and a quoted answer everything it says (the search keeps only the facts
         nearest the question, which for "how many leave days do I get" is rarely the office)."""
-        profile = await self.searcher.store.get_user(user_key) if user_key else None
-        return profile_facts(profile) if profile else []
+        return await self.searcher.store.get_user(user_key) if user_key else None
 
     async def _with_neighbours(self, hits: list[Hit], groups: tuple[str, ...]) -> list[Hit]:
         """The hits, then the chunks next to the best ones in their documents: a table or a list

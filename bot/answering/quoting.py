@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bot.answering.evidence import WORD, Piece, content_terms, numbers_in
+from bot.answering.evidence import WORD, Piece, content_terms, held_terms, numbers_in
 
 #: Weight of word overlap against cosine in a piece's relevance to the question.
 LEXICAL_WEIGHT = 0.5
@@ -244,7 +244,7 @@ def compose(
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
             continue
         chosen.append(i)
-    _cover_the_rest(question, pieces, scores, order, chosen)
+    _cover_the_rest(question, pieces, scores, order, chosen, demoted=set(np.flatnonzero(scores < raw - 1e-9).tolist()))
     # In reading order within a passage, passages in retrieval order: steps stay in sequence.
     chosen.sort(key=lambda i: (pieces[i].passage, i))
     kept = [pieces[i] for i in chosen]
@@ -252,19 +252,27 @@ def compose(
 
 
 def _cover_the_rest(
-    question: str, pieces: Sequence[Piece], scores: np.ndarray, order: list[int], chosen: list[int]
+    question: str,
+    pieces: Sequence[Piece],
+    scores: np.ndarray,
+    order: list[int],
+    chosen: list[int],
+    demoted: set[int],
 ) -> None:
     """Adds (in place) the best pieces that answer what the chosen ones leave out: a question
     with two parts ("where do visitors get badges and parking spaces?") is often answered by
-    two documents, and the second is rarely as close to the whole question as the first."""
+    two documents, and the second is rarely as close to the whole question as the first.
+    `demoted` pieces (a sibling row, another system's section, the introduction above the
+    asker's section) stay out: they lost to the asker's piece, so they cannot come back as the
+    "rest" of the answer because they share a word with the question."""
     asked = set(content_terms(question))
     covered = set().union(*(content_terms(pieces[c].embed_text) for c in chosen))
     for i in order:
-        missing = asked - covered
+        missing = asked - held_terms(asked, covered)
         if not missing or len(chosen) >= MAX_PIECES or scores[i] < COVERAGE_RATIO * scores[order[0]]:
             break
         terms = set(content_terms(pieces[i].embed_text))
-        if i in chosen or not terms & missing or _repeats(pieces[i], [pieces[c] for c in chosen]):
+        if i in chosen or i in demoted or not terms & missing or _repeats(pieces[i], [pieces[c] for c in chosen]):
             continue
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
             continue

@@ -215,13 +215,22 @@ async def apply_live(ledger: Ledger, registry: Registry, generator: Generator) -
             info = registry.get(name)
             registry.check_base(info, serving_base(generator), None)
             await generator.use_adapter(name, info.gguf)
+            generator.adapter_strategy = measured_strategy(info)
         else:
             await generator.use_adapter("")
+            generator.adapter_strategy = ""
     except (AdapterInvalid, BaseModelMismatch, AdapterNotServed) as exc:
         log.error("adapter.not_applied live=%s serving=%s reason=%s", name or "base", generator.adapter or "base", exc)
         return generator.adapter
     log.info("adapter.serving name=%s", name or "base")
     return name
+
+
+def measured_strategy(info: AdapterInfo) -> str:
+    """How the gate found this adapter answers best ("" for one evaluated before the gate
+    compared it with quoting: it writes, as it did then)."""
+    strategy = (info.metadata.get("evaluation") or {}).get("strategy") or {}
+    return str(strategy.get("answer_strategy") or "")
 
 
 async def follow_live(ledger: Ledger, registry: Registry, generator: Generator, every: float) -> None:

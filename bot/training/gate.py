@@ -89,6 +89,10 @@ class Gate:
                 scores[label] = evaluate.score_answers(rows)
                 for g, passed in zip(guard_rows, guard_results, strict=True):
                     g[f"{label}_passed"] = passed
+            # The same turns quoted (no model is called): what `auto` serves without an adapter,
+            # and the bar the candidate's own writing must clear to be used once live.
+            rows, _ = await self._answer_all(folder, "quoted", current, turns, [], strategy="quote")
+            scores["quoted"] = evaluate.score_answers(rows)
         finally:
             for generator in setups.values():
                 await generator.close()
@@ -99,6 +103,8 @@ class Gate:
             "held_out_turns": len(turns),
             "candidate": scores["candidate"],
             "live": scores["live"],
+            "quoted": scores["quoted"],
+            "strategy": evaluate.answer_strategy(scores["candidate"], scores["quoted"]),
             "guards": guard_rows,
             "decision": decision,
             "evaluated_at": datetime.now(UTC).isoformat(),
@@ -111,15 +117,16 @@ class Gate:
         generator: Generator,
         turns: list[tuple[TurnRow, dict[str, Any]]],
         guards: list[dict[str, Any]],
+        strategy: str = "generate",
     ) -> tuple[list[dict[str, Any]], list[bool]]:
         # Eval turns go to a scratch ledger in the job folder, never into the review queue.
         scratch = Ledger(f"sqlite:///{folder / f'eval-{label}.db'}", folder / f"eval-{label}-spool.jsonl")
         await scratch.migrate()
         policy = TurnPolicy.from_settings(self.settings)
         policy.answer_cache_ttl, policy.rate_limit_per_minute, policy.history_turns = 0, 0, 0
-        # Both sides write their answers, checked sentence by sentence: the gate compares models,
-        # and a quoted answer would hide the model (bot/answering/quoting.py).
-        policy.answer_strategy = "generate"
+        # Candidate and live write their answers, checked sentence by sentence: the gate compares
+        # models, and a quoted answer would hide the model (bot/answering/quoting.py).
+        policy.answer_strategy = strategy
         bot = Orchestrator(self.retrieval.searcher, generator, scratch, MemoryCache(), policy)
         rows: list[dict[str, Any]] = []
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune.evaluate import decide, guard_passed, score_answers
+from finetune.evaluate import answer_strategy, decide, guard_passed, score_answers
 
 
 def rows(answers: list[str], reference: str = "Open the portal and choose Reset password.") -> list[dict]:
@@ -67,3 +67,14 @@ def test_a_candidate_that_invents_more_is_not_promoted_whatever_its_f1() -> None
     assert verdict["promote"] is False and "unsupported sentences" in verdict["reasons"][0]
     honest = score_answers([{**r, "claims": 4, "unsupported": 0} for r in rows([good] * 2)])
     assert decide(honest, live, [], margin=0.02)["promote"] is True
+
+
+def test_a_live_adapter_writes_only_where_its_answers_beat_quoting() -> None:
+    quoted = score_answers(rows(["Open the portal and choose Reset password, then sign in."] * 2))
+    writes_well = score_answers(rows(["Open the portal and choose Reset password."] * 2))
+    writes_badly = score_answers(rows(["Call someone about the portal."] * 2))
+    assert answer_strategy(writes_well, quoted)["answer_strategy"] == "generate"
+    verdict = answer_strategy(writes_badly, quoted)
+    assert verdict["answer_strategy"] == "quote" and "quoting scores" in verdict["why"]
+    assert answer_strategy(quoted, quoted)["answer_strategy"] == "quote"  # a tie quotes: never unsupported
+    assert answer_strategy(score_answers([]), quoted)["answer_strategy"] == "generate"  # nothing to go on

@@ -8,6 +8,7 @@ from retrieval.cache import MemoryCache
 from retrieval.embeddings import Embedder
 from retrieval.search import QueryError, Searcher
 from retrieval.store import KnowledgeStore
+from retrieval.users import asked_about
 
 
 async def test_the_vpn_question_finds_the_vpn_page_first(example_store: KnowledgeStore, embedder: Embedder) -> None:
@@ -41,3 +42,29 @@ async def test_a_20000_character_query_is_cut_and_still_searched(
     result = await searcher.search(query)
     assert result.truncated and len(result.query) == 2000
     assert result.hits and result.hits[0].chunk.doc_id == "it/printer-setup.md"
+
+
+async def test_the_field_a_question_points_at_joins_the_lexical_query(example_store: KnowledgeStore) -> None:
+    lukas = await example_store.get_user("lukas.becker@northwind.example")
+    emily = await example_store.get_user("emily.carter@northwind.example")
+    assert lukas is not None and emily is not None
+    assert asked_about(lukas, "Who leads my department?") == ["Engineering"]
+    assert asked_about(emily, "Who leads my department?") == ["Sales"]
+    assert "Berlin" in asked_about(lukas, "What's the main phone number of my office?")
+    phone = asked_about(emily, "Where do I get the Outlook app for my phone?")
+    assert phone and all("MacBook" not in v for v in phone), phone  # the phone, not the laptop
+    assert "macOS" in asked_about(emily, "How do I lock my laptop screen?")
+    # Another office, or no possessive at all: the asker's own values would mislead the search.
+    assert asked_about(lukas, "I'm visiting our other European office. What's the hotel cap there?") == []
+    assert asked_about(lukas, "How many leave days does a new hire get?") == []
+
+
+async def test_the_asker_s_values_find_the_row_a_bare_question_cannot(
+    example_store: KnowledgeStore, embedder: Embedder
+) -> None:
+    searcher = Searcher(example_store, embedder)
+    bare = await searcher.search("Who leads my department?")
+    mine = await searcher.search("Who leads my department?", asker=["Engineering"])
+    assert mine.confidence >= bare.confidence
+    assert mine.query == bare.query == "Who leads my department?"
+    assert any("Jonas Richter" in h.chunk.text for h in mine.hits[:3])

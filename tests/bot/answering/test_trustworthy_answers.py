@@ -241,3 +241,30 @@ async def test_a_cached_answer_keeps_its_support_on_record(example_store, embedd
     assert again.cache_hit and again.text == first.text
     row = await sqlite_ledger.get_turn(again.turn_id)
     assert row.support == (await sqlite_ledger.get_turn(first.turn_id)).support and row.strategy == "quote"
+
+
+@pytest.mark.parametrize(
+    ("who", "leader", "not_theirs"), [(LUKAS, "Jonas Richter", "Rachel Kim"), (EMILY, "Rachel Kim", "Jonas Richter")]
+)
+async def test_my_department_is_the_asker_s_department(
+    who, leader, not_theirs, example_store, embedder, sqlite_ledger
+) -> None:
+    # "my department" names no department; the directory does (Engineering, Sales), and the
+    # department table's row says "Leader", not "leads".
+    bot = orchestrator(example_store, embedder, sqlite_ledger, EchoGenerator())
+    answer = await bot.ask(msg("Who leads my department?", who))
+    assert answer.outcome == "answered" and leader in answer.text and not_theirs not in answer.text, answer.text
+    assert [s.doc_id for s in answer.sources] == ["company/org-and-contacts.md"]
+
+
+@pytest.mark.parametrize(("measured", "strategy"), [("quote", "quote"), ("generate", "generate"), ("", "generate")])
+async def test_auto_follows_how_the_gate_found_the_live_adapter_answers_best(
+    measured, strategy, example_store, embedder, sqlite_ledger
+) -> None:
+    generator = EchoGenerator()
+    await generator.use_adapter("smollm2-135m-instruct-20261207-000000-abcd")
+    generator.adapter_strategy = measured  # what adapters.apply_live reads off the gate's report
+    bot = orchestrator(example_store, embedder, sqlite_ledger, generator)
+    answer = await bot.ask(msg(LEAVE, ANA))
+    row = await sqlite_ledger.get_turn(answer.turn_id)
+    assert row.strategy == strategy and row.adapter_version == generator.adapter

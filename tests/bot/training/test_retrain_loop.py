@@ -105,10 +105,16 @@ async def test_retraining_closes_the_loop(
             assert (event.action, event.adapter, event.previous) == ("promote", name, "")
             assert event.actor.startswith("gate") and ADMIN in event.actor
 
-            # The next answer is served by the new adapter, and its turn says so.
+            # The next answer is served by the new adapter, and its turn says so; it answers the
+            # way the gate measured best (its own writing, or quoting where that scored higher).
             assert server.deskmate.generator.adapter == name
+            measured = info.metadata["evaluation"]["strategy"]["answer_strategy"]
+            quoted, written = info.metadata["evaluation"]["quoted"], info.metadata["evaluation"]["candidate"]
+            assert measured == ("generate" if written["token_f1"] > quoted["token_f1"] else "quote"), (written, quoted)
+            assert server.deskmate.generator.adapter_strategy == measured
             turn = await ask(server, "How do I set up a printer at the office?")
             assert turn.adapter_version == name and turn.status == "answered", (turn.answer, turn.support)
+            assert turn.strategy == measured
 
             # A worse candidate (it barely trains) does not beat the live adapter: not promoted.
             worse = await retrain.start(
