@@ -288,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     answering = parser.add_argument_group("answering (as in answer_quality.py)")
     answering.add_argument("--threads", type=int, default=1, help="llama.cpp threads per setup")
     add_corpus_arguments(answering)
-    answering.add_argument("--keep-answers", type=int, default=10, help="answers kept in the JSON per setup")
+    answering.add_argument(
+        "--keep-answers",
+        type=int,
+        default=0,
+        help="answers kept in the JSON per setup (they quote the bench corpus: keep them out of the repo)",
+    )
     return parser
 
 

@@ -150,7 +150,7 @@ class Gate:
                         "answer": answer.text,
                         "outcome": answer.outcome,
                         "cited": [s.doc_id for s in answer.sources],
-                        "gold": _gold_docs(row, record),
+                        "gold": gold_documents(row, record),
                         "reference": _reference(record),
                         "should_not_answer": record.get("verdict") == "should_not_answer",
                     }
@@ -179,7 +179,7 @@ def _reference(record: dict[str, Any]) -> str:
     return ""
 
 
-def _gold_docs(row: TurnRow, record: dict[str, Any]) -> list[str]:
+def gold_documents(row: TurnRow, record: dict[str, Any]) -> list[str]:
     """The document the answer should cite: the one the approved answer cited; for a correction,
     the served passage closest to the lead's text."""
     if record.get("correction"):
@@ -189,7 +189,10 @@ def _gold_docs(row: TurnRow, record: dict[str, Any]) -> list[str]:
             key=lambda c: evaluate.token_f1(c.get("text") or "", record["correction"]),
         )
         return [best["doc_id"]] if best else []
-    return sorted({str(c["doc_id"]) for c in row.cited or [] if isinstance(c, dict) and c.get("doc_id")})
+    # `cited` holds chunk ids ("it/vpn.md#2"); the served chunks say which document each is from.
+    doc_of = {str(c.get("chunk_id")): str(c.get("doc_id")) for c in row.retrieved or [] if isinstance(c, dict)}
+    docs = {doc_of.get(str(c)) or str(c).rsplit("#", 1)[0] for c in row.cited or [] if isinstance(c, str) and c}
+    return sorted(d for d in docs if d)
 
 
 def _read_guards(path: Path | None) -> list[dict[str, Any]]:
