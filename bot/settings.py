@@ -104,7 +104,8 @@ class Settings(BaseSettings):
         description="`quote`: the answer is the passages' own sentences and table rows, chosen for "
         "the question and the asker (no model call). `generate`: the model writes it and every "
         "sentence is checked against the passages. `auto`: `generate` while a fine-tuned adapter "
-        "is live, else `quote` (bot/answering/quoting.py says why).",
+        "is live whose answers beat quoting at the evaluation gate, else `quote` "
+        "(bot/answering/quoting.py and finetune/evaluate.answer_strategy say why).",
     )
     quote_passages: int = Field(5, ge=1, le=20, description="Passages a quoted answer chooses from.")
     # 0.56 is read off MTRAG dev's sweep (bench/answer_quality.py, `answerable_min_sweep`): the

@@ -152,7 +152,7 @@ def answer_strategy(candidate: Mapping[str, float | None], quoted: Mapping[str, 
     unsupported."""
     c_f1, q_f1 = candidate.get("token_f1"), quoted.get("token_f1")
     if c_f1 is None or q_f1 is None:
-        return {"answer_strategy": "generate", "why": "no held-out turn with a reference answer to compare on"}
+        return {"answer_strategy": "generate", "why": "no held-out turn whose answer a lead wrote to compare on"}
     if c_f1 > q_f1:
         return {"answer_strategy": "generate", "why": f"its answers score token F1 {c_f1:.3f}, quoting {q_f1:.3f}"}
     return {

@@ -135,7 +135,7 @@ class Searcher:
         lexical_text = lexical_query(text, context, personal)
         scope = reader_groups(groups)
         version = kb_version if kb_version is not None else await self.kb_version()
-        key = self._result_key(lexical_text, scope, k, mode, version)
+        key = self._result_key(f"{lexical_query(text, context)}\x1fasker={personal}", scope, k, mode, version)
         vector_task = asyncio.ensure_future(self.embedder.embed_query(text))
         cached = await self.cache.get(key) if self.cache is not None else None
         vector = await vector_task

@@ -166,20 +166,40 @@ def profile_facts(profile: UserProfile) -> list[str]:
 # person and "Sales" for another, and the table row that answers it names the department, not
 # the word "department" (nor "leads": its column says "Leader").
 FIELD_WORDS: dict[str, tuple[str, ...]] = {
-    "department": ("department", "team", "dept", "division", "unit"),
+    "department": ("department", "team", "dept", "division"),
     "location": ("office", "location", "city", "site", "country", "building", "campus"),
     "devices": ("laptop", "computer", "phone", "device", "mac", "pc", "notebook", "mobile", "tablet"),
     "role": ("role", "job", "position", "title"),
 }
-POSSESSIVE = re.compile(r"\b(?:my|our)\s+(?:own\s+|current\s+|work\s+|home\s+)?([a-z]+)", re.IGNORECASE)
+# "my own office", "my current laptop"; not "my home office" (the asker's home is not the office).
+POSSESSIVE = re.compile(r"\b(?:my|our)\s+(?:own\s+|current\s+|work\s+)?([a-z]+)(?:\s+([a-z]+))?", re.IGNORECASE)
+# "my phone number", "my office hours": the words name something else than the field's value.
+NOT_THE_FIELD = {"number", "numbers", "extension", "hours", "chair", "desk", "supplies", "account"}
+MOBILE_SYSTEMS = {"iOS", "iPadOS", "Android"}
+MOBILE_WORDS = {"phone", "mobile", "tablet"}
+COMPUTER_WORDS = {"laptop", "computer", "notebook"}
+SYSTEM_WORDS = {"mac": "macOS", "pc": "Windows"}  # "my Mac": only a device that runs macOS
+
+
+def _field_word(word: str) -> str:
+    """The word as FIELD_WORDS spells it ("laptops" → "laptop"), or "" when it is none."""
+    word = word.lower()
+    known = {w for words in FIELD_WORDS.values() for w in words}
+    if word in known:
+        return word
+    return word[:-1] if word.endswith("s") and word[:-1] in known else ""
 
 
 def asked_about(profile: UserProfile, question: str) -> list[str]:
     """The asker's directory values that the question points at ("my office" → "Lisbon",
-    "Portugal"; "my laptop" → the devices and the systems they run), for the lexical side of the search. Only fields the
-    question names: adding every fact to every query would pull each answer towards the asker's
-    office page whatever was asked."""
-    named = {m.group(1).lower().rstrip("s") for m in POSSESSIVE.finditer(question)}
+    "Portugal"; "my laptop" → the laptops and the systems they run), for the lexical side of
+    the search. Only fields the question names: adding every fact to every query would pull
+    each answer towards the asker's office page whatever was asked."""
+    named = set()
+    for match in POSSESSIVE.finditer(question):
+        word, after = _field_word(match.group(1)), (match.group(2) or "").lower()
+        if word and after not in NOT_THE_FIELD:
+            named.add(word)
     values: list[str] = []
     for name, words in FIELD_WORDS.items():
         if not named & set(words):
@@ -193,17 +213,21 @@ def asked_about(profile: UserProfile, question: str) -> list[str]:
     return [v for v in dict.fromkeys(values) if v]
 
 
-MOBILE_SYSTEMS = {"iOS", "iPadOS", "Android"}
-MOBILE_WORDS = {"phone", "mobile", "tablet"}
-COMPUTER_WORDS = {"laptop", "computer", "mac", "pc", "notebook"}
-
-
 def _devices_named(profile: UserProfile, named: set[str]) -> list[str]:
-    """The asker's devices of the kind the question names: "my phone" is not the laptop."""
+    """The asker's devices of the kind the question names: "my phone" is not the laptop, "my
+    Mac" is a device running macOS (none, if the asker has no Mac), "my laptop" the devices
+    running a desktop system (or, when none is known, those whose system the name does not tell:
+    a "Dell Precision 5680")."""
+    systems = {SYSTEM_WORDS[w] for w in named if w in SYSTEM_WORDS}
+    if systems:
+        return [d for d in profile.devices if device_platform(d) in systems]
     wants_mobile, wants_computer = bool(named & MOBILE_WORDS), bool(named & COMPUTER_WORDS)
     if wants_mobile == wants_computer:  # "my device", or both kinds named
         return list(profile.devices)
-    return [d for d in profile.devices if device_platform(d) and (device_platform(d) in MOBILE_SYSTEMS) == wants_mobile]
+    if wants_mobile:
+        return [d for d in profile.devices if device_platform(d) in MOBILE_SYSTEMS]
+    computers = [d for d in profile.devices if device_platform(d) and device_platform(d) not in MOBILE_SYSTEMS]
+    return computers or [d for d in profile.devices if not device_platform(d)]
 
 
 async def import_users(profiles: Sequence[UserProfile], store: KnowledgeStore, embedder: Embedder) -> int:

@@ -71,9 +71,10 @@ def content_terms(text: str) -> list[str]:
 def held_terms(asked: Iterable[str], seen: Collection[str]) -> set[str]:
     """The `asked` terms that `seen` holds, counting a word's derivations: Snowball leaves
     "lead" and "leader", "mile" and "mileage" as different stems, and a question about who
-    leads a department is answered by the row whose column says "Leader". Words of four or more
-    letters match when one is the other plus at most three letters (a suffix, not another word:
-    "card" is not "cardinal"); numbers only match exactly."""
+    leads a department is answered by the row whose column says "Leader". Stems of four or more
+    letters match when one is the other plus a derivational suffix Snowball keeps (DERIVED:
+    "leader", "mileag(e)"), not any letters ("port" is not "portal", "plan" not "planet");
+    numbers only match exactly."""
     held = set()
     for term in asked:
         if term in seen:
@@ -83,9 +84,12 @@ def held_terms(asked: Iterable[str], seen: Collection[str]) -> set[str]:
     return held
 
 
+DERIVED = ("er", "or", "ag", "e")  # what Snowball leaves of -er, -or, -age, and a final e
+
+
 def _derived(a: str, b: str) -> bool:
     short, long = (a, b) if len(a) <= len(b) else (b, a)
-    return len(short) >= 4 and len(long) - len(short) <= 3 and long.startswith(short)
+    return len(short) >= 4 and long.startswith(short) and long[len(short) :] in DERIVED
 
 
 def numbers_in(text: str) -> set[str]:

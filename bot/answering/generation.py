@@ -111,7 +111,8 @@ class Generator(ABC):
     """Streams a chat answer. `model` names the base model; `adapter` the live adapter version
     ('' for none); both go into every turn record. `adapter_strategy` is how the evaluation gate
     found the live adapter answers best ("generate", or "quote" when quoting the passages beat
-    its own writing; "" when not measured), which `DESKMATE_ANSWER_STRATEGY=auto` follows."""
+    its own writing; "" until `training.adapters.apply_live` has read it), which
+    `DESKMATE_ANSWER_STRATEGY=auto` follows."""
 
     model: str = ""
     adapter: str = ""

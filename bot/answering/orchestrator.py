@@ -250,7 +250,8 @@ class Orchestrator:
         notice = f"Your message was long, so I read its first {len(search_text):,} characters." if truncated else ""
         version = await self.searcher.kb_version()
         strategy = self._strategy()
-        cache_key = None if history else self._answer_key(search_text, message, version, strategy)
+        profile = await self._profile(message.user_key) if policy.use_retrieval else None
+        cache_key = None if history else self._answer_key(search_text, message, version, strategy, profile)
         if cache_key and policy.answer_cache_ttl:
             cached = await self.cache.get(cache_key)
             since = turn.lap("answer_cache", since)
@@ -268,7 +269,7 @@ class Orchestrator:
         yield Status("Searching the knowledge base…")
         earlier = earlier_questions(history, turns=1)
         wanted = max(policy.context_passages, policy.quote_passages if strategy == "quote" else ANSWERABILITY_HITS)
-        profile = await self._profile(message.user_key) if policy.use_retrieval else None
+        asker_values = asked_about(profile, search_text) if profile else []
         if policy.use_retrieval:
             result = await self.searcher.search(
                 search_text,
@@ -277,13 +278,15 @@ class Orchestrator:
                 user_key=message.user_key,
                 earlier=earlier,
                 kb_version=version,
-                asker=asked_about(profile, search_text) if profile else (),
+                asker=asker_values,
             )
         else:
             result = SearchResult(query=search_text, hits=[], confidence=1.0, confident=True, kb_version=version)
         since = turn.lap("retrieval", since)
         retrieved = [self._served_chunk(h) for h in result.hits]
         searched = f"{earlier} | {result.query}" if earlier else result.query
+        if asker_values:  # on record, so the search can be reproduced
+            searched = f"{searched} [asker: {'; '.join(asker_values)}]"
         common: dict[str, Any] = {
             "search_query": searched,
             "retrieved": retrieved,
@@ -430,8 +433,16 @@ class Orchestrator:
     async def _profile(self, user_key: str) -> UserProfile | None:
         """The asker's directory entry: the search reads the fields the question points at
         ("my office"), and a quoted answer everything it says (the search keeps only the facts
-        nearest the question, which for "how many leave days do I get" is rarely the office)."""
-        return await self.searcher.store.get_user(user_key) if user_key else None
+        nearest the question, which for "how many leave days do I get" is rarely the office).
+        Read before the turn is on record, so a store that fails here costs the asker's context,
+        never the question: the search that follows fails on record."""
+        if not user_key:
+            return None
+        try:
+            return await self.searcher.store.get_user(user_key)
+        except Exception as exc:  # noqa: BLE001 (any store error: answer without the profile)
+            log.warning("turn.profile_unavailable error=%s", type(exc).__name__)
+            return None
 
     async def _with_neighbours(self, hits: list[Hit], groups: tuple[str, ...]) -> list[Hit]:
         """The hits, then the chunks next to the best ones in their documents: a table or a list
@@ -657,9 +668,12 @@ class Orchestrator:
             "score": round(hit.score, 4),
         }
 
-    def _answer_key(self, question: str, message: IncomingMessage, kb_version: int, strategy: str) -> str:
+    def _answer_key(
+        self, question: str, message: IncomingMessage, kb_version: int, strategy: str, profile: UserProfile | None
+    ) -> str:
         """Same question, same reader, same knowledge base, same model: same answer. The user key
-        is part of the scope because answers may use that user's own context."""
+        and the asker's directory entry are part of the scope because answers use that user's
+        own context: after a move to Berlin, "how many leave days do I get" is answered afresh."""
         scope = ",".join(reader_groups(message.groups))
         raw = "|".join(
             [
@@ -671,6 +685,7 @@ class Orchestrator:
                 self.generator.adapter,
                 self.policy.prompt_version,
                 strategy,
+                profile.to_json() if profile else "",
             ]
         )
         return f"answer:v{kb_version}:{user_tag(message.user_key)}:{hashlib.sha256(raw.encode()).hexdigest()}"

@@ -272,7 +272,12 @@ def _cover_the_rest(
         if not missing or len(chosen) >= MAX_PIECES or scores[i] < COVERAGE_RATIO * scores[order[0]]:
             break
         terms = set(content_terms(pieces[i].embed_text))
-        if i in chosen or i in demoted or not terms & missing or _repeats(pieces[i], [pieces[c] for c in chosen]):
+        if (
+            i in chosen
+            or i in demoted
+            or not held_terms(missing, terms)
+            or _repeats(pieces[i], [pieces[c] for c in chosen])
+        ):
             continue
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
             continue

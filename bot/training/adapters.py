@@ -208,13 +208,14 @@ async def apply_live(ledger: Ledger, registry: Registry, generator: Generator) -
     """Make the generator serve the live adapter if it does not already. A live adapter that
     cannot be served (deleted folder, server not updated) is logged and the current one kept."""
     name = await live_adapter(ledger)
-    if name == generator.adapter:
+    if name == generator.adapter and (not name or generator.adapter_strategy):
         return name
     try:
         if name:
             info = registry.get(name)
             registry.check_base(info, serving_base(generator), None)
-            await generator.use_adapter(name, info.gguf)
+            if name != generator.adapter:  # already loaded at start-up (DESKMATE_ADAPTER): not again
+                await generator.use_adapter(name, info.gguf)
             generator.adapter_strategy = measured_strategy(info)
         else:
             await generator.use_adapter("")
@@ -227,10 +228,10 @@ async def apply_live(ledger: Ledger, registry: Registry, generator: Generator) -
 
 
 def measured_strategy(info: AdapterInfo) -> str:
-    """How the gate found this adapter answers best ("" for one evaluated before the gate
-    compared it with quoting: it writes, as it did then)."""
+    """How the gate found this adapter answers best: "quote" or "generate" (an adapter
+    evaluated before the gate compared it with quoting writes, as it did then)."""
     strategy = (info.metadata.get("evaluation") or {}).get("strategy") or {}
-    return str(strategy.get("answer_strategy") or "")
+    return "quote" if strategy.get("answer_strategy") == "quote" else "generate"
 
 
 async def follow_live(ledger: Ledger, registry: Registry, generator: Generator, every: float) -> None:

@@ -82,17 +82,25 @@ class Gate:
             await current.use_adapter(live, self.registry.get(live).gguf)
         setups["live"] = current
         scores: dict[str, Any] = {}
+        answered: dict[str, list[dict[str, Any]]] = {}
         guard_rows = [dict(g) for g in guards]
         try:
             for label, generator in setups.items():
-                rows, guard_results = await self._answer_all(folder, label, generator, turns, guards)
-                scores[label] = evaluate.score_answers(rows)
+                answered[label], guard_results = await self._answer_all(folder, label, generator, turns, guards)
+                scores[label] = evaluate.score_answers(answered[label])
                 for g, passed in zip(guard_rows, guard_results, strict=True):
                     g[f"{label}_passed"] = passed
             # The same turns quoted (no model is called): what `auto` serves without an adapter,
-            # and the bar the candidate's own writing must clear to be used once live.
-            rows, _ = await self._answer_all(folder, "quoted", current, turns, [], strategy="quote")
-            scores["quoted"] = evaluate.score_answers(rows)
+            # and the bar the candidate's own writing must clear to be used once live. Compared
+            # on the turns whose reference a lead wrote: an approved answer that was itself
+            # quoted would score quoting against its own copy.
+            answered["quoted"], _ = await self._answer_all(folder, "quoted", current, turns, [], strategy="quote")
+            corrected = {label: [r for r in rows if r["corrected"]] for label, rows in answered.items()}
+            scores["quoted"] = evaluate.score_answers(corrected["quoted"])
+            strategy = {
+                **evaluate.answer_strategy(evaluate.score_answers(corrected["candidate"]), scores["quoted"]),
+                "compared_turns": len(corrected["quoted"]),
+            }
         finally:
             for generator in setups.values():
                 await generator.close()
@@ -104,7 +112,7 @@ class Gate:
             "candidate": scores["candidate"],
             "live": scores["live"],
             "quoted": scores["quoted"],
-            "strategy": evaluate.answer_strategy(scores["candidate"], scores["quoted"]),
+            "strategy": strategy,
             "guards": guard_rows,
             "decision": decision,
             "evaluated_at": datetime.now(UTC).isoformat(),
@@ -124,8 +132,9 @@ class Gate:
         await scratch.migrate()
         policy = TurnPolicy.from_settings(self.settings)
         policy.answer_cache_ttl, policy.rate_limit_per_minute, policy.history_turns = 0, 0, 0
-        # Candidate and live write their answers, checked sentence by sentence: the gate compares
-        # models, and a quoted answer would hide the model (bot/answering/quoting.py).
+        # Candidate and live write their answers (`strategy` "generate"), checked sentence by
+        # sentence: the gate compares models, and a quoted answer would hide the model
+        # (bot/answering/quoting.py). The "quoted" pass is the bar their writing must clear.
         policy.answer_strategy = strategy
         bot = Orchestrator(self.retrieval.searcher, generator, scratch, MemoryCache(), policy)
         rows: list[dict[str, Any]] = []
@@ -153,6 +162,7 @@ class Gate:
                         "gold": gold_documents(row, record),
                         "reference": _reference(record),
                         "should_not_answer": record.get("verdict") == "should_not_answer",
+                        "corrected": bool(record.get("correction")),
                     }
                 )
             guard_results = []
@@ -190,7 +200,7 @@ def gold_documents(row: TurnRow, record: dict[str, Any]) -> list[str]:
         )
         return [best["doc_id"]] if best else []
     # `cited` holds chunk ids ("it/vpn.md#2"); the served chunks say which document each is from.
-    doc_of = {str(c.get("chunk_id")): str(c.get("doc_id")) for c in row.retrieved or [] if isinstance(c, dict)}
+    doc_of = {str(c.get("chunk_id")): str(c.get("doc_id") or "") for c in row.retrieved or [] if isinstance(c, dict)}
     docs = {doc_of.get(str(c)) or str(c).rsplit("#", 1)[0] for c in row.cited or [] if isinstance(c, str) and c}
     return sorted(d for d in docs if d)
 

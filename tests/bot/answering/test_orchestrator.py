@@ -51,7 +51,7 @@ async def test_off_topic_question_gets_an_honest_unknown(example_store, embedder
     answer = await bot.ask(msg("What is the boiling point of liquid nitrogen at sea level?"))
     assert answer.outcome == "unknown" and CONTACT in answer.text and not answer.sources
     row = await sqlite_ledger.get_turn(answer.turn_id)
-    assert row.status == "unknown" and row.confidence < 0.35
+    assert row.status == "unknown" and row.confidence < bot.searcher.min_confidence
 
 
 async def test_answer_cache_hits_and_goes_stale_with_kb_or_adapter(example_store, embedder, sqlite_ledger) -> None:

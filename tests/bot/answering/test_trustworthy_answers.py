@@ -5,6 +5,7 @@ greeting, thanks, another language, yes/no, two documents, documents that disagr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bot.answering.messages import IncomingMessage
 from retrieval.backends import open_store
 from retrieval.chunking import Document
 from retrieval.ingest import Ingestor
+from retrieval.users import import_users
 from tests.support.answering import ANA, CONTACT, LUKAS, msg, orchestrator
 from tests.support.model_server import scripted_model
 
@@ -268,3 +270,20 @@ async def test_auto_follows_how_the_gate_found_the_live_adapter_answers_best(
     answer = await bot.ask(msg(LEAVE, ANA))
     row = await sqlite_ledger.get_turn(answer.turn_id)
     assert row.strategy == strategy and row.adapter_version == generator.adapter
+
+
+async def test_an_answer_cached_for_the_asker_is_not_served_after_their_profile_changes(
+    private_store_url, embedder, sqlite_ledger
+) -> None:
+    store = await open_store(private_store_url, dim=embedder.dim)
+    try:
+        bot = orchestrator(store, embedder, sqlite_ledger, EchoGenerator(), answer_cache_ttl=600)
+        before = await bot.ask(msg(LEAVE, LUKAS, thread="a"))
+        assert ": 28" in before.text, before.text
+        profile = await store.get_user(LUKAS["user_key"])
+        moved = replace(profile, location="Lisbon", extra={**profile.extra, "country": "Portugal"})
+        await import_users([moved], store, embedder)
+        after = await bot.ask(msg(LEAVE, LUKAS, thread="b"))
+        assert not after.cache_hit and ": 25" in after.text and ": 28" not in after.text, after.text
+    finally:
+        await store.close()
