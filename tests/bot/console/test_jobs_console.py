@@ -117,6 +117,8 @@ async def test_the_job_page_shows_the_report_its_plot_and_only_that(console_serv
         "live": live,
         "guards": guards,
         "decision": evaluate.decide(candidate, live, guards, 0.02),
+        "quoted": {"turns": 5, "token_f1": 0.7},
+        "strategy": {**evaluate.answer_strategy({"token_f1": 0.5}, {"token_f1": 0.7}), "compared_turns": 5},
     }
     (folder / "report.json").write_text(json.dumps(report))
     evaluate.plot(report, folder / "report.png")
@@ -150,6 +152,9 @@ async def test_the_job_page_shows_the_report_its_plot_and_only_that(console_serv
             "pass",
             "fail",
             f'src="/console/jobs/{job.id}/report.png"',
+            'Once live it answers by: <span class="tag">quote</span>',  # quoting beat its writing
+            "quoting scores token F1 0.700",
+            "on the 5 held-out turns a lead corrected",
         ):
             assert shown in page, shown
         assert "Not produced yet" in page  # this job's folder has no dataset card
