@@ -193,11 +193,16 @@ def _field_word(word: str) -> str:
 def asked_about(profile: UserProfile, question: str) -> list[str]:
     """The asker's directory values that the question points at ("my office" → "Lisbon",
     "Portugal"; "my laptop" → the laptops and the systems they run), for the lexical side of
-    the search. Only fields the question names: adding every fact to every query would pull
-    each answer towards the asker's office page whatever was asked."""
+    the search; also a column of the directory's own that the question names ("my cost
+    center" → the `cost_center` value). Only fields the question names: adding every fact to
+    every query would pull each answer towards the asker's office page whatever was asked.
+    The field words are English, like the knowledge base the search reads."""
     named = set()
+    phrases = set()  # "cost", "cost center": for the directory's own columns (profile.extra)
     for match in POSSESSIVE.finditer(question):
-        word, after = _field_word(match.group(1)), (match.group(2) or "").lower()
+        first, after = match.group(1).lower(), (match.group(2) or "").lower()
+        phrases |= {first, f"{first} {after}".strip()}
+        word = _field_word(first)
         if word and after not in NOT_THE_FIELD:
             named.add(word)
     values: list[str] = []
@@ -210,6 +215,8 @@ def asked_about(profile: UserProfile, question: str) -> list[str]:
             values += [part for device in _devices_named(profile, named) for part in (device, device_platform(device))]
         else:
             values.append(getattr(profile, name))
+    # A column the directory adds ("cost_center", "region") is pointed at by its own name.
+    values += [value for key, value in sorted(profile.extra.items()) if key.replace("_", " ").lower() in phrases]
     return [v for v in dict.fromkeys(values) if v]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from retrieval.cache import MemoryCache
@@ -57,6 +59,11 @@ async def test_the_field_a_question_points_at_joins_the_lexical_query(example_st
     # Another office, or no possessive at all: the asker's own values would mislead the search.
     assert asked_about(lukas, "I'm visiting our other European office. What's the hotel cap there?") == []
     assert asked_about(lukas, "How many leave days does a new hire get?") == []
+    # A column the directory adds is pointed at by its own name.
+    ledger_owner = replace(lukas, extra={**lukas.extra, "cost_center": "CC-4410", "region": "EMEA"})
+    assert asked_about(ledger_owner, "Who approves spending on my cost center?") == ["CC-4410"]
+    assert asked_about(ledger_owner, "Which holidays apply in my region?") == ["EMEA"]
+    assert asked_about(ledger_owner, "Who approves my costs?") == []
 
 
 async def test_the_asker_s_values_find_the_row_a_bare_question_cannot(
