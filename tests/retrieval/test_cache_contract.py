@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -19,11 +21,23 @@ async def test_get_set_delete(cache: Cache) -> None:
     assert await cache.get("a") is None
 
 
+async def _seconds_until(gone: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> float:
+    """How long until `gone()` holds: the expiry is waited on, not slept past and assumed."""
+    started = time.monotonic()
+    while not await gone():
+        assert time.monotonic() - started < timeout, f"still there after {timeout} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started
+
+
 async def test_ttl_expires(cache: Cache) -> None:
     await cache.set("short", b"x", ttl=0.2)
     assert await cache.get("short") == b"x"
-    await asyncio.sleep(0.35)
-    assert await cache.get("short") is None
+
+    async def gone() -> bool:
+        return await cache.get("short") is None
+
+    assert await _seconds_until(gone) >= 0.15  # kept for (about) its TTL, then gone
 
 
 async def test_add_only_once(cache: Cache) -> None:
@@ -34,8 +48,12 @@ async def test_add_only_once(cache: Cache) -> None:
 
 async def test_incr_counts_within_window(cache: Cache) -> None:
     assert [await cache.incr("rate:u", ttl=0.3) for _ in range(3)] == [1, 2, 3]
-    await asyncio.sleep(0.45)
-    assert await cache.incr("rate:u", ttl=0.3) == 1
+
+    async def window_over() -> bool:
+        return await cache.get("rate:u") is None
+
+    assert await _seconds_until(window_over) >= 0.2
+    assert await cache.incr("rate:u", ttl=0.3) == 1  # a new window counts from one
 
 
 async def test_query_embeddings_are_cached(cache: Cache, embedder: Embedder) -> None:
