@@ -148,16 +148,14 @@ class Searcher:
             confidence = data["confidence"]
         else:
             hits, confidence = await self._rank(lexical_text, vector, scope, k, mode)
-            if earlier.strip() and hits:
-                # A follow-up alone ("and on Linux?") resembles nothing; judge confidence on
-                # what it means in the conversation too.
-                whole = await self.embedder.embed_query(f"{context} {text}")
-                best = await self.store.dense(whole, 1, scope)
-                confidence = max(confidence, best[0].score if best else 0.0)
-            if personal and hits:
-                whole = await self.embedder.embed_query(f"{text} ({personal})")
-                best = await self.store.dense(whole, 1, scope)
-                confidence = max(confidence, best[0].score if best else 0.0)
+            if hits:
+                # A follow-up alone ("and on Linux?") or a question about "my department"
+                # resembles nothing; judge confidence on what it means in the conversation and
+                # for this asker too.
+                readings = ([f"{context} {text}"] if context else []) + ([f"{text} ({personal})"] if personal else [])
+                for reading in readings:
+                    best = await self.store.dense(await self.embedder.embed_query(reading), 1, scope)
+                    confidence = max(confidence, best[0].score if best else 0.0)
             if self.cache is not None:
                 payload = {
                     "hits": [{"chunk": h.chunk.to_dict(), "score": h.score} for h in hits],

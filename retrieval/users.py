@@ -181,13 +181,15 @@ COMPUTER_WORDS = {"laptop", "computer", "notebook"}
 SYSTEM_WORDS = {"mac": "macOS", "pc": "Windows"}  # "my Mac": only a device that runs macOS
 
 
+_ANY_FIELD_WORD = {w for words in FIELD_WORDS.values() for w in words}
+
+
 def _field_word(word: str) -> str:
     """The word as FIELD_WORDS spells it ("laptops" → "laptop"), or "" when it is none."""
     word = word.lower()
-    known = {w for words in FIELD_WORDS.values() for w in words}
-    if word in known:
+    if word in _ANY_FIELD_WORD:
         return word
-    return word[:-1] if word.endswith("s") and word[:-1] in known else ""
+    return word[:-1] if word.endswith("s") and word[:-1] in _ANY_FIELD_WORD else ""
 
 
 def asked_about(profile: UserProfile, question: str) -> list[str]:

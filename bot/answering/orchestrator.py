@@ -248,9 +248,10 @@ class Orchestrator:
 
         search_text, truncated = self.searcher.prepare(question)
         notice = f"Your message was long, so I read its first {len(search_text):,} characters." if truncated else ""
-        version = await self.searcher.kb_version()
+        version, profile = await asyncio.gather(
+            self.searcher.kb_version(), self._profile(message.user_key if policy.use_retrieval else "")
+        )
         strategy = self._strategy()
-        profile = await self._profile(message.user_key) if policy.use_retrieval else None
         cache_key = None if history else self._answer_key(search_text, message, version, strategy, profile)
         if cache_key and policy.answer_cache_ttl:
             cached = await self.cache.get(cache_key)

@@ -267,8 +267,8 @@ def _cover_the_rest(
     "rest" of the answer because they share a word with the question."""
     asked = set(content_terms(question))
     covered = set().union(*(content_terms(pieces[c].embed_text) for c in chosen))
+    missing = asked - held_terms(asked, covered)
     for i in order:
-        missing = asked - held_terms(asked, covered)
         if not missing or len(chosen) >= MAX_PIECES or scores[i] < COVERAGE_RATIO * scores[order[0]]:
             break
         terms = set(content_terms(pieces[i].embed_text))
@@ -282,7 +282,7 @@ def _cover_the_rest(
         if sum(len(pieces[c].text) for c in chosen) + len(pieces[i].text) > MAX_CHARS:
             continue
         chosen.append(i)
-        covered |= terms
+        missing -= held_terms(missing, terms)
 
 
 def _repeats(piece: Piece, chosen: Sequence[Piece]) -> bool:
